@@ -1,0 +1,15 @@
+-- Template for seeding a test app by hand. Intentionally inert: every statement is commented
+-- out, so applying this migration changes nothing. Copy the block into psql (as the service role
+-- or the database owner), replace the ids, and publish the files with
+-- `app-executor publish <dir> --app <app id>`, which writes app_storage and app_permissions rows.
+--
+-- insert into public.companies (id, name)
+--   values ('00000000-0000-4000-8000-000000000001', 'Example Co');
+-- insert into public.applications (id, name)
+--   values ('00000000-0000-4000-8000-0000000000a1', 'hello');
+-- insert into app_exec.company_apps (company_id, app_id)
+--   values ('00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-0000000000a1');
+-- insert into app_exec.company_members (company_id, user_id, role)
+--   values ('00000000-0000-4000-8000-000000000001', '<auth user uuid>', 'owner');
+-- insert into public.app_runs (app_id, company_id, run_type)
+--   values ('00000000-0000-4000-8000-0000000000a1', '00000000-0000-4000-8000-000000000001', 'manual');

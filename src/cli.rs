@@ -1,0 +1,252 @@
+//! The command line: argument parsing, and for each subcommand, calling into `app` and printing
+//! the result (human text, or one JSON document on stdout with `--json`).
+//!
+//! Exit codes: 0 ok, 78 configuration error (EX_CONFIG; the systemd unit does not restart on
+//! it), 1 any other failure. Subcommands whose issue has not landed yet say so and exit 1; none
+//! pretends to succeed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app;
+use crate::config::{Config, ConfigError, LogFormat, Overrides};
+
+/// EX_CONFIG from sysexits.h.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "app-executor",
+    version,
+    about = "Runs user-submitted Node.js apps from Supabase in hardened Docker containers",
+    after_help = "Configuration: executor.toml (see --config) plus APP_EXECUTOR_<SECTION>__<KEY> \
+                  environment overrides; the database URL from --database-url, \
+                  APP_EXECUTOR_DATABASE__URL or DATABASE_URL."
+)]
+pub struct Cli {
+    /// Config file [default: ./executor.toml, then /etc/app-executor/executor.toml]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL; wins over APP_EXECUTOR_DATABASE__URL and DATABASE_URL
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log format; overrides telemetry.format
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: claim pending runs and execute them
+    Run {
+        /// Exit 0 once no runnable run is left
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Apply pending database migrations (Supabase CLI compatible)
+    #[command(
+        after_help = "Examples:\n  app-executor migrate --database-url postgres://postgres@localhost/postgres\n  app-executor migrate --dry-run --json"
+    )]
+    Migrate {
+        /// Only report what would be applied
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration and every dependency; print the effective config (secrets redacted)
+    #[command(
+        after_help = "Examples:\n  app-executor check\n  app-executor check --json | jq .checks"
+    )]
+    Check {
+        /// Print one JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate an app directory (manifest, paths, limits)
+    Validate {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload an app directory to storage and register its files and permissions
+    Publish {
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+        /// Version to publish as [default: the manifest's version]
+        #[arg(long = "version", id = "app_version", value_name = "VERSION")]
+        app_version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a run; --wait follows it to the end
+    Enqueue {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        company: Option<String>,
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's logs from storage
+    Logs {
+        run: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cron tools
+    #[command(subcommand)]
+    Cron(CronCommand),
+    /// Run the whole system once on an embedded database and local storage
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Print the next fire times of a cron expression
+    Next {
+        expression: String,
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(short = 'n', default_value_t = 10)]
+        count: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A subcommand whose capability has not landed yet.
+#[derive(Debug, thiserror::Error)]
+#[error("`app-executor {command}` is not implemented yet (tracked in issue #{issue})")]
+pub struct NotImplemented {
+    command: &'static str,
+    issue: u32,
+}
+
+/// Parses the config, runs the subcommand and returns the process exit code. Errors are printed
+/// here, once, with their whole chain.
+pub fn main(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        config_path: cli.config.clone(),
+        database_url: cli.database_url.clone(),
+    };
+    let mut config = Config::load(&overrides)?;
+    if let Some(format) = cli.log_format {
+        config.telemetry.format = format;
+    }
+    crate::telemetry::init(config.telemetry.format, &config.telemetry.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli.command, config))
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate { dry_run, json } => {
+            let report = app::migrate(&config, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_migrate_report(&report);
+            }
+            Ok(())
+        }
+        Command::Check { json } => {
+            let report = app::check(&config).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_check_report(&report);
+            }
+            match report.failed() {
+                Some(name) => anyhow::bail!("check failed: {name}"),
+                None => Ok(()),
+            }
+        }
+        Command::Run { .. } => Err(not_implemented("run", 3)),
+        Command::Validate { .. } => Err(not_implemented("validate", 4)),
+        Command::Publish { .. } => Err(not_implemented("publish", 4)),
+        Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
+        Command::Logs { .. } => Err(not_implemented("logs", 6)),
+        Command::Cron(CronCommand::Next { .. }) => Err(not_implemented("cron next", 7)),
+        Command::Demo => Err(not_implemented("demo", 8)),
+    }
+}
+
+fn not_implemented(command: &'static str, issue: u32) -> anyhow::Error {
+    NotImplemented { command, issue }.into()
+}
+
+fn print_migrate_report(report: &crate::db::migration::MigrateReport) {
+    let verb = if report.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    if report.bootstrap_applied {
+        println!(
+            "{verb} the Supabase compatibility bootstrap (plain PostgreSQL: no storage schema)"
+        );
+    }
+    for file in &report.applied {
+        println!("{verb} {file}");
+    }
+    for file in &report.changed_since_applied {
+        println!("warning: {file} changed since it was applied; applied migrations are never re-run, add a new file instead");
+    }
+    if report.applied.is_empty() {
+        println!(
+            "database is up to date ({} migrations applied)",
+            report.already_applied.len()
+        );
+    }
+}
+
+fn print_check_report(report: &app::CheckReport) {
+    for check in &report.checks {
+        let mark = if check.ok { "ok  " } else { "FAIL" };
+        println!("{mark} {:<10} {}", check.name, check.detail);
+    }
+    println!("\neffective configuration (secrets redacted):");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report.config).unwrap_or_default()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

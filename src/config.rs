@@ -1,0 +1,711 @@
+//! Configuration: `executor.toml` layered with `APP_EXECUTOR_<SECTION>__<KEY>` environment
+//! overrides, validated once at start.
+//!
+//! This is the only module that reads configuration files or environment variables. Loading has
+//! two phases: figment deserialises the layers into the `Raw*` structs (unknown keys and values
+//! of the wrong type are errors that name the key and where it came from), then
+//! [`Config::from_raw`] parses durations and sizes and collects every remaining violation.
+//!
+//! Secrets never come from the TOML file: the database password and (later) the storage service
+//! key are read from `--database-url`, the environment or systemd credentials, and every printed
+//! form of the config redacts them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override: `APP_EXECUTOR_DATABASE__POOL_SIZE=32`.
+pub const ENV_PREFIX: &str = "APP_EXECUTOR_";
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_PATH_ENV: &str = "APP_EXECUTOR_CONFIG";
+/// Config files tried, in order, when neither `--config` nor `APP_EXECUTOR_CONFIG` is given.
+const DEFAULT_CONFIG_PATHS: &[&str] = &["executor.toml", "/etc/app-executor/executor.toml"];
+/// Name of the systemd credential (`LoadCredential=database-url:…`) holding the database URL.
+const DATABASE_URL_CREDENTIAL: &str = "database-url";
+
+/// A configuration problem. Every message names the key or file and the offending value; the
+/// process exits with status 78 (EX_CONFIG) on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist; pass an existing file with --config or create it (see executor.toml in the repository)")]
+    MissingFile { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Violations(Vec<String>),
+}
+
+/// What the command line contributes to configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config <path>`: must exist when given.
+    pub config_path: Option<PathBuf>,
+    /// `--database-url <url>`: wins over every other source of the database URL.
+    pub database_url: Option<String>,
+}
+
+/// The validated configuration every component is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the values came from, if any (for `check`).
+    pub source_file: Option<PathBuf>,
+    pub database: DatabaseConfig,
+    pub executor: ExecutorConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `None` when no URL was configured anywhere (the embedded default of `demo`).
+    pub url: Option<DatabaseUrl>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub notify_namespace: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// How log lines are written. `Auto` picks journald under systemd (`JOURNAL_STREAM`), human
+/// text otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+    Journald,
+}
+
+/// A PostgreSQL URL whose password is never printed: `Display` and `Debug` redact it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str, source: &str) -> Result<Self, ConfigError> {
+        let parsed = url::Url::parse(raw).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "database URL from {source} is not a valid URL ({e}); expected postgres://user:password@host:5432/dbname"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::Invalid(format!(
+                "database URL from {source} has scheme {:?}; expected postgres:// or postgresql://",
+                parsed.scheme()
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The URL with its password, for connecting only. Never log this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn has_password(&self) -> bool {
+        url::Url::parse(&self.0)
+            .map(|u| u.password().is_some())
+            .unwrap_or(false)
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "<unparseable url>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+// ---- raw layer: exactly what the TOML file and the environment may contain ------------------
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    database: RawDatabase,
+    executor: RawExecutor,
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<String>,
+    pool_size: usize,
+    connect_timeout: String,
+    notify_namespace: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawExecutor {
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTelemetry {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 16,
+            connect_timeout: "10s".into(),
+            notify_namespace: "app_executor".into(),
+        }
+    }
+}
+
+impl Default for RawExecutor {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/app-executor"),
+        }
+    }
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the file chosen by `overrides` (or the defaults), the
+    /// process environment and the command line.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(overrides, &env)
+    }
+
+    /// [`Config::load`] with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        overrides: &Overrides,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let source_file = resolve_config_path(overrides, env)?;
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = &source_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            // Parse first so a syntax error names the file, line and column.
+            toml::from_str::<toml::Value>(&text).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "config file {} is not valid TOML: {}",
+                    path.display(),
+                    e.to_string().trim_end()
+                ))
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(EnvOverrides::from_env(env));
+        let raw: RawConfig = figment.extract().map_err(|errors| {
+            ConfigError::Violations(errors.into_iter().map(describe_figment_error).collect())
+        })?;
+        let url = resolve_database_url(overrides, env, raw.database.url.as_deref(), &source_file)?;
+        let mut config = Self::from_raw(raw, url, source_file)?;
+        // Under systemd, stderr is the journal: `auto` means structured journald fields there.
+        if config.telemetry.format == LogFormat::Auto {
+            config.telemetry.format = if env.contains_key("JOURNAL_STREAM") {
+                LogFormat::Journald
+            } else {
+                LogFormat::Human
+            };
+        }
+        // RUST_LOG, the conventional override, wins over telemetry.level.
+        if let Some(directive) = env.get("RUST_LOG").filter(|d| !d.is_empty()) {
+            config.telemetry.level = directive.clone();
+        }
+        Ok(config)
+    }
+
+    fn from_raw(
+        raw: RawConfig,
+        url: Option<DatabaseUrl>,
+        source_file: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let mut violations = Vec::new();
+        let connect_timeout = parse_duration(
+            "database.connect_timeout",
+            &raw.database.connect_timeout,
+            &mut violations,
+        );
+        if raw.database.pool_size == 0 {
+            violations.push("database.pool_size = 0: must be at least 1".to_owned());
+        }
+        let ns = &raw.database.notify_namespace;
+        if ns.is_empty()
+            || ns.len() > 40
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            violations.push(format!(
+                "database.notify_namespace = {ns:?}: use 1-40 characters of a-z, 0-9 and _"
+            ));
+        }
+        if raw
+            .telemetry
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            violations.push(format!(
+                "telemetry.level = {:?}: not a log filter; use e.g. \"info\" or \"app_executor=debug,info\"",
+                raw.telemetry.level
+            ));
+        }
+        if !raw.executor.state_dir.is_absolute() {
+            violations.push(format!(
+                "executor.state_dir = {:?}: must be an absolute path",
+                raw.executor.state_dir.display()
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(ConfigError::Violations(violations));
+        }
+        Ok(Self {
+            source_file,
+            database: DatabaseConfig {
+                url,
+                pool_size: raw.database.pool_size,
+                connect_timeout: connect_timeout.unwrap_or_default(),
+                notify_namespace: raw.database.notify_namespace,
+            },
+            executor: ExecutorConfig {
+                state_dir: raw.executor.state_dir,
+            },
+            telemetry: TelemetryConfig {
+                format: raw.telemetry.format,
+                level: raw.telemetry.level,
+            },
+        })
+    }
+
+    /// The effective configuration as JSON, secrets redacted, for `check`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source_file": self.source_file.as_ref().map(|p| p.display().to_string()),
+            "database": {
+                "url": self.database.url.as_ref().map(DatabaseUrl::redacted),
+                "pool_size": self.database.pool_size,
+                "connect_timeout": humantime::format_duration(self.database.connect_timeout).to_string(),
+                "notify_namespace": self.database.notify_namespace,
+            },
+            "executor": {
+                "state_dir": self.executor.state_dir.display().to_string(),
+            },
+            "telemetry": {
+                "format": self.telemetry.format,
+                "level": self.telemetry.level,
+            },
+        })
+    }
+}
+
+/// Environment overrides (`APP_EXECUTOR_<SECTION>__<KEY>`), except the database URL, which
+/// [`resolve_database_url`] reads as an opaque string. Built from an explicit map rather than
+/// figment's `Env` so that tests need not mutate the process environment.
+struct EnvOverrides(BTreeMap<String, toml::Value>);
+
+impl EnvOverrides {
+    fn from_env(env: &BTreeMap<String, String>) -> Self {
+        let mut tree = BTreeMap::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if key == "config" || key == "database__url" {
+                continue;
+            }
+            let path: Vec<&str> = key.split("__").collect();
+            insert_path(&mut tree, &path, parse_env_value(value));
+        }
+        Self(tree)
+    }
+}
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("{ENV_PREFIX}* environment variables"))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::globals(&self.0).data()
+    }
+}
+
+/// Env values are typed like TOML scalars when they look like one (`32`, `true`, `1.5`), and
+/// are strings otherwise, so `APP_EXECUTOR_DATABASE__POOL_SIZE=32` fills an integer.
+fn parse_env_value(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        if !(value.starts_with('0') && value.len() > 1) {
+            return toml::Value::Integer(i);
+        }
+    }
+    match value {
+        "true" => return toml::Value::Boolean(true),
+        "false" => return toml::Value::Boolean(false),
+        _ => {}
+    }
+    if let Ok(f) = value.parse::<f64>() {
+        if value.contains('.') {
+            return toml::Value::Float(f);
+        }
+    }
+    toml::Value::String(value.to_owned())
+}
+
+fn insert_path(tree: &mut BTreeMap<String, toml::Value>, path: &[&str], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            tree.insert((*last).to_owned(), value);
+        }
+        [head, rest @ ..] => {
+            let entry = tree
+                .entry((*head).to_owned())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let toml::Value::Table(table) = entry {
+                let mut sub: BTreeMap<String, toml::Value> =
+                    std::mem::take(table).into_iter().collect();
+                insert_path(&mut sub, rest, value);
+                *table = sub.into_iter().collect();
+            } else {
+                // `A__B=1` and `A__B__C=2` conflict; the deeper key wins and the conflict shows
+                // up as an unknown or mistyped key.
+                let mut sub = BTreeMap::new();
+                insert_path(&mut sub, rest, value);
+                *entry = toml::Value::Table(sub.into_iter().collect());
+            }
+        }
+    }
+}
+
+/// One line per figment error: the key (as the user would write it in TOML and in the
+/// environment), what is wrong, and where the value came from.
+fn describe_figment_error(error: figment::Error) -> String {
+    let key = error.path.join(".");
+    let source = match &error.metadata {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ => format!(" (in {})", m.name),
+        },
+        None => String::new(),
+    };
+    let env_name = if key.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " / {ENV_PREFIX}{}",
+            error.path.join("__").to_ascii_uppercase()
+        )
+    };
+    let what = match &error.kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            return format!(
+                "unknown key {key:?}{env_name}{source}; expected one of: {}",
+                expected.join(", ")
+            );
+        }
+        kind => kind.to_string(),
+    };
+    if key.is_empty() {
+        format!("{what}{source}")
+    } else {
+        format!("{key}{env_name}: {what}{source}")
+    }
+}
+
+fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            violations.push(format!("{key} = {value:?}: must be greater than zero"));
+            None
+        }
+        Err(e) => {
+            violations.push(format!(
+                "{key} = {value:?}: not a duration ({e}); use e.g. \"30s\", \"5m\" or \"1h 30m\""
+            ));
+            None
+        }
+    }
+}
+
+/// Parses a byte size such as `256MB`, `1GB`, `512MiB` or `256m` (decimal units for `KB`/`MB`,
+/// binary for `KiB`/`MiB`).
+pub fn parse_byte_size(key: &str, value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{key} = {value:?}: not a size ({e}); use e.g. \"256MB\" or \"1GiB\""))
+}
+
+fn resolve_config_path(
+    overrides: &Overrides,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let explicit = overrides
+        .config_path
+        .clone()
+        .or_else(|| env.get(CONFIG_PATH_ENV).map(PathBuf::from));
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            return Err(ConfigError::MissingFile { path });
+        }
+        return Ok(Some(path));
+    }
+    Ok(DEFAULT_CONFIG_PATHS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map(Path::to_path_buf))
+}
+
+/// The database URL, from the first source that has one: `--database-url`,
+/// `APP_EXECUTOR_DATABASE__URL`, `DATABASE_URL`, the systemd credential `database-url`, then
+/// `database.url` in the file — which must not contain a password.
+fn resolve_database_url(
+    overrides: &Overrides,
+    env: &BTreeMap<String, String>,
+    from_file: Option<&str>,
+    file: &Option<PathBuf>,
+) -> Result<Option<DatabaseUrl>, ConfigError> {
+    if let Some(url) = &overrides.database_url {
+        return DatabaseUrl::parse(url, "--database-url").map(Some);
+    }
+    let env_name = format!("{ENV_PREFIX}DATABASE__URL");
+    for name in [env_name.as_str(), "DATABASE_URL"] {
+        if let Some(url) = env.get(name).filter(|v| !v.is_empty()) {
+            return DatabaseUrl::parse(url, name).map(Some);
+        }
+    }
+    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(dir).join(DATABASE_URL_CREDENTIAL);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
+            })?;
+            return DatabaseUrl::parse(text.trim(), "the systemd credential database-url")
+                .map(Some);
+        }
+    }
+    if let Some(url) = from_file {
+        let file = file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let url = DatabaseUrl::parse(url, &format!("database.url in {file}"))?;
+        if url.has_password() {
+            return Err(ConfigError::Invalid(format!(
+                "database.url in {file} contains a password; secrets must not live in the config file. \
+                 Remove it and set DATABASE_URL (or {env_name}, or the systemd credential database-url) instead"
+            )));
+        }
+        return Ok(Some(url));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn write_config(text: &str) -> (tempfile::TempDir, Overrides) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("executor.toml");
+        std::fs::write(&path, text).unwrap();
+        let overrides = Overrides {
+            config_path: Some(path),
+            database_url: None,
+        };
+        (dir, overrides)
+    }
+
+    fn load_error(text: &str, env_pairs: &[(&str, &str)]) -> String {
+        let (_dir, overrides) = write_config(text);
+        Config::load_from(&overrides, &env(env_pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_committed_example_config_is_valid() {
+        let overrides = Overrides {
+            config_path: Some(PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/executor.toml"
+            ))),
+            database_url: None,
+        };
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.database.notify_namespace, "app_executor");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_named() {
+        let overrides = Overrides {
+            config_path: Some(PathBuf::from("/nonexistent/executor.toml")),
+            database_url: None,
+        };
+        let err = Config::load_from(&overrides, &env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile { .. }));
+        assert!(err.to_string().contains("/nonexistent/executor.toml"));
+    }
+
+    #[test]
+    fn bad_toml_names_the_file_and_line() {
+        let err = load_error("[database]\npool_size = = 3\n", &[]);
+        assert!(err.contains("not valid TOML"), "{err}");
+        assert!(err.contains("executor.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named() {
+        let err = load_error("[database]\npool_sise = 3\n", &[]);
+        assert!(err.contains("\"database.pool_sise\""), "{err}");
+        assert!(
+            err.contains("pool_size"),
+            "expected the valid keys listed: {err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_env_override_is_named() {
+        let err = load_error("", &[("APP_EXECUTOR_DATABASE__POOLSIZE", "3")]);
+        assert!(err.contains("database.poolsize"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_env_value_names_the_key_and_the_value() {
+        let err = load_error("", &[("APP_EXECUTOR_DATABASE__POOL_SIZE", "many")]);
+        assert!(err.contains("database.pool_size"), "{err}");
+        assert!(err.contains("many"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file() {
+        let (_dir, overrides) = write_config("[database]\npool_size = 4\n");
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("APP_EXECUTOR_DATABASE__POOL_SIZE", "32")]),
+        )
+        .unwrap();
+        assert_eq!(config.database.pool_size, 32);
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_key_and_the_value() {
+        let err = load_error("[database]\nconnect_timeout = \"ten seconds\"\n", &[]);
+        assert!(err.contains("database.connect_timeout"), "{err}");
+        assert!(err.contains("ten seconds"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_accept_the_documented_forms_and_reject_others() {
+        assert_eq!(parse_byte_size("k", "256MB").unwrap(), 256_000_000);
+        assert_eq!(parse_byte_size("k", "512MiB").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_byte_size("k", "1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_byte_size("k", "256m").unwrap(), 256_000_000);
+        let err = parse_byte_size("sandbox.max_memory", "lots").unwrap_err();
+        assert!(
+            err.contains("sandbox.max_memory") && err.contains("lots"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_config_file_is_refused() {
+        let err = load_error("[database]\nurl = \"postgres://u:secret@db/x\"\n", &[]);
+        assert!(err.contains("contains a password"), "{err}");
+        assert!(!err.contains("secret@"), "the password leaked: {err}");
+    }
+
+    #[test]
+    fn the_database_url_comes_from_the_first_source_that_has_one() {
+        let (_dir, mut overrides) = write_config("[database]\nurl = \"postgres://u@file/x\"\n");
+        let all = env(&[
+            ("APP_EXECUTOR_DATABASE__URL", "postgres://u@prefixed/x"),
+            ("DATABASE_URL", "postgres://u@conventional/x"),
+        ]);
+        let host = |c: Config| c.database.url.unwrap().redacted();
+        assert!(host(Config::load_from(&overrides, &all).unwrap()).contains("prefixed"));
+        let conventional = env(&[("DATABASE_URL", "postgres://u@conventional/x")]);
+        assert!(
+            host(Config::load_from(&overrides, &conventional).unwrap()).contains("conventional")
+        );
+        assert!(host(Config::load_from(&overrides, &env(&[])).unwrap()).contains("file"));
+        overrides.database_url = Some("postgres://u@flag/x".into());
+        assert!(host(Config::load_from(&overrides, &all).unwrap()).contains("flag"));
+    }
+
+    #[test]
+    fn printed_config_never_contains_the_password() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("DATABASE_URL", "postgres://u:hunter2@db:5432/x")]),
+        )
+        .unwrap();
+        let printed = config.redacted_json().to_string();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("***"), "{printed}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_rejected() {
+        let err = load_error("[executor]\nstate_dir = \"state\"\n", &[]);
+        assert!(err.contains("executor.state_dir"), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! app-executor: a daemon that runs user-submitted Node.js apps for a multi-tenant Supabase
+//! platform. It claims pending `app_runs` rows from PostgreSQL, fetches and verifies the app's
+//! files from Supabase Storage, runs `pnpm install` and the entrypoint in hardened Docker
+//! containers, streams logs to storage and records the outcome. See `README.md` for operating it
+//! and `../shared/DESIGN.md` for the contract.
+//!
+//! # Layout
+//!
+//! - [`cli`]: argument parsing, output formatting (human or `--json`) and exit codes.
+//! - [`app`]: the composition root; builds every client from the config and runs operations.
+//! - [`config`]: `executor.toml` + `APP_EXECUTOR_*` overrides, validated; the only reader of
+//!   files and environment for configuration; secrets redacted when printed.
+//! - [`telemetry`]: tracing subscriber (human, JSON, journald).
+//! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator.
+//! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
+//!
+//! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
+//! constructs clients. Pure logic is unit-tested next to its code; behaviour against real
+//! PostgreSQL and Docker is tested in `tests/integration`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod embedded_postgres;
+pub mod telemetry;

@@ -1,0 +1,112 @@
+//! The binary's contract with operators: config errors exit 78 and name the problem, `--json`
+//! prints one document, stubs never pretend to succeed, secrets are never printed.
+
+use std::process::{Command, Output};
+
+use crate::harness::{binary, TestDb};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("APP_EXECUTOR_CONFIG")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_config_file_exits_78_and_names_it() {
+    let out = run(&["check", "--config", "/nonexistent/executor.toml"], &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent/executor.toml"));
+}
+
+#[test]
+fn bad_toml_exits_78_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[database\npool_size = 3\n").unwrap();
+    let out = run(&["migrate", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unknown_environment_override_exits_78_and_names_the_key() {
+    let out = run(&["check"], &[("APP_EXECUTOR_DATABASE__POOL_SIZ", "4")]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("database.pool_siz"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_bad_duration_exits_78_and_names_key_and_value() {
+    let out = run(
+        &["check"],
+        &[("APP_EXECUTOR_DATABASE__CONNECT_TIMEOUT", "soon")],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(
+        err.contains("database.connect_timeout") && err.contains("soon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
+    let out = run(&["migrate"], &[]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("DATABASE_URL"), "{}", stderr(&out));
+}
+
+#[test]
+fn subcommands_not_built_yet_fail_instead_of_pretending() {
+    for args in [vec!["run"], vec!["demo"], vec!["cron", "next", "* * * * *"]] {
+        let out = run(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("not implemented yet"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_reports_a_migrated_database_and_never_prints_the_password() {
+    let db = TestDb::migrated().await;
+    // Loopback trust auth accepts any password, so a password-bearing URL still connects.
+    let url = db.url.expose().replace("postgres@", "postgres:hunter2@");
+    let out = run(&["check", "--json"], &[("DATABASE_URL", &url)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["checks"][1]["name"], "database");
+    assert!(!stdout.contains("hunter2") && !stderr(&out).contains("hunter2"));
+    assert!(report["config"]["database"]["url"]
+        .as_str()
+        .unwrap()
+        .contains("***"));
+}
+
+#[tokio::test]
+async fn check_fails_on_an_unmigrated_database_and_names_the_fix() {
+    let db = TestDb::empty().await;
+    let out = run(&["check"], &[("DATABASE_URL", db.url.expose())]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("app-executor migrate"), "{stdout}");
+}

@@ -1,0 +1,12 @@
+//! Shared fixtures: a fresh database per test cloned from a migrated template ([`TestDb`]),
+//! a running Docker engine and the offline runtime image ([`docker`]), and the built binary.
+
+pub mod docker;
+pub mod postgres;
+
+pub use postgres::TestDb;
+
+/// Path of the `app-executor` binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_app-executor")
+}

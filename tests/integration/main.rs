@@ -1,0 +1,10 @@
+//! Integration tests against the real thing: a real PostgreSQL server, a real Docker engine,
+//! the real binary. One test binary; `harness` holds the shared fixtures.
+
+mod harness;
+
+mod cli;
+mod docker;
+mod migrate;
+mod rls;
+mod schema;
