@@ -1,12 +1,137 @@
 //! The composition root: builds the clients (database, and later Docker and storage) from the
 //! validated config and runs the operations the CLI asks for. Nothing else constructs clients.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DatabaseUrl};
 use crate::db;
+use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
+use crate::runner::execution::{RunExecutor, TestExecution, Unavailable};
+use crate::runner::Runner;
+
+/// Options of `app-executor run` that are not configuration.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Exit once no run is pending and none is in flight.
+    pub until_idle: bool,
+    /// A trivial execution for queue tests (`sleep=…,record=…`); debug builds only.
+    pub test_execution: Option<String>,
+}
+
+/// `app-executor run`: the daemon. Returns after a drain (`shutdown`) or, with `until_idle`,
+/// once the queue is empty.
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let url = database_url(config)?;
+    let execution = select_execution(options.test_execution.as_deref())?;
+    let pool = db::pool(
+        url,
+        config.database.connect_timeout,
+        config.database.pool_size,
+    )?;
+
+    let client = pool
+        .get()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    match db::schema_version(&client).await? {
+        Some(v) if v.as_str() >= db::migration::latest_version() => {}
+        found => {
+            return Err(ConfigError::Invalid(format!(
+                "the database at {url} is at schema {}, this binary needs {}; run `app-executor migrate` first",
+                found.as_deref().unwrap_or("(none)"),
+                db::migration::latest_version()
+            ))
+            .into())
+        }
+    }
+    drop(client);
+    let namespace = &config.database.notify_namespace;
+    let db_namespace = db::queue::notify_namespace(&pool).await?;
+    if db_namespace.as_deref() != Some(namespace.as_str()) {
+        return Err(ConfigError::Invalid(format!(
+            "database.notify_namespace = {namespace:?} but the database notifies on {:?} (app_exec.settings); make them equal or the daemon will not hear new runs",
+            db_namespace.unwrap_or_default()
+        ))
+        .into());
+    }
+
+    let executor_id = executor_id();
+    let capacity = i32::try_from(config.queue.max_concurrent_runs).unwrap_or(i32::MAX);
+    db::queue::register_executor(
+        &pool,
+        &executor_id,
+        &host_name(),
+        env!("CARGO_PKG_VERSION"),
+        capacity,
+    )
+    .await?;
+    tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
+
+    let (cancelled_tx, cancelled_rx) = mpsc::unbounded_channel();
+    let wakeups = Wakeups {
+        run_pending: Arc::new(Notify::new()),
+        schedule_changed: Arc::new(Notify::new()),
+        run_cancelled: cancelled_tx,
+    };
+    let listener_stop = CancellationToken::new();
+    let listener = tokio::spawn(db::listener::listen(
+        url.clone(),
+        config.database.connect_timeout,
+        namespace.clone(),
+        wakeups.clone(),
+        listener_stop.clone(),
+    ));
+
+    let runner = Runner {
+        pool: pool.clone(),
+        executor_id: executor_id.clone(),
+        settings: config.queue.clone(),
+        execution,
+        run_pending: wakeups.run_pending.clone(),
+        run_cancelled: cancelled_rx,
+        until_idle: options.until_idle,
+    };
+    runner.run(shutdown).await;
+    listener_stop.cancel();
+    let _ = listener.await;
+    tracing::info!(%executor_id, "executor stopped");
+    Ok(())
+}
+
+fn select_execution(test_execution: Option<&str>) -> anyhow::Result<Arc<dyn RunExecutor>> {
+    match test_execution {
+        None => Ok(Arc::new(Unavailable)),
+        Some(_) if !cfg!(debug_assertions) => Err(ConfigError::Invalid(
+            "--test-execution is only available in debug builds (it exists for tests)".into(),
+        )
+        .into()),
+        Some(spec) => Ok(Arc::new(
+            TestExecution::parse(spec).map_err(ConfigError::Invalid)?,
+        )),
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, readable in `app_executors` and logs.
+fn executor_id() -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}-{}", host_name(), std::process::id(), &suffix[..6])
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
 
 fn database_url(config: &Config) -> Result<&DatabaseUrl, ConfigError> {
     config.database.url.as_ref().ok_or_else(|| {

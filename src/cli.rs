@@ -42,10 +42,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: claim pending runs and execute them
+    #[command(
+        after_help = "Examples:\n  app-executor run\n  app-executor run --until-idle   # drain the queue once, then exit 0"
+    )]
     Run {
         /// Exit 0 once no runnable run is left
         #[arg(long)]
         until_idle: bool,
+        /// Tests only (debug builds): a trivial execution, e.g. sleep=100ms,record=/path
+        #[arg(long, hide = true)]
+        test_execution: Option<String>,
     },
     /// Apply pending database migrations (Supabase CLI compatible)
     #[command(
@@ -190,7 +196,17 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
-        Command::Run { .. } => Err(not_implemented("run", 3)),
+        Command::Run {
+            until_idle,
+            test_execution,
+        } => {
+            let shutdown = crate::shutdown::on_signals()?;
+            let options = app::RunOptions {
+                until_idle,
+                test_execution,
+            };
+            app::run(&config, options, shutdown).await
+        }
         Command::Validate { .. } => Err(not_implemented("validate", 4)),
         Command::Publish { .. } => Err(not_implemented("publish", 4)),
         Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),

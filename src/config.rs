@@ -55,7 +55,25 @@ pub struct Config {
     pub source_file: Option<PathBuf>,
     pub database: DatabaseConfig,
     pub executor: ExecutorConfig,
+    pub queue: QueueConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The run queue: concurrency, leases, retries, drain and fairness caps.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub max_concurrent_runs: usize,
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub poll_interval: Duration,
+    pub rescue_interval: Duration,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub drain_grace: Duration,
+    pub company_running_cap: i32,
+    pub app_running_cap: i32,
+    /// Per-company overrides of `company_running_cap`, keyed by company id.
+    pub company_caps: BTreeMap<uuid::Uuid, i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,7 +171,42 @@ impl std::fmt::Debug for DatabaseUrl {
 struct RawConfig {
     database: RawDatabase,
     executor: RawExecutor,
+    queue: RawQueue,
     telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    max_concurrent_runs: usize,
+    lease: String,
+    heartbeat_interval: String,
+    poll_interval: String,
+    rescue_interval: String,
+    retry_backoff: String,
+    retry_backoff_max: String,
+    drain_grace: String,
+    company_running_cap: i32,
+    app_running_cap: i32,
+    company_caps: BTreeMap<String, i32>,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 4,
+            lease: "30s".into(),
+            heartbeat_interval: "10s".into(),
+            poll_interval: "5s".into(),
+            rescue_interval: "10s".into(),
+            retry_backoff: "5s".into(),
+            retry_backoff_max: "5m".into(),
+            drain_grace: "60s".into(),
+            company_running_cap: 4,
+            app_running_cap: 4,
+            company_caps: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -298,6 +351,7 @@ impl Config {
                 raw.executor.state_dir.display()
             ));
         }
+        let queue = queue_from_raw(&raw.queue, &mut violations);
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
         }
@@ -312,6 +366,7 @@ impl Config {
             executor: ExecutorConfig {
                 state_dir: raw.executor.state_dir,
             },
+            queue: queue.expect("violations were reported above"),
             telemetry: TelemetryConfig {
                 format: raw.telemetry.format,
                 level: raw.telemetry.level,
@@ -331,6 +386,19 @@ impl Config {
             },
             "executor": {
                 "state_dir": self.executor.state_dir.display().to_string(),
+            },
+            "queue": {
+                "max_concurrent_runs": self.queue.max_concurrent_runs,
+                "lease": human(self.queue.lease),
+                "heartbeat_interval": human(self.queue.heartbeat_interval),
+                "poll_interval": human(self.queue.poll_interval),
+                "rescue_interval": human(self.queue.rescue_interval),
+                "retry_backoff": human(self.queue.retry_backoff),
+                "retry_backoff_max": human(self.queue.retry_backoff_max),
+                "drain_grace": human(self.queue.drain_grace),
+                "company_running_cap": self.queue.company_running_cap,
+                "app_running_cap": self.queue.app_running_cap,
+                "company_caps": self.queue.company_caps,
             },
             "telemetry": {
                 "format": self.telemetry.format,
@@ -455,6 +523,69 @@ fn describe_figment_error(error: figment::Error) -> String {
     } else {
         format!("{key}{env_name}: {what}{source}")
     }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Validates `[queue]`; `None` when a violation was recorded.
+fn queue_from_raw(raw: &RawQueue, violations: &mut Vec<String>) -> Option<QueueConfig> {
+    let before = violations.len();
+    let mut duration = |key: &str, value: &str| {
+        parse_duration(&format!("queue.{key}"), value, violations).unwrap_or_default()
+    };
+    let lease = duration("lease", &raw.lease);
+    let heartbeat_interval = duration("heartbeat_interval", &raw.heartbeat_interval);
+    let poll_interval = duration("poll_interval", &raw.poll_interval);
+    let rescue_interval = duration("rescue_interval", &raw.rescue_interval);
+    let retry_backoff = duration("retry_backoff", &raw.retry_backoff);
+    let retry_backoff_max = duration("retry_backoff_max", &raw.retry_backoff_max);
+    let drain_grace = duration("drain_grace", &raw.drain_grace);
+    if violations.len() == before && heartbeat_interval * 2 > lease {
+        violations.push(format!(
+            "queue.heartbeat_interval = {:?} with queue.lease = {:?}: the heartbeat must come at most every half lease (a third is better), or healthy runs get rescued",
+            raw.heartbeat_interval, raw.lease
+        ));
+    }
+    if raw.max_concurrent_runs == 0 {
+        violations.push("queue.max_concurrent_runs = 0: must be at least 1".into());
+    }
+    for (key, value) in [
+        ("company_running_cap", raw.company_running_cap),
+        ("app_running_cap", raw.app_running_cap),
+    ] {
+        if value < 1 {
+            violations.push(format!("queue.{key} = {value}: must be at least 1"));
+        }
+    }
+    let mut company_caps = BTreeMap::new();
+    for (company, cap) in &raw.company_caps {
+        match company.parse::<uuid::Uuid>() {
+            Ok(id) if *cap >= 0 => {
+                company_caps.insert(id, *cap);
+            }
+            Ok(_) => violations.push(format!(
+                "queue.company_caps.{company} = {cap}: must be 0 (paused) or more"
+            )),
+            Err(_) => violations.push(format!(
+                "queue.company_caps: key {company:?} is not a company id (uuid)"
+            )),
+        }
+    }
+    (violations.len() == before).then_some(QueueConfig {
+        max_concurrent_runs: raw.max_concurrent_runs,
+        lease,
+        heartbeat_interval,
+        poll_interval,
+        rescue_interval,
+        retry_backoff,
+        retry_backoff_max,
+        drain_grace,
+        company_running_cap: raw.company_running_cap,
+        app_running_cap: raw.app_running_cap,
+        company_caps,
+    })
 }
 
 fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
@@ -701,6 +832,33 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("***"), "{printed}");
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_heartbeat_slower_than_half_the_lease_is_rejected() {
+        let err = load_error(
+            "[queue]\nlease = \"10s\"\nheartbeat_interval = \"8s\"\n",
+            &[],
+        );
+        assert!(err.contains("queue.heartbeat_interval"), "{err}");
+    }
+
+    #[test]
+    fn company_cap_overrides_must_be_keyed_by_company_id() {
+        let err = load_error("[queue.company_caps]\nacme = 3\n", &[]);
+        assert!(err.contains("\"acme\" is not a company id"), "{err}");
+        let (_dir, overrides) =
+            write_config("[queue.company_caps]\n\"6f1c2a8e-0d5b-4c83-9e0b-0a4c1f9e2b7d\" = 10\n");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(
+            config
+                .queue
+                .company_caps
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![10]
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! - [`config`]: `executor.toml` + `APP_EXECUTOR_*` overrides, validated; the only reader of
 //!   files and environment for configuration; secrets redacted when printed.
 //! - [`telemetry`]: tracing subscriber (human, JSON, journald).
-//! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator.
+//! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator,
+//!   the queue's statements and the LISTEN session.
+//! - [`model`]: data exchanged between components (claimed runs, outcomes); no I/O.
+//! - [`runner`]: the claim loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
+//! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -23,4 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod embedded_postgres;
+pub mod model;
+pub mod runner;
+pub mod shutdown;
 pub mod telemetry;

@@ -54,6 +54,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250715000002_add_test_app_data.sql"),
     migration!("20250801000000_executor_queue.sql"),
     migration!("20250801000001_executor_cron.sql"),
+    migration!("20250801000003_executor_claim.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -7,7 +7,9 @@
 //! deadpool pool every other component shares. Both use the same `tokio_postgres::Config`, so
 //! timeouts and the application name are set in one place.
 
+pub mod listener;
 pub mod migration;
+pub mod queue;
 pub mod statement;
 
 use std::time::Duration;

@@ -73,7 +73,7 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
 
 #[test]
 fn subcommands_not_built_yet_fail_instead_of_pretending() {
-    for args in [vec!["run"], vec!["demo"], vec!["cron", "next", "* * * * *"]] {
+    for args in [vec!["demo"], vec!["cron", "next", "* * * * *"]] {
         let out = run(&args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(

@@ -6,5 +6,6 @@ mod harness;
 mod cli;
 mod docker;
 mod migrate;
+mod queue;
 mod rls;
 mod schema;

@@ -1,0 +1,372 @@
+//! The run queue's statements: claim, lease, finish, release, rescue, and the executor
+//! registry. One function per statement, named for its effect.
+//!
+//! Every write after the claim is fenced on `(executor_id, attempt)` and the expected status;
+//! a write that matches no row means the lease is gone, and callers must keep nothing.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::model::{ClaimedRun, FinalStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no database connection for {action}: {source}")]
+    Pool {
+        action: &'static str,
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    #[error("failed to {action}: {source}")]
+    Query {
+        action: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+async fn client(pool: &Pool, action: &'static str) -> Result<deadpool_postgres::Client> {
+    pool.get()
+        .await
+        .map_err(|source| QueueError::Pool { action, source })
+}
+
+fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
+    move |source| QueueError::Query { action, source }
+}
+
+/// Postgres `interval` from a duration, as text (`'1500 milliseconds'`).
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+/// Caps the claim enforces.
+#[derive(Debug, Clone)]
+pub struct ClaimLimits {
+    pub lease: Duration,
+    pub company_cap: i32,
+    pub app_cap: i32,
+    /// Per-company overrides of `company_cap`, `{"<company uuid>": cap}`.
+    pub company_caps: serde_json::Value,
+}
+
+fn claimed_run(row: &Row) -> ClaimedRun {
+    ClaimedRun {
+        id: row.get("id"),
+        app_id: row.get("app_id"),
+        company_id: row.get("company_id"),
+        build_id: row.get("build_id"),
+        run_type: row.get("run_type"),
+        attempt: row.get("attempt"),
+        max_attempts: row.get("max_attempts"),
+        input_data: row.get("input_data"),
+        metadata: row.get("metadata"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+    }
+}
+
+/// Claims the next eligible run for `executor_id` (fairness and caps: see the migration
+/// `executor_claim`), or `None` when nothing is eligible now.
+pub async fn claim_next_run(
+    pool: &Pool,
+    executor_id: &str,
+    limits: &ClaimLimits,
+) -> Result<Option<ClaimedRun>> {
+    let client = client(pool, "claiming a run").await?;
+    let row = client
+        .query_opt(
+            "select * from app_exec.claim_next_run($1, $2::text::interval, $3, $4, $5)",
+            &[
+                &executor_id,
+                &interval(limits.lease),
+                &limits.company_cap,
+                &limits.app_cap,
+                &limits.company_caps,
+            ],
+        )
+        .await
+        .map_err(query("claim the next run"))?;
+    Ok(row.as_ref().map(claimed_run))
+}
+
+/// What a fenced lease extension found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Still ours and running; the lease was extended.
+    Held,
+    /// A client cancelled the run (it is still attributed to us).
+    Cancelled,
+    /// The run is no longer ours (rescued, finished elsewhere, or deleted).
+    Lost,
+}
+
+/// Extends the lease of a run we hold; reports a cancellation or a lost lease instead.
+pub async fn extend_lease(
+    pool: &Pool,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    lease: Duration,
+) -> Result<LeaseState> {
+    let client = client(pool, "extending a lease").await?;
+    let extended = client
+        .execute(
+            "update public.app_runs
+                set lease_expires_at = now() + $4::text::interval, heartbeat_at = now()
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+            &[&run_id, &executor_id, &attempt, &interval(lease)],
+        )
+        .await
+        .map_err(query("extend a run's lease"))?;
+    if extended == 1 {
+        return Ok(LeaseState::Held);
+    }
+    let cancelled = client
+        .query_opt(
+            "select 1 from public.app_runs
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'cancelled'",
+            &[&run_id, &executor_id, &attempt],
+        )
+        .await
+        .map_err(query("check a run for cancellation"))?;
+    Ok(if cancelled.is_some() {
+        LeaseState::Cancelled
+    } else {
+        LeaseState::Lost
+    })
+}
+
+/// The outcome fields written when a run ends.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    pub status: FinalStatus,
+    pub error_kind: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub exit_code: Option<i32>,
+}
+
+/// Writes a terminal status, fenced. `false` when the run is no longer ours (nothing written).
+pub async fn finish_run(
+    pool: &Pool,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    completion: &Completion<'_>,
+) -> Result<bool> {
+    let client = client(pool, "finishing a run").await?;
+    let n = client
+        .execute(
+            "update public.app_runs
+                set status = $4, completed_at = now(),
+                    duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
+                    error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+            &[
+                &run_id,
+                &executor_id,
+                &attempt,
+                &completion.status.as_str(),
+                &completion.error_kind,
+                &completion.error_message,
+                &completion.exit_code,
+            ],
+        )
+        .await
+        .map_err(query("write a run's final status"))?;
+    Ok(n == 1)
+}
+
+/// Completes the record of a run a client cancelled while we ran it: completion time and
+/// duration (the status stays `cancelled`). Fenced like every write.
+pub async fn record_cancellation(
+    pool: &Pool,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+) -> Result<bool> {
+    let client = client(pool, "recording a cancellation").await?;
+    let n = client
+        .execute(
+            "update public.app_runs
+                set completed_at = coalesce(completed_at, now()),
+                    duration_ms = (extract(epoch from coalesce(completed_at, now()) - started_at) * 1000)::bigint,
+                    error_kind = coalesce(error_kind, 'cancelled'), lease_expires_at = null
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'cancelled'",
+            &[&run_id, &executor_id, &attempt],
+        )
+        .await
+        .map_err(query("record a run's cancellation"))?;
+    Ok(n == 1)
+}
+
+/// Puts a run we hold back to `pending`. `charge_attempt = false` (shutdown) gives the attempt
+/// back; `delay` postpones the next claim (retry backoff). Fenced.
+pub async fn release_run(
+    pool: &Pool,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    charge_attempt: bool,
+    delay: Duration,
+    reason: Option<(&str, &str)>,
+) -> Result<bool> {
+    let client = client(pool, "releasing a run").await?;
+    let (kind, message) = reason.unzip();
+    let n = client
+        .execute(
+            "update public.app_runs
+                set status = 'pending', executor_id = null, lease_expires_at = null,
+                    heartbeat_at = null, started_at = null,
+                    attempt = case when $4 then attempt else attempt - 1 end,
+                    run_after = now() + $5::text::interval,
+                    error_kind = coalesce($6, error_kind), error_message = coalesce($7, error_message)
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+            &[
+                &run_id,
+                &executor_id,
+                &attempt,
+                &charge_attempt,
+                &interval(delay),
+                &kind,
+                &message,
+            ],
+        )
+        .await
+        .map_err(query("release a run"))?;
+    Ok(n == 1)
+}
+
+/// A run rescued from an expired lease.
+#[derive(Debug, Clone)]
+pub struct Rescued {
+    pub run_id: Uuid,
+    pub previous_executor: Option<String>,
+    /// `pending` (retried) or `failed` (attempts exhausted).
+    pub status: String,
+}
+
+/// Requeues (or fails, when attempts are exhausted) up to `limit` running runs whose lease
+/// expired, and marks executors silent for `stale_after` as stopped.
+pub async fn rescue_expired_leases(
+    pool: &Pool,
+    limit: i64,
+    retry_delay: Duration,
+    stale_after: Duration,
+) -> Result<Vec<Rescued>> {
+    let client = client(pool, "rescuing expired leases").await?;
+    let rows = client
+        .query(
+            "with expired as (
+               select id, executor_id from public.app_runs
+                where status = 'running' and lease_expires_at < now()
+                order by lease_expires_at
+                limit $1
+                for update skip locked
+             )
+             update public.app_runs r
+                set status = case when r.attempt >= r.max_attempts then 'failed' else 'pending' end,
+                    error_kind = 'lease_expired',
+                    error_message = format('the lease of executor %s expired during attempt %s (daemon crashed, hung or lost the database)', e.executor_id, r.attempt),
+                    completed_at = case when r.attempt >= r.max_attempts then now() end,
+                    run_after = now() + $2::text::interval,
+                    executor_id = case when r.attempt >= r.max_attempts then r.executor_id end,
+                    lease_expires_at = null, heartbeat_at = null,
+                    started_at = case when r.attempt >= r.max_attempts then r.started_at end
+               from expired e
+              where r.id = e.id
+             returning r.id, e.executor_id, r.status",
+            &[&limit, &interval(retry_delay)],
+        )
+        .await
+        .map_err(query("rescue runs with expired leases"))?;
+    client
+        .execute(
+            "update public.app_executors set state = 'stopped', running = 0
+              where state <> 'stopped' and heartbeat_at < now() - $1::text::interval",
+            &[&interval(stale_after)],
+        )
+        .await
+        .map_err(query("mark silent executors stopped"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Rescued {
+            run_id: r.get(0),
+            previous_executor: r.get(1),
+            status: r.get(2),
+        })
+        .collect())
+}
+
+/// Pending runs, whether eligible now or waiting for a retry delay.
+pub async fn count_pending_runs(pool: &Pool) -> Result<i64> {
+    let client = client(pool, "counting pending runs").await?;
+    let row = client
+        .query_one(
+            "select count(*) from public.app_runs where status = 'pending'",
+            &[],
+        )
+        .await
+        .map_err(query("count pending runs"))?;
+    Ok(row.get(0))
+}
+
+/// Registers (or re-registers) this daemon in `app_executors`.
+pub async fn register_executor(
+    pool: &Pool,
+    executor_id: &str,
+    host: &str,
+    version: &str,
+    capacity: i32,
+) -> Result<()> {
+    let client = client(pool, "registering the executor").await?;
+    client
+        .execute(
+            "insert into public.app_executors (id, host, version, capacity, running, state)
+             values ($1, $2, $3, $4, 0, 'active')
+             on conflict (id) do update
+               set host = excluded.host, version = excluded.version, capacity = excluded.capacity,
+                   running = 0, state = 'active', started_at = now(), heartbeat_at = now()",
+            &[&executor_id, &host, &version, &capacity],
+        )
+        .await
+        .map_err(query("register in app_executors"))?;
+    Ok(())
+}
+
+/// The executor's own heartbeat: liveness, how many runs it holds, and its state
+/// (`active` | `draining` | `stopped`).
+pub async fn heartbeat_executor(
+    pool: &Pool,
+    executor_id: &str,
+    running: i32,
+    state: &str,
+) -> Result<()> {
+    let client = client(pool, "heartbeating the executor").await?;
+    client
+        .execute(
+            "update public.app_executors set heartbeat_at = now(), running = $2, state = $3 where id = $1",
+            &[&executor_id, &running, &state],
+        )
+        .await
+        .map_err(query("update app_executors"))?;
+    Ok(())
+}
+
+/// The namespace the database's NOTIFY triggers use.
+pub async fn notify_namespace(pool: &Pool) -> Result<Option<String>> {
+    let client = client(pool, "reading the notify namespace").await?;
+    let row = client
+        .query_opt(
+            "select value from app_exec.settings where key = 'notify_namespace'",
+            &[],
+        )
+        .await
+        .map_err(query("read app_exec.settings"))?;
+    Ok(row.map(|r| r.get(0)))
+}

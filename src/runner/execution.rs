@@ -1,0 +1,120 @@
+//! The execution seam: what turns a claimed run into an [`Outcome`].
+//!
+//! The runner owns leases, cancellation and status writes; an execution only runs the app and
+//! must return promptly once `stop` fires. Production builds have exactly one implementation
+//! until sandboxed execution lands: [`Unavailable`], which fails runs with a clear message
+//! rather than pretending. [`TestExecution`] (sleep, record, succeed) exists for tests and
+//! benchmarks of the queue and can only be selected in debug builds.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{ClaimedRun, Outcome};
+
+/// Runs one claimed run to an outcome. Must return [`Outcome::Stopped`] soon after `stop` fires.
+pub trait RunExecutor: Send + Sync + 'static {
+    fn execute<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        stop: CancellationToken,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+/// The execution of this build: apps cannot be executed yet, so every run fails with
+/// `error_kind = execution_unavailable` before anything starts.
+pub struct Unavailable;
+
+impl RunExecutor for Unavailable {
+    fn execute<'a>(
+        &'a self,
+        _run: &'a ClaimedRun,
+        _stop: CancellationToken,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async {
+            Outcome::failed(
+                "execution_unavailable",
+                "this app-executor build cannot execute apps yet (sandboxed execution is tracked in issue #5); nothing was started",
+            )
+        })
+    }
+}
+
+/// A trivial execution for queue tests and benchmarks: optionally appends
+/// `<run id> <attempt>` to a file (O_APPEND, so several processes can share it), sleeps, and
+/// succeeds; stops early when told to.
+#[derive(Debug, Clone, Default)]
+pub struct TestExecution {
+    pub sleep: Duration,
+    pub record: Option<PathBuf>,
+}
+
+impl TestExecution {
+    /// Parses `sleep=200ms,record=/path/to/file` (both optional; empty = succeed at once).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut execution = Self::default();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("sleep", value)) => {
+                    execution.sleep = humantime::parse_duration(value)
+                        .map_err(|e| format!("test execution sleep={value:?}: {e}"))?;
+                }
+                Some(("record", path)) => execution.record = Some(PathBuf::from(path)),
+                _ => {
+                    return Err(format!(
+                        "test execution: unknown part {part:?}; expected sleep=<duration>,record=<path>"
+                    ))
+                }
+            }
+        }
+        Ok(execution)
+    }
+}
+
+impl RunExecutor for TestExecution {
+    fn execute<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        stop: CancellationToken,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            if let Some(path) = &self.record {
+                let line = format!("{} {}\n", run.id, run.attempt);
+                let written = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(line.as_bytes()));
+                if let Err(e) = written {
+                    return Outcome::InfraFailure {
+                        error_kind: "test_record_failed".into(),
+                        message: format!("cannot append to {}: {e}", path.display()),
+                    };
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => Outcome::Stopped,
+                _ = tokio::time::sleep(self.sleep) => Outcome::success(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_execution_specs_parse_and_bad_ones_are_named() {
+        let e = TestExecution::parse("sleep=250ms,record=/tmp/x").unwrap();
+        assert_eq!(e.sleep, Duration::from_millis(250));
+        assert_eq!(e.record, Some(PathBuf::from("/tmp/x")));
+        assert!(TestExecution::parse("nap=1s")
+            .unwrap_err()
+            .contains("nap=1s"));
+    }
+}

@@ -1,0 +1,207 @@
+//! One run's lease: renewing it while the run executes, and writing the outcome afterwards.
+//!
+//! Renewal is fenced: if the row is no longer ours the execution is stopped at once (a client
+//! cancelled it, or another daemon rescued it). If the database cannot be reached for longer
+//! than the lease, we must assume another daemon has rescued the run, so the execution is
+//! stopped too: two daemons must never both believe they own a run.
+//! Outcome writes are retried on database errors until they land or turn out to match no row.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::InFlight;
+use crate::config::QueueConfig;
+use crate::db::queue::{self, Completion, LeaseState, QueueError};
+use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
+
+/// Renews the lease every heartbeat interval until aborted or the lease is gone.
+pub(super) async fn keep(
+    pool: Pool,
+    executor_id: String,
+    run_id: Uuid,
+    attempt: i32,
+    settings: QueueConfig,
+    in_flight: InFlight,
+) {
+    let mut last_renewed = Instant::now();
+    loop {
+        tokio::time::sleep(settings.heartbeat_interval).await;
+        match queue::extend_lease(&pool, run_id, &executor_id, attempt, settings.lease).await {
+            Ok(LeaseState::Held) => last_renewed = Instant::now(),
+            Ok(LeaseState::Cancelled) => {
+                tracing::info!(%run_id, "run cancelled by a client; stopping it");
+                in_flight.stop_for(StopReason::Cancelled);
+                return;
+            }
+            Ok(LeaseState::Lost) => {
+                tracing::warn!(%run_id, attempt, "lease lost (the run was rescued or finished elsewhere); abandoning it");
+                in_flight.stop_for(StopReason::LeaseLost);
+                return;
+            }
+            Err(e) if last_renewed.elapsed() >= settings.lease => {
+                tracing::warn!(%run_id, error = %e, "could not renew the lease before it expired; abandoning the run");
+                in_flight.stop_for(StopReason::LeaseLost);
+                return;
+            }
+            Err(e) => tracing::warn!(%run_id, error = %e, "lease renewal failed; retrying"),
+        }
+    }
+}
+
+/// Writes what became of the run, fenced on `(executor_id, attempt)`.
+pub(super) async fn record_outcome(
+    pool: &Pool,
+    executor_id: &str,
+    run: &ClaimedRun,
+    settings: &QueueConfig,
+    outcome: Outcome,
+    reason: Option<StopReason>,
+) {
+    let run_id = run.id;
+    let attempt = run.attempt;
+    match (reason, outcome) {
+        (Some(StopReason::LeaseLost), _) => {
+            tracing::warn!(%run_id, attempt, "lease lost: the result of this attempt is discarded");
+        }
+        (Some(StopReason::Cancelled), _) => {
+            let written = retry_write("record a cancellation", run_id, || {
+                queue::record_cancellation(pool, run_id, executor_id, attempt)
+            })
+            .await;
+            tracing::info!(%run_id, recorded = written, "run cancelled");
+        }
+        (Some(StopReason::Shutdown), _) => {
+            let released = retry_write("release an interrupted run", run_id, || {
+                queue::release_run(
+                    pool,
+                    run_id,
+                    executor_id,
+                    attempt,
+                    false,
+                    Duration::ZERO,
+                    None,
+                )
+            })
+            .await;
+            tracing::info!(%run_id, released, "run interrupted by shutdown and returned to the queue (attempt not charged)");
+        }
+        (
+            None,
+            Outcome::Finished {
+                status,
+                error_kind,
+                error_message,
+                exit_code,
+            },
+        ) => {
+            let completion = Completion {
+                status,
+                error_kind: error_kind.as_deref(),
+                error_message: error_message.as_deref(),
+                exit_code,
+            };
+            let written = retry_write("write the final status", run_id, || {
+                queue::finish_run(pool, run_id, executor_id, attempt, &completion)
+            })
+            .await;
+            if written {
+                tracing::info!(%run_id, status = status.as_str(), error_kind = ?completion.error_kind, "run finished");
+            } else {
+                settle_unwritten_finish(pool, executor_id, run).await;
+            }
+        }
+        (
+            None,
+            Outcome::InfraFailure {
+                error_kind,
+                message,
+            },
+        ) => {
+            if attempt < run.max_attempts {
+                let delay =
+                    retry_delay(attempt, settings.retry_backoff, settings.retry_backoff_max);
+                let released = retry_write("release a run for retry", run_id, || {
+                    queue::release_run(
+                        pool,
+                        run_id,
+                        executor_id,
+                        attempt,
+                        true,
+                        delay,
+                        Some((&error_kind, &message)),
+                    )
+                })
+                .await;
+                tracing::warn!(%run_id, attempt, %error_kind, error = %message, retry_in = ?delay, released, "infrastructure failure; the run will be retried");
+            } else {
+                let completion = Completion {
+                    status: crate::model::FinalStatus::Failed,
+                    error_kind: Some(&error_kind),
+                    error_message: Some(&message),
+                    exit_code: None,
+                };
+                let written = retry_write("fail a run out of attempts", run_id, || {
+                    queue::finish_run(pool, run_id, executor_id, attempt, &completion)
+                })
+                .await;
+                tracing::warn!(%run_id, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; run failed");
+            }
+        }
+        (None, Outcome::Stopped) => {
+            // The execution stopped without being told to: treat as an infrastructure failure.
+            let released = retry_write("release a run that stopped by itself", run_id, || {
+                queue::release_run(
+                    pool,
+                    run_id,
+                    executor_id,
+                    attempt,
+                    true,
+                    settings.retry_backoff,
+                    Some((
+                        "execution_stopped",
+                        "the execution stopped without a reason",
+                    )),
+                )
+            })
+            .await;
+            tracing::warn!(%run_id, released, "execution stopped unexpectedly; run released for retry");
+        }
+    }
+}
+
+/// A fenced final write matched no row: a client cancelled at the last moment (cancel wins; we
+/// complete its record), or the lease is gone (keep nothing).
+async fn settle_unwritten_finish(pool: &Pool, executor_id: &str, run: &ClaimedRun) {
+    let cancelled = retry_write("record a late cancellation", run.id, || {
+        queue::record_cancellation(pool, run.id, executor_id, run.attempt)
+    })
+    .await;
+    if cancelled {
+        tracing::info!(run_id = %run.id, "run was cancelled as it finished; cancellation kept");
+    } else {
+        tracing::warn!(run_id = %run.id, attempt = run.attempt, "final status not written: the lease was lost; result discarded");
+    }
+}
+
+/// Retries a fenced write on database errors (outages, restarts) with capped backoff. Returns
+/// whether the write matched a row.
+async fn retry_write<F, Fut>(what: &str, run_id: Uuid, mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, QueueError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(matched) => return matched,
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, retry_in = ?backoff, "could not {what}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The runner: keeps up to `max_concurrent_runs` runs in flight, each under a lease.
+//!
+//! One loop claims runs while slots are free, then waits for a NOTIFY wake-up, a freed slot or
+//! the poll interval. Each claimed run gets a task that renews its lease (fenced on executor
+//! and attempt), executes it through the [`RunExecutor`] seam, and writes the outcome —
+//! retrying database errors until the write lands or the run is provably no longer ours.
+//! Background loops renew this daemon's `app_executors` row, rescue expired leases of any
+//! daemon, and forward client cancellations to the run they concern.
+//!
+//! Shutdown (the token passed to [`Runner::run`]) drains: no new claims, running runs get
+//! `drain_grace` to finish, then they are stopped and put back in the queue without charging
+//! an attempt.
+
+pub mod execution;
+mod lease;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::QueueConfig;
+use crate::db::queue::{self, ClaimLimits};
+use crate::model::{ClaimedRun, StopReason};
+pub use execution::RunExecutor;
+
+/// How a run in flight can be stopped from outside its task.
+#[derive(Clone)]
+struct InFlight {
+    stop: CancellationToken,
+    /// Set before `stop` fires, so the run's task knows what to write afterwards.
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl InFlight {
+    fn stop_for(&self, reason: StopReason) {
+        self.reason.lock().unwrap().get_or_insert(reason);
+        self.stop.cancel();
+    }
+}
+
+/// Runs registered in this process, by id.
+type Registry = Arc<Mutex<HashMap<Uuid, InFlight>>>;
+
+pub struct Runner {
+    pub pool: Pool,
+    pub executor_id: String,
+    pub settings: QueueConfig,
+    pub execution: Arc<dyn RunExecutor>,
+    /// Notified by the LISTEN session when a run becomes pending.
+    pub run_pending: Arc<Notify>,
+    /// Run ids a client cancelled, from the LISTEN session.
+    pub run_cancelled: mpsc::UnboundedReceiver<Uuid>,
+    /// Exit once no run is pending and none is in flight (`run --until-idle`).
+    pub until_idle: bool,
+}
+
+impl Runner {
+    /// Claims and executes runs until `shutdown` fires (then drains) or, with `until_idle`,
+    /// until the queue is empty.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Runner {
+            pool,
+            executor_id,
+            settings,
+            execution,
+            run_pending,
+            run_cancelled,
+            until_idle,
+        } = self;
+        let registry: Registry = Arc::default();
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        let state = Arc::new(Mutex::new("active"));
+        let slots = Arc::new(Semaphore::new(settings.max_concurrent_runs));
+        let slot_freed = Arc::new(Notify::new());
+        let limits = ClaimLimits {
+            lease: settings.lease,
+            company_cap: settings.company_running_cap,
+            app_cap: settings.app_running_cap,
+            company_caps: serde_json::to_value(
+                settings
+                    .company_caps
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect::<HashMap<_, _>>(),
+            )
+            .expect("a map of strings to integers serialises"),
+        };
+
+        let background_tasks = TaskTracker::new();
+        background_tasks.spawn(registry_heartbeat(
+            pool.clone(),
+            executor_id.clone(),
+            settings.heartbeat_interval,
+            registry.clone(),
+            state.clone(),
+            background.clone(),
+        ));
+        background_tasks.spawn(rescue_loop(
+            pool.clone(),
+            settings.clone(),
+            run_pending.clone(),
+            background.clone(),
+        ));
+        background_tasks.spawn(forward_cancellations(
+            run_cancelled,
+            registry.clone(),
+            background.clone(),
+        ));
+
+        loop {
+            // Register interest before looking, so a NOTIFY between the claim and the wait is
+            // not lost.
+            let pending = run_pending.notified();
+            let freed = slot_freed.notified();
+            tokio::pin!(pending, freed);
+            pending.as_mut().enable();
+            freed.as_mut().enable();
+
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                match queue::claim_next_run(&pool, &executor_id, &limits).await {
+                    Ok(Some(run)) => {
+                        tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
+                        let task = RunTask {
+                            pool: pool.clone(),
+                            executor_id: executor_id.clone(),
+                            settings: settings.clone(),
+                            execution: execution.clone(),
+                            registry: registry.clone(),
+                        };
+                        let freed_signal = slot_freed.clone();
+                        tracker.spawn(async move {
+                            task.execute(run).await;
+                            drop(permit);
+                            freed_signal.notify_one();
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
+                        break;
+                    }
+                }
+            }
+
+            if until_idle && registry.lock().unwrap().is_empty() {
+                match queue::count_pending_runs(&pool).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot count pending runs"),
+                }
+            }
+
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = &mut pending => {}
+                _ = &mut freed => {}
+                _ = tokio::time::sleep(settings.poll_interval) => {}
+            }
+        }
+
+        drain(
+            &registry,
+            &tracker,
+            &state,
+            &settings,
+            shutdown.is_cancelled(),
+        )
+        .await;
+        background.cancel();
+        background_tasks.close();
+        background_tasks.wait().await;
+        *state.lock().unwrap() = "stopped";
+        if let Err(e) = queue::heartbeat_executor(&pool, &executor_id, 0, "stopped").await {
+            tracing::warn!(error = %e, "could not mark this executor stopped");
+        }
+    }
+}
+
+/// Waits for runs in flight; on shutdown, for at most `drain_grace`, then stops the rest and
+/// waits for their release.
+async fn drain(
+    registry: &Registry,
+    tracker: &TaskTracker,
+    state: &Mutex<&'static str>,
+    settings: &QueueConfig,
+    shutting_down: bool,
+) {
+    tracker.close();
+    if !shutting_down {
+        tracker.wait().await;
+        return;
+    }
+    *state.lock().unwrap() = "draining";
+    let in_flight = registry.lock().unwrap().len();
+    tracing::info!(in_flight, grace = ?settings.drain_grace, "draining: no new claims");
+    if tokio::time::timeout(settings.drain_grace, tracker.wait())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let stopping: Vec<InFlight> = registry.lock().unwrap().values().cloned().collect();
+    tracing::warn!(
+        runs = stopping.len(),
+        "drain grace period over; stopping runs and returning them to the queue"
+    );
+    for run in &stopping {
+        run.stop_for(StopReason::Shutdown);
+    }
+    tracker.wait().await;
+}
+
+/// Renews this daemon's `app_executors` row (liveness, running count, state).
+async fn registry_heartbeat(
+    pool: Pool,
+    executor_id: String,
+    interval: Duration,
+    registry: Registry,
+    state: Arc<Mutex<&'static str>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let running = registry.lock().unwrap().len() as i32;
+        let current = *state.lock().unwrap();
+        if let Err(e) = queue::heartbeat_executor(&pool, &executor_id, running, current).await {
+            tracing::warn!(error = %e, "executor heartbeat failed");
+        }
+    }
+}
+
+/// Requeues runs whose lease expired, whoever held them; wakes the claim loop when it did.
+async fn rescue_loop(
+    pool: Pool,
+    settings: QueueConfig,
+    run_pending: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.rescue_interval) => {}
+        }
+        match queue::rescue_expired_leases(&pool, 100, Duration::ZERO, settings.lease * 3).await {
+            Ok(rescued) => {
+                for run in &rescued {
+                    tracing::warn!(run_id = %run.run_id, previous_executor = ?run.previous_executor, status = %run.status, "rescued run with an expired lease");
+                }
+                if !rescued.is_empty() {
+                    run_pending.notify_waiters();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rescue sweep failed"),
+        }
+    }
+}
+
+/// Stops runs of ours that a client cancelled.
+async fn forward_cancellations(
+    mut cancelled: mpsc::UnboundedReceiver<Uuid>,
+    registry: Registry,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            run = cancelled.recv() => match run {
+                Some(run) => {
+                    if let Some(in_flight) = registry.lock().unwrap().get(&run) {
+                        tracing::info!(run_id = %run, "run cancelled by a client; stopping it");
+                        in_flight.stop_for(StopReason::Cancelled);
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Everything one run's task needs.
+struct RunTask {
+    pool: Pool,
+    executor_id: String,
+    settings: QueueConfig,
+    execution: Arc<dyn RunExecutor>,
+    registry: Registry,
+}
+
+impl RunTask {
+    async fn execute(self, run: ClaimedRun) {
+        let in_flight = InFlight {
+            stop: CancellationToken::new(),
+            reason: Arc::default(),
+        };
+        self.registry
+            .lock()
+            .unwrap()
+            .insert(run.id, in_flight.clone());
+        let keeper = tokio::spawn(lease::keep(
+            self.pool.clone(),
+            self.executor_id.clone(),
+            run.id,
+            run.attempt,
+            self.settings.clone(),
+            in_flight.clone(),
+        ));
+        let outcome = self.execution.execute(&run, in_flight.stop.clone()).await;
+        keeper.abort();
+        let reason = *in_flight.reason.lock().unwrap();
+        lease::record_outcome(
+            &self.pool,
+            &self.executor_id,
+            &run,
+            &self.settings,
+            outcome,
+            reason,
+        )
+        .await;
+        self.registry.lock().unwrap().remove(&run.id);
+    }
+}

@@ -1,0 +1,129 @@
+//! The real `app-executor run` as a child process, with short queue timings and the test
+//! execution (`--test-execution`), so tests can kill it with SIGKILL or drain it with SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TestDb;
+
+pub struct DaemonOptions {
+    pub execution: String,
+    pub env: Vec<(String, String)>,
+    pub until_idle: bool,
+}
+
+impl DaemonOptions {
+    pub fn new(execution: &str) -> Self {
+        Self {
+            execution: execution.to_owned(),
+            env: Vec::new(),
+            until_idle: false,
+        }
+    }
+
+    /// Sets `APP_EXECUTOR_QUEUE__<KEY>`.
+    pub fn queue(mut self, key: &str, value: &str) -> Self {
+        self.env.push((
+            format!("APP_EXECUTOR_QUEUE__{}", key.to_ascii_uppercase()),
+            value.to_owned(),
+        ));
+        self
+    }
+
+    pub fn until_idle(mut self) -> Self {
+        self.until_idle = true;
+        self
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(db: &TestDb, options: DaemonOptions) -> Self {
+        let log = std::env::temp_dir().join(format!("daemon-{}.log", uuid::Uuid::new_v4()));
+        let mut command = Command::new(super::binary());
+        command
+            .arg("run")
+            .args(["--test-execution", &options.execution])
+            .env("DATABASE_URL", db.url.expose())
+            .env(
+                "APP_EXECUTOR_CONFIG",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
+            )
+            .env("APP_EXECUTOR_TELEMETRY__FORMAT", "human")
+            .env("RUST_LOG", "app_executor=debug,info")
+            // Fast defaults for tests; each test may override.
+            .env("APP_EXECUTOR_QUEUE__LEASE", "3s")
+            .env("APP_EXECUTOR_QUEUE__HEARTBEAT_INTERVAL", "500ms")
+            .env("APP_EXECUTOR_QUEUE__POLL_INTERVAL", "1s")
+            .env("APP_EXECUTOR_QUEUE__RESCUE_INTERVAL", "500ms")
+            .env("APP_EXECUTOR_QUEUE__RETRY_BACKOFF", "100ms")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if options.until_idle {
+            command.arg("--until-idle");
+        }
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        Self {
+            child: command.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no drain, no cleanup.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit, at most `limit`; panics with its log otherwise.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
