@@ -106,7 +106,16 @@ impl EmbeddedPostgres {
             cluster.stop()?;
         }
 
-        cluster.port = free_port().map_err(dir_err)?;
+        // Keep the port of an earlier start when it is still free, so clients configured with
+        // it reconnect after a restart.
+        let previous = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
+        cluster.port = match previous {
+            Some(port) => port,
+            None => free_port().map_err(dir_err)?,
+        };
         std::fs::write(&port_file, cluster.port.to_string()).map_err(dir_err)?;
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \

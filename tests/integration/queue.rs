@@ -538,3 +538,63 @@ async fn killing_the_daemons_database_sessions_mid_run_loses_nothing() {
     assert_eq!(distinct, runs.into_iter().collect::<HashSet<_>>());
     let _ = std::fs::remove_file(record);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_mid_run_loses_and_duplicates_nothing() {
+    // A server of its own: restarting the shared one would break the other tests.
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("restart-{}", Uuid::new_v4().simple()));
+    let cluster = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || app_executor::embedded_postgres::EmbeddedPostgres::ensure_running(&root).unwrap()
+    })
+    .await
+    .unwrap();
+    let db = TestDb::attach(cluster.url("postgres"));
+    {
+        let mut client = db.client().await;
+        app_executor::db::migration::migrate(&mut client, false)
+            .await
+            .unwrap();
+    }
+    let client = db.client().await;
+    let (company, app) = tenant(&client).await;
+    let runs = enqueue(&client, company, app, 20).await;
+    drop(client);
+    let record = record_file();
+    let mut daemon = Daemon::spawn(
+        &db,
+        DaemonOptions::new(&format!("sleep=400ms,record={}", record.display()))
+            .queue("max_concurrent_runs", "4")
+            .until_idle(),
+    );
+    wait_for("runs in flight", Duration::from_secs(20), || async {
+        recorded(&record).len() >= 4
+    })
+    .await;
+
+    let restart = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        restart.stop().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        app_executor::embedded_postgres::EmbeddedPostgres::ensure_running(restart.root()).unwrap()
+    })
+    .await
+    .unwrap();
+
+    let status = daemon.wait(Duration::from_secs(90));
+    assert!(status.success(), "{}", daemon.log_text());
+    let client = db.client().await;
+    assert_eq!(
+        status_counts(&client).await,
+        HashMap::from([("success".to_owned(), 20)])
+    );
+    let executions = recorded(&record);
+    assert_eq!(executions.len(), 20, "a run was executed twice");
+    let distinct: HashSet<Uuid> = executions.iter().map(|(id, _)| *id).collect();
+    assert_eq!(distinct, runs.into_iter().collect::<HashSet<_>>());
+    drop(client);
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_file(record);
+    let _ = std::fs::remove_dir_all(root);
+}

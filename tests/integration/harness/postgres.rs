@@ -128,13 +128,23 @@ async fn sweep_leftovers(admin: &Client) {
     }
 }
 
-/// A database of its own for one test, migrated, dropped on drop.
+/// A database of its own for one test, migrated, dropped on drop (unless attached).
 pub struct TestDb {
     pub name: String,
     pub url: DatabaseUrl,
+    owned: bool,
 }
 
 impl TestDb {
+    /// An existing database on another server (e.g. a test's private cluster); not dropped.
+    pub fn attach(url: DatabaseUrl) -> Self {
+        Self {
+            name: String::new(),
+            url,
+            owned: false,
+        }
+    }
+
     /// A fresh database cloned from the migrated template.
     pub async fn migrated() -> Self {
         let admin = admin_client().await;
@@ -162,7 +172,11 @@ impl TestDb {
             .await
             .unwrap();
         let url = url_for(&name);
-        Self { name, url }
+        Self {
+            name,
+            url,
+            owned: true,
+        }
     }
 
     /// A new superuser session on this database (bypasses RLS, like the daemon).
@@ -173,6 +187,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on; use a thread with a
         // runtime of its own.
