@@ -111,8 +111,8 @@ pub async fn run(
 fn select_execution(test_execution: Option<&str>) -> anyhow::Result<Arc<dyn RunExecutor>> {
     match test_execution {
         None => Ok(Arc::new(Unavailable)),
-        Some(_) if !cfg!(debug_assertions) => Err(ConfigError::Invalid(
-            "--test-execution is only available in debug builds (it exists for tests)".into(),
+        Some(_) if !cfg!(any(debug_assertions, feature = "test-execution")) => Err(ConfigError::Invalid(
+            "--test-execution is only available in debug builds and benchmark builds (--features test-execution); it exists for tests".into(),
         )
         .into()),
         Some(spec) => Ok(Arc::new(

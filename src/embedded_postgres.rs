@@ -70,7 +70,9 @@ impl EmbeddedPostgres {
         let data = root.join("data");
         let socket = root.join("socket");
         std::fs::create_dir_all(&socket).map_err(dir_err)?;
-        if as_postgres_user {
+        // Hand the directory over once, before initdb; a running cluster's files are its own
+        // (a recursive chown then would race with the server creating and deleting files).
+        if as_postgres_user && !data.join("PG_VERSION").exists() {
             run(Command::new("chown")
                 .arg("-R")
                 .arg("postgres:postgres")

@@ -123,6 +123,8 @@ impl Runner {
             pending.as_mut().enable();
             freed.as_mut().enable();
 
+            // Whether the last claim found nothing: only then is it worth asking if we are idle.
+            let mut found_nothing = false;
             while let Ok(permit) = slots.clone().try_acquire_owned() {
                 if shutdown.is_cancelled() {
                     break;
@@ -144,7 +146,10 @@ impl Runner {
                             freed_signal.notify_one();
                         });
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        found_nothing = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
                         break;
@@ -152,7 +157,7 @@ impl Runner {
                 }
             }
 
-            if until_idle && registry.lock().unwrap().is_empty() {
+            if until_idle && found_nothing && registry.lock().unwrap().is_empty() {
                 match queue::count_pending_runs(&pool).await {
                     Ok(0) => break,
                     Ok(_) => {}
