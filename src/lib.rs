@@ -12,6 +12,8 @@
 //!   files and environment for configuration; secrets redacted when printed.
 //! - [`telemetry`]: tracing subscriber (human, JSON, journald).
 //! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator.
+//! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
+//!   the scheduler loop that fires due schedules as runs.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -21,6 +23,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod embedded_postgres;
 pub mod telemetry;

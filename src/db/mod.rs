@@ -8,6 +8,7 @@
 //! timeouts and the application name are set in one place.
 
 pub mod migration;
+pub mod schedule;
 pub mod statement;
 
 use std::time::Duration;
