@@ -32,6 +32,7 @@ const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 const CONTENTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the loop does after a pass.
+#[derive(Debug)]
 enum Wake {
     /// A batch limit was hit: pass again at once.
     Now,
@@ -109,6 +110,7 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return,
                 deadline = self.pass_and_deadline() => deadline,
             };
+            tracing::trace!(wake = ?deadline, "cron scheduler pass done");
             let sleep: Sleep<'_> = match deadline {
                 Wake::Now => continue,
                 // Another daemon is firing a due schedule: a pause in real time, not in the
@@ -133,8 +135,8 @@ impl Scheduler {
         match self.pass(now).await {
             Ok(report) if report.failed > 0 => retry,
             Ok(report) if report.more => Wake::Now,
-            Ok(_) => match self.earliest_next_run_at().await {
-                // Still due after a clean pass: another daemon holds its row lock.
+            Ok(_) => match self.earliest_next_run_at(now).await {
+                // Still due (or unplanned) after a clean pass: another daemon holds its row lock.
                 Ok(Some(next)) if next <= now => Wake::Contended,
                 Ok(Some(next)) => Wake::At(next.min(cap)),
                 Ok(None) => Wake::At(cap),
@@ -154,9 +156,12 @@ impl Scheduler {
         chrono::Duration::from_std(self.settings.max_sleep).unwrap_or(chrono::Duration::MAX)
     }
 
-    async fn earliest_next_run_at(&self) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+    async fn earliest_next_run_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
         let client = self.pool.get().await?;
-        sql::earliest_next_run_at(&client)
+        sql::earliest_next_run_at(&client, now)
             .await
             .map_err(SchedulerError::ListDue)
     }

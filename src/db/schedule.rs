@@ -237,14 +237,16 @@ pub async fn advance_schedule(
     Ok(())
 }
 
-/// When the scheduler next has work: the earliest `next_run_at` of an active schedule.
+/// When the scheduler next has work: the earliest `next_run_at` of an active schedule, where
+/// a schedule not yet planned (another daemon is planning it) counts as due at `now`.
 pub async fn earliest_next_run_at(
     client: &Client,
+    now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "select min(next_run_at) from public.app_cron_schedules where is_active",
-            &[],
+            "select min(coalesce(next_run_at, $1)) from public.app_cron_schedules where is_active",
+            &[&now],
         )
         .await?;
     Ok(row.get(0))

@@ -137,11 +137,39 @@ async fn until_zero(client: &Client, query: &str, now: DateTime<Utc>) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the schedulers did not finish: {query}");
+    let state: Vec<String> = client
+        .query(
+            "select id::text, next_run_at::text, is_active from public.app_cron_schedules",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {:?} {}",
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, bool>(2)
+            )
+        })
+        .collect();
+    let locks: Vec<String> = client
+        .query("select state || ' ' || coalesce(wait_event_type, '-') || ' ' || left(query, 60) from pg_stat_activity where datname = current_database()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    panic!("the schedulers did not finish at {now}: {query}\n{state:#?}\n{locks:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_schedulers_fire_every_second_exactly_once_even_when_one_is_killed() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("app_executor=trace")
+        .try_init();
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let owner = tenant(&client).await;
