@@ -192,7 +192,7 @@ impl Scheduler {
     }
 
     /// Computes `next_run_at` (the first tick after `now`) for new and edited schedules, and
-    /// disables the ones that cannot be parsed or never fire.
+    /// disables the ones that cannot be parsed (expression, zone or policies) or never fire.
     async fn plan_unplanned(
         &self,
         now: DateTime<Utc>,
@@ -205,8 +205,10 @@ impl Scheduler {
             .map_err(SchedulerError::Plan)?;
         report.more |= rows.len() as i64 >= self.batch_size();
         for row in rows {
+            // The policies are checked now too, so a typo is reported before the first tick.
             let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
                 .map_err(|e| e.to_string())
+                .and_then(|s| Policy::from_config(&row.config).map(|_| s))
                 .and_then(|s| {
                     s.next_after(now)
                         .ok_or_else(|| never_fires(&row.cron_expression))

@@ -16,6 +16,7 @@ pub struct UnplannedSchedule {
     pub id: Uuid,
     pub cron_expression: String,
     pub timezone: String,
+    pub config: Value,
 }
 
 /// A schedule whose `next_run_at` is due, locked by the claiming transaction.
@@ -45,7 +46,7 @@ pub async fn claim_unplanned_schedules(
 ) -> Result<Vec<UnplannedSchedule>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "select id, cron_expression, timezone from public.app_cron_schedules
+            "select id, cron_expression, timezone, config from public.app_cron_schedules
              where is_active and next_run_at is null
              order by created_at limit $1
              for update skip locked",
@@ -58,6 +59,7 @@ pub async fn claim_unplanned_schedules(
             id: r.get(0),
             cron_expression: r.get(1),
             timezone: r.get(2),
+            config: r.get(3),
         })
         .collect())
 }

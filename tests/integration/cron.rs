@@ -394,10 +394,22 @@ async fn invalid_schedules_are_disabled_with_a_reason_while_others_keep_firing()
     )
     .await;
     let good = add_schedule(&client, owner, "* * * * *", "UTC", json!({})).await;
+    // Planned elsewhere (an older daemon, a manual insert) and found invalid only when due.
+    let due_but_bad: Uuid = client
+        .query_one(
+            "insert into public.app_cron_schedules (app_id, company_id, cron_expression, next_run_at)
+             values ($1, $2, 'every minute', $3) returning id",
+            &[&owner.1, &owner.0, &(t0() + minutes(1))],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let clock = ManualClock::new(t0());
     let scheduler = scheduler(&db, &clock, settings(100));
-    scheduler.pass(t0()).await.unwrap();
-    scheduler.pass(t0() + minutes(1)).await.unwrap();
+    let report = scheduler.pass(t0()).await.unwrap();
+    assert_eq!((report.planned, report.disabled), (1, 3));
+    let report = scheduler.pass(t0() + minutes(1)).await.unwrap();
+    assert_eq!((report.fired, report.disabled, report.failed), (1, 1, 0));
 
     let (active, reason, next) = schedule_state(&client, bad_expr).await;
     assert!(!active && next.is_none());
@@ -414,11 +426,17 @@ async fn invalid_schedules_are_disabled_with_a_reason_while_others_keep_firing()
         tick_counts(&client, bad_expr).await,
         counts(&[("skipped", Some("invalid_schedule"), 1)])
     );
-    // The config is only read when the schedule fires; it is disabled then, with its reason.
     let (active, reason, _) = schedule_state(&client, bad_config).await;
     assert!(!active);
     assert!(reason.unwrap().contains("config.catch_up"));
     assert!(run_times(&client, bad_config).await.is_empty());
+    let (active, reason, _) = schedule_state(&client, due_but_bad).await;
+    assert!(!active);
+    assert!(reason.unwrap().contains("\"every minute\""));
+    assert_eq!(
+        tick_counts(&client, due_but_bad).await,
+        counts(&[("skipped", Some("invalid_schedule"), 1)])
+    );
     assert_eq!(run_times(&client, good).await, vec![t0() + minutes(1)]);
 
     // Fixing the expression re-activates it with a fresh plan.
