@@ -243,6 +243,12 @@ fn cron_next(
             None => break,
         }
     }
+    if times.is_empty() && count > 0 {
+        anyhow::bail!(
+            "{expression:?} never fires after {}; check the day-of-month and month fields",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     let zone = schedule.zone();
     if json {
         let items: Vec<_> = times
@@ -255,8 +261,6 @@ fn cron_next(
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
-    } else if times.is_empty() {
-        println!("{expression:?} never fires");
     } else {
         for t in &times {
             let local = t.with_timezone(&zone);
