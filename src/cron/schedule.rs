@@ -390,6 +390,19 @@ mod tests {
     }
 
     #[test]
+    fn a_midnight_swallowed_by_the_gap_fires_at_one_in_sao_paulo() {
+        // 2018-11-04 00:00 (-03:00) jumped to 01:00 (-02:00): the day still gets its run.
+        assert_eq!(
+            fires("@daily", "America/Sao_Paulo", "2018-11-02T12:00:00Z", 3),
+            [
+                "2018-11-03T03:00:00Z",
+                "2018-11-04T03:00:00Z",
+                "2018-11-05T02:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
     fn kathmandu_quarter_offset_is_honoured() {
         // +05:45: 09:00 local is 03:15 UTC.
         assert_eq!(
