@@ -101,7 +101,19 @@ pub async fn run(
         run_cancelled: cancelled_rx,
         until_idle: options.until_idle,
     };
+    let scheduler_stop = CancellationToken::new();
+    let scheduler = tokio::spawn(
+        crate::cron::Scheduler::new(
+            pool.clone(),
+            Arc::new(crate::cron::SystemClock),
+            config.cron.clone(),
+            wakeups.schedule_changed.clone(),
+        )
+        .run(scheduler_stop.clone()),
+    );
     runner.run(shutdown).await;
+    scheduler_stop.cancel();
+    let _ = scheduler.await;
     listener_stop.cancel();
     let _ = listener.await;
     tracing::info!(%executor_id, "executor stopped");

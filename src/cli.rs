@@ -119,15 +119,23 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CronCommand {
-    /// Print the next fire times of a cron expression
+    /// Print the next fire times of a cron expression, local and UTC
+    #[command(
+        after_help = "Examples:\n  app-executor cron next '30 2 * * *' --tz America/New_York --after 2026-03-07T00:00:00Z -n 3\n  app-executor cron next @daily --tz Europe/London --json"
+    )]
     Next {
+        /// 5 fields (minute first), 6 with seconds first, or @hourly/@daily/@weekly/@monthly/@yearly
         expression: String,
+        /// IANA time zone the expression is evaluated in
         #[arg(long, default_value = "UTC")]
         tz: String,
+        /// Start after this RFC 3339 instant [default: now]
         #[arg(long)]
         after: Option<String>,
+        /// How many fire times to print
         #[arg(short = 'n', default_value_t = 10)]
         count: usize,
+        /// Print a JSON array of {"utc", "local"}
         #[arg(long)]
         json: bool,
     },
@@ -211,9 +219,75 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Publish { .. } => Err(not_implemented("publish", 4)),
         Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
         Command::Logs { .. } => Err(not_implemented("logs", 6)),
-        Command::Cron(CronCommand::Next { .. }) => Err(not_implemented("cron next", 7)),
+        Command::Cron(CronCommand::Next {
+            expression,
+            tz,
+            after,
+            count,
+            json,
+        }) => cron_next(&expression, &tz, after.as_deref(), count, json),
         Command::Demo => Err(not_implemented("demo", 8)),
     }
+}
+
+/// `cron next`: the schedule's upcoming nominal fire times, as the scheduler would fire them.
+fn cron_next(
+    expression: &str,
+    tz: &str,
+    after: Option<&str>,
+    count: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let schedule = crate::cron::Schedule::parse(expression, tz)?;
+    let mut at = match after {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--after {text:?} is not an RFC 3339 instant ({e}); use e.g. 2026-03-08T00:00:00Z"
+                )
+            })?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        match schedule.next_after(at) {
+            Some(next) => {
+                times.push(next);
+                at = next;
+            }
+            None => break,
+        }
+    }
+    if times.is_empty() && count > 0 {
+        anyhow::bail!(
+            "{expression:?} never fires after {}; check the day-of-month and month fields",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    let zone = schedule.zone();
+    if json {
+        let items: Vec<_> = times
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "utc": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "local": t.with_timezone(&zone).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        for t in &times {
+            let local = t.with_timezone(&zone);
+            println!(
+                "{}  {}",
+                local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn not_implemented(command: &'static str, issue: u32) -> anyhow::Error {

@@ -57,6 +57,21 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub queue: QueueConfig,
     pub telemetry: TelemetryConfig,
+    pub cron: CronSettings,
+}
+
+/// `[cron]`: the scheduler every daemon runs (see `cron::Scheduler`).
+#[derive(Debug, Clone)]
+pub struct CronSettings {
+    /// Whether this daemon evaluates schedules at all (others sharing the database still do).
+    pub enabled: bool,
+    /// Longest sleep between passes even when nothing is due: bounds how late a missed wake
+    /// (lost NOTIFY, clock step) is noticed.
+    pub max_sleep: Duration,
+    /// `catch_up = "all"` fires at most this many missed ticks; older ones are skipped.
+    pub catch_up_cap: usize,
+    /// Schedules planned or fired per transaction batch in one pass.
+    pub batch_size: usize,
 }
 
 /// The run queue: concurrency, leases, retries, drain and fairness caps.
@@ -173,6 +188,27 @@ struct RawConfig {
     executor: RawExecutor,
     queue: RawQueue,
     telemetry: RawTelemetry,
+    cron: RawCron,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCron {
+    enabled: bool,
+    max_sleep: String,
+    catch_up_cap: usize,
+    batch_size: usize,
+}
+
+impl Default for RawCron {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_sleep: "30s".into(),
+            catch_up_cap: 100,
+            batch_size: 100,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -352,6 +388,17 @@ impl Config {
             ));
         }
         let queue = queue_from_raw(&raw.queue, &mut violations);
+        let cron_max_sleep = parse_duration("cron.max_sleep", &raw.cron.max_sleep, &mut violations);
+        let max_cap = crate::cron::scheduler::MAX_TICKS_PER_PASS;
+        if !(1..=max_cap).contains(&raw.cron.catch_up_cap) {
+            violations.push(format!(
+                "cron.catch_up_cap = {}: must be between 1 and {max_cap}",
+                raw.cron.catch_up_cap
+            ));
+        }
+        if raw.cron.batch_size == 0 {
+            violations.push("cron.batch_size = 0: must be at least 1".to_owned());
+        }
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
         }
@@ -370,6 +417,12 @@ impl Config {
             telemetry: TelemetryConfig {
                 format: raw.telemetry.format,
                 level: raw.telemetry.level,
+            },
+            cron: CronSettings {
+                enabled: raw.cron.enabled,
+                max_sleep: cron_max_sleep.unwrap_or_default(),
+                catch_up_cap: raw.cron.catch_up_cap,
+                batch_size: raw.cron.batch_size,
             },
         })
     }
@@ -403,6 +456,12 @@ impl Config {
             "telemetry": {
                 "format": self.telemetry.format,
                 "level": self.telemetry.level,
+            },
+            "cron": {
+                "enabled": self.cron.enabled,
+                "max_sleep": humantime::format_duration(self.cron.max_sleep).to_string(),
+                "catch_up_cap": self.cron.catch_up_cap,
+                "batch_size": self.cron.batch_size,
             },
         })
     }
@@ -859,6 +918,24 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![10]
         );
+    }
+
+    #[test]
+    fn cron_settings_have_defaults_and_bad_values_are_named() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert!(config.cron.enabled);
+        assert_eq!(config.cron.max_sleep, Duration::from_secs(30));
+        assert_eq!(
+            (config.cron.catch_up_cap, config.cron.batch_size),
+            (100, 100)
+        );
+        let err = load_error("[cron]\nmax_sleep = \"forever\"\ncatch_up_cap = 0\n", &[]);
+        assert!(
+            err.contains("cron.max_sleep") && err.contains("forever"),
+            "{err}"
+        );
+        assert!(err.contains("cron.catch_up_cap = 0"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`model`]: data exchanged between components (claimed runs, outcomes); no I/O.
 //! - [`runner`]: the claim loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
 //! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
+//! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
+//!   the scheduler loop that fires due schedules as runs.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod embedded_postgres;
 pub mod model;

@@ -104,7 +104,7 @@ async fn session(
     tracing::debug!(%namespace, "listening for run and schedule notifications");
     // Anything sent while we were not listening is lost: make everyone look once.
     wakeups.run_pending.notify_waiters();
-    wakeups.schedule_changed.notify_waiters();
+    wakeups.schedule_changed.notify_one();
 
     let lost = loop {
         tokio::select! {
@@ -123,7 +123,7 @@ async fn session(
                             let _ = wakeups.run_cancelled.send(run);
                         }
                     } else if channel == schedules {
-                        wakeups.schedule_changed.notify_waiters();
+                        wakeups.schedule_changed.notify_one();
                     }
                 }
                 Some(Ok(_)) => {}

@@ -10,6 +10,7 @@
 pub mod listener;
 pub mod migration;
 pub mod queue;
+pub mod schedule;
 pub mod statement;
 
 use std::time::Duration;

@@ -73,7 +73,11 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
 
 #[test]
 fn subcommands_not_built_yet_fail_instead_of_pretending() {
-    for args in [vec!["demo"], vec!["cron", "next", "* * * * *"]] {
+    for args in [
+        vec!["demo"],
+        vec!["validate", "."],
+        vec!["logs", "some-run"],
+    ] {
         let out = run(&args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(
@@ -82,6 +86,60 @@ fn subcommands_not_built_yet_fail_instead_of_pretending() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn cron_next_prints_local_and_utc_fire_times_across_the_spring_gap() {
+    let args = [
+        "cron",
+        "next",
+        "30 2 * * *",
+        "--tz",
+        "America/New_York",
+        "--after",
+        "2026-03-07T00:00:00Z",
+        "-n",
+        "3",
+    ];
+    let out = run(&args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[1].contains("2026-03-08 03:00:00 EDT"), "{stdout}");
+    assert!(lines[1].ends_with("2026-03-08T07:00:00Z"), "{stdout}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = run(&json_args, &[]);
+    let fires: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        fires,
+        serde_json::json!([
+            {"utc": "2026-03-07T07:30:00Z", "local": "2026-03-07T02:30:00-05:00"},
+            {"utc": "2026-03-08T07:00:00Z", "local": "2026-03-08T03:00:00-04:00"},
+            {"utc": "2026-03-09T06:30:00Z", "local": "2026-03-09T02:30:00-04:00"},
+        ])
+    );
+}
+
+#[test]
+fn cron_next_with_a_bad_expression_or_zone_exits_1_and_names_it() {
+    let out = run(&["cron", "next", "61 * * * *"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("minute 61 is out of range 0-59"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["cron", "next", "@daily", "--tz", "Mars/Olympus"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Mars/Olympus") && stderr(&out).contains("IANA"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod cron;
 mod docker;
 mod migrate;
 mod queue;

@@ -1,0 +1,387 @@
+//! The cron loop that runs in every daemon: plan schedules lacking `next_run_at`, sleep until
+//! the earliest one is due (or a schedule changes), then fire each due schedule in its own
+//! short transaction.
+//!
+//! Several daemons run this loop against one database. Row locks (`FOR UPDATE SKIP LOCKED`)
+//! keep two daemons off one schedule at a time, and `UNIQUE (schedule_id, scheduled_for)` on
+//! `app_runs` makes a double fire impossible even if that ever failed. A daemon killed
+//! mid-transaction loses nothing: its transaction rolls back and `next_run_at` stays due.
+//! One bad schedule is disabled and never stops the loop.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::clock::{Clock, Sleep};
+use super::policy::{plan, CatchUp, Overlap, Plan, Policy, SkipReason};
+use super::schedule::Schedule;
+use crate::config::CronSettings;
+use crate::db::schedule as sql;
+
+/// Due ticks enumerated for one schedule in one pass at most; a longer backlog (a per-second
+/// schedule after a day of downtime) is worked off over the following passes.
+pub const MAX_TICKS_PER_PASS: usize = 10_000;
+/// Wait before retrying after the database failed, so an outage is not a busy loop.
+const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
+
+/// How long to wait for another daemon that holds a due schedule's row lock.
+const CONTENTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What the loop does after a pass.
+#[derive(Debug)]
+enum Wake {
+    /// A batch limit was hit: pass again at once.
+    Now,
+    /// A due schedule is locked by another daemon.
+    Contended,
+    At(DateTime<Utc>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("cannot get a database connection for the cron scheduler: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("failed to plan cron schedules: {0}")]
+    Plan(#[source] tokio_postgres::Error),
+    #[error("failed to list due cron schedules: {0}")]
+    ListDue(#[source] tokio_postgres::Error),
+    #[error("failed to fire cron schedule {schedule_id}: {source}")]
+    Fire {
+        schedule_id: Uuid,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub planned: usize,
+    pub disabled: usize,
+    pub fired: usize,
+    pub skipped: usize,
+    /// Schedules whose firing failed this pass (logged; retried after a pause).
+    pub failed: usize,
+    /// A batch limit was reached: run another pass at once.
+    pub more: bool,
+}
+
+/// The cron scheduler of one daemon. Build it in the composition root and spawn [`run`].
+///
+/// [`run`]: Scheduler::run
+pub struct Scheduler {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    settings: CronSettings,
+    /// Notified by the daemon's LISTEN task on `<namespace>_schedule_changed`: a new or edited
+    /// schedule is planned at once instead of at the next `max_sleep`.
+    wake: Arc<Notify>,
+}
+
+impl Scheduler {
+    pub fn new(
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+        settings: CronSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            clock,
+            settings,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. Cancelling mid-pass drops the open transaction,
+    /// which rolls back: that schedule stays due for the next daemon.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if !self.settings.enabled {
+            tracing::info!("cron scheduler disabled by cron.enabled = false");
+            return;
+        }
+        loop {
+            let deadline = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                deadline = self.pass_and_deadline() => deadline,
+            };
+            tracing::trace!(wake = ?deadline, "cron scheduler pass done");
+            let sleep: Sleep<'_> = match deadline {
+                Wake::Now => continue,
+                // Another daemon is firing a due schedule: a pause in real time, not in the
+                // schedule's clock, since its commit is what we wait for.
+                Wake::Contended => Box::pin(tokio::time::sleep(CONTENTION_PAUSE)),
+                Wake::At(deadline) => self.clock.sleep_until(deadline),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// One pass, then when to wake next.
+    async fn pass_and_deadline(&self) -> Wake {
+        let now = self.clock.now();
+        let cap = now + self.max_sleep();
+        let retry = Wake::At((now + RETRY_AFTER).min(cap));
+        match self.pass(now).await {
+            Ok(report) if report.failed > 0 => retry,
+            Ok(report) if report.more => Wake::Now,
+            Ok(_) => match self.earliest_next_run_at(now).await {
+                // Still due (or unplanned) after a clean pass: another daemon holds its row lock.
+                Ok(Some(next)) if next <= now => Wake::Contended,
+                Ok(Some(next)) => Wake::At(next.min(cap)),
+                Ok(None) => Wake::At(cap),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cron scheduler cannot read its next wake time; retrying");
+                    retry
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cron scheduler pass failed; retrying");
+                retry
+            }
+        }
+    }
+
+    fn max_sleep(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.max_sleep).unwrap_or(chrono::Duration::MAX)
+    }
+
+    async fn earliest_next_run_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+        let client = self.pool.get().await?;
+        sql::earliest_next_run_at(&client, now)
+            .await
+            .map_err(SchedulerError::ListDue)
+    }
+
+    /// Plans unplanned schedules, then fires every schedule due at `now`.
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<PassReport, SchedulerError> {
+        let mut report = PassReport::default();
+        self.plan_unplanned(now, &mut report).await?;
+        let ids = {
+            let client = self.pool.get().await?;
+            sql::due_schedule_ids(&client, now, self.batch_size())
+                .await
+                .map_err(SchedulerError::ListDue)?
+        };
+        report.more |= ids.len() as i64 >= self.batch_size();
+        for id in ids {
+            // One failing schedule is logged and the others still fire.
+            if let Err(e) = self.fire_schedule(id, now, &mut report).await {
+                report.failed += 1;
+                tracing::warn!(error = %e, schedule_id = %id, "cron schedule not fired this pass");
+            }
+        }
+        Ok(report)
+    }
+
+    fn batch_size(&self) -> i64 {
+        i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX)
+    }
+
+    /// Computes `next_run_at` (the first tick after `now`) for new and edited schedules, and
+    /// disables the ones that cannot be parsed (expression, zone or policies) or never fire.
+    async fn plan_unplanned(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) -> Result<(), SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(SchedulerError::Plan)?;
+        let rows = sql::claim_unplanned_schedules(&tx, self.batch_size())
+            .await
+            .map_err(SchedulerError::Plan)?;
+        report.more |= rows.len() as i64 >= self.batch_size();
+        for row in rows {
+            // The policies are checked now too, so a typo is reported before the first tick.
+            let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
+                .map_err(|e| e.to_string())
+                .and_then(|s| Policy::from_config(&row.config).map(|_| s))
+                .and_then(|s| {
+                    s.next_after(now)
+                        .ok_or_else(|| never_fires(&row.cron_expression))
+                });
+            match parsed {
+                Ok(next) => {
+                    sql::set_next_run_at(&tx, row.id, next)
+                        .await
+                        .map_err(SchedulerError::Plan)?;
+                    report.planned += 1;
+                }
+                Err(reason) => {
+                    disable(&tx, row.id, now, &reason)
+                        .await
+                        .map_err(SchedulerError::Plan)?;
+                    report.disabled += 1;
+                }
+            }
+        }
+        tx.commit().await.map_err(SchedulerError::Plan)
+    }
+
+    /// Fires one due schedule in one transaction: runs, ticks and the schedule's new
+    /// `next_run_at` commit together or not at all.
+    async fn fire_schedule(
+        &self,
+        schedule_id: Uuid,
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) -> Result<(), SchedulerError> {
+        let err = |source| SchedulerError::Fire {
+            schedule_id,
+            source,
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        let Some(row) = sql::claim_due_schedule(&tx, schedule_id, now)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(()); // another daemon has it, or already fired it
+        };
+        let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Policy::from_config(&row.config).map(|p| (s, p)));
+        let (schedule, policy) = match parsed {
+            Ok(ok) => ok,
+            Err(reason) => {
+                disable(&tx, row.id, row.next_run_at, &reason)
+                    .await
+                    .map_err(err)?;
+                report.disabled += 1;
+                return tx.commit().await.map_err(err);
+            }
+        };
+
+        // Every nominal tick from next_run_at up to now, oldest first.
+        let mut due = vec![row.next_run_at];
+        let mut next = schedule.next_after(row.next_run_at);
+        let mut cut = false;
+        while let Some(t) = next.filter(|t| *t <= now) {
+            if due.len() >= MAX_TICKS_PER_PASS {
+                cut = true;
+                break;
+            }
+            due.push(t);
+            next = schedule.next_after(t);
+        }
+        let Some(next) = next else {
+            disable(&tx, row.id, now, &never_fires(&row.cron_expression))
+                .await
+                .map_err(err)?;
+            report.disabled += 1;
+            return tx.commit().await.map_err(err);
+        };
+        let plan = if cut {
+            // A backlog longer than one pass: these are all older than the newest tick, so
+            // none of them fires; the next pass continues from `next`, which is still due.
+            report.more = true;
+            let reason = match policy.catch_up {
+                CatchUp::All => SkipReason::CatchUpCap,
+                CatchUp::Skip | CatchUp::Once => SkipReason::Downtime,
+            };
+            Plan {
+                fire: Vec::new(),
+                skip: due.iter().map(|t| (*t, reason)).collect(),
+            }
+        } else {
+            plan(&due, policy.catch_up, self.settings.catch_up_cap)
+        };
+        for reason in [SkipReason::Downtime, SkipReason::CatchUpCap] {
+            let ticks: Vec<_> = plan
+                .skip
+                .iter()
+                .filter(|(_, r)| *r == reason)
+                .map(|(t, _)| *t)
+                .collect();
+            report.skipped += ticks.len();
+            sql::record_skipped_ticks(&tx, row.id, &ticks, reason.as_str(), None)
+                .await
+                .map_err(err)?;
+        }
+
+        let mut last_run = None;
+        if !plan.fire.is_empty() {
+            let active = sql::active_run_of_schedule(&tx, row.id)
+                .await
+                .map_err(err)?;
+            let detail = active
+                .as_ref()
+                .map(|a| format!("previous run {} was {}", a.id, a.status));
+            match (policy.overlap, &detail) {
+                (Overlap::Skip, Some(detail)) => {
+                    report.skipped += plan.fire.len();
+                    sql::record_skipped_ticks(
+                        &tx,
+                        row.id,
+                        &plan.fire,
+                        SkipReason::Overlap.as_str(),
+                        Some(detail),
+                    )
+                    .await
+                    .map_err(err)?;
+                }
+                _ => {
+                    let detail = match policy.overlap {
+                        Overlap::Queue => detail.as_deref(),
+                        _ => None,
+                    };
+                    for &tick in &plan.fire {
+                        if let Some(run_id) = sql::fire_tick(&tx, &row, tick, &policy.input, detail)
+                            .await
+                            .map_err(err)?
+                        {
+                            report.fired += 1;
+                            last_run = Some((tick, run_id));
+                        }
+                    }
+                }
+            }
+        }
+        sql::advance_schedule(&tx, row.id, next, last_run)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        if let Some((tick, run_id)) = last_run {
+            tracing::debug!(schedule_id = %row.id, %run_id, scheduled_for = %tick, "cron schedule fired");
+        }
+        Ok(())
+    }
+}
+
+/// Disables a schedule, recording an `invalid_schedule` tick at `at` so its owner sees why
+/// nothing fires in the tick history too.
+async fn disable(
+    tx: &tokio_postgres::Transaction<'_>,
+    schedule_id: Uuid,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tracing::warn!(%schedule_id, reason, "cron schedule disabled");
+    sql::deactivate_schedule(tx, schedule_id, reason).await?;
+    sql::record_skipped_ticks(
+        tx,
+        schedule_id,
+        &[at],
+        SkipReason::InvalidSchedule.as_str(),
+        Some(reason),
+    )
+    .await?;
+    Ok(())
+}
+
+fn never_fires(expression: &str) -> String {
+    format!("{expression:?} never fires again; check the day-of-month and month fields")
+}

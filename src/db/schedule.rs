@@ -1,0 +1,255 @@
+//! The scheduler's SQL: one function per statement over `app_cron_schedules`, `app_cron_ticks`
+//! and the cron runs in `app_runs`.
+//!
+//! Every instant is a parameter (the scheduler's clock), never the database's `now()`, so
+//! several daemons and the tests' manual clock agree on what is due. Functions that lock take a
+//! transaction; the caller keeps it short (one schedule's firing).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::{Client, Row, Transaction};
+use uuid::Uuid;
+
+/// An active schedule without `next_run_at` (new, edited, or re-activated).
+#[derive(Debug, Clone)]
+pub struct UnplannedSchedule {
+    pub id: Uuid,
+    pub cron_expression: String,
+    pub timezone: String,
+    pub config: Value,
+}
+
+/// A schedule whose `next_run_at` is due, locked by the claiming transaction.
+#[derive(Debug, Clone)]
+pub struct DueSchedule {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub company_id: Uuid,
+    pub cron_expression: String,
+    pub timezone: String,
+    pub config: Value,
+    pub next_run_at: DateTime<Utc>,
+}
+
+/// The schedule's run that is still `pending` or `running`, if any.
+#[derive(Debug, Clone)]
+pub struct ActiveRun {
+    pub id: Uuid,
+    pub status: String,
+}
+
+/// Locks up to `limit` active schedules lacking `next_run_at`; rows another daemon holds are
+/// skipped (it is planning them).
+pub async fn claim_unplanned_schedules(
+    tx: &Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<UnplannedSchedule>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select id, cron_expression, timezone, config from public.app_cron_schedules
+             where is_active and next_run_at is null
+             order by created_at limit $1
+             for update skip locked",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| UnplannedSchedule {
+            id: r.get(0),
+            cron_expression: r.get(1),
+            timezone: r.get(2),
+            config: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn set_next_run_at(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+    next_run_at: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "update public.app_cron_schedules set next_run_at = $2 where id = $1",
+        &[&schedule_id, &next_run_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Disables a schedule that cannot be evaluated; `reason` is shown to its owner.
+pub async fn deactivate_schedule(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+    reason: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "update public.app_cron_schedules
+         set is_active = false, disabled_reason = $2, next_run_at = null
+         where id = $1",
+        &[&schedule_id, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ids of active schedules due at `now`, oldest first. Not locked: [`claim_due_schedule`]
+/// locks each one in its own transaction.
+pub async fn due_schedule_ids(
+    client: &Client,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select id from public.app_cron_schedules
+             where is_active and next_run_at <= $1
+             order by next_run_at limit $2",
+            &[&now, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Locks one schedule if it is still active and due; `None` when another daemon holds it or
+/// has already advanced it.
+pub async fn claim_due_schedule(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<DueSchedule>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "select id, app_id, company_id, cron_expression, timezone, config, next_run_at
+             from public.app_cron_schedules
+             where id = $1 and is_active and next_run_at <= $2
+             for update skip locked",
+            &[&schedule_id, &now],
+        )
+        .await?;
+    Ok(row.as_ref().map(due_schedule))
+}
+
+fn due_schedule(r: &Row) -> DueSchedule {
+    DueSchedule {
+        id: r.get(0),
+        app_id: r.get(1),
+        company_id: r.get(2),
+        cron_expression: r.get(3),
+        timezone: r.get(4),
+        config: r.get(5),
+        next_run_at: r.get(6),
+    }
+}
+
+pub async fn active_run_of_schedule(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+) -> Result<Option<ActiveRun>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "select id, status from public.app_runs
+             where schedule_id = $1 and status in ('pending', 'running')
+             order by created_at desc limit 1",
+            &[&schedule_id],
+        )
+        .await?;
+    Ok(row.map(|r| ActiveRun {
+        id: r.get(0),
+        status: r.get(1),
+    }))
+}
+
+/// Inserts the cron run for one nominal tick and records the tick as fired, in one statement.
+/// `None` when the tick already has a run: `UNIQUE (schedule_id, scheduled_for)` makes a
+/// second fire a no-op, whichever daemon tries it.
+pub async fn fire_tick(
+    tx: &Transaction<'_>,
+    schedule: &DueSchedule,
+    scheduled_for: DateTime<Utc>,
+    input: &Value,
+    detail: Option<&str>,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "with run as (
+               insert into public.app_runs
+                 (app_id, company_id, run_type, status, input_data, schedule_id, scheduled_for)
+               values ($1, $2, 'cron', 'pending', $3, $4, $5)
+               on conflict (schedule_id, scheduled_for) do nothing
+               returning id
+             ), tick as (
+               insert into public.app_cron_ticks (schedule_id, scheduled_for, outcome, run_id, detail)
+               select $4, $5, 'fired', id, $6 from run
+               on conflict (schedule_id, scheduled_for) do nothing
+             )
+             select id from run",
+            &[
+                &schedule.app_id,
+                &schedule.company_id,
+                input,
+                &schedule.id,
+                &scheduled_for,
+                &detail,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Records ticks that did not fire, with one reason for all of them; already recorded ticks
+/// are left as they are.
+pub async fn record_skipped_ticks(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+    ticks: &[DateTime<Utc>],
+    reason: &str,
+    detail: Option<&str>,
+) -> Result<u64, tokio_postgres::Error> {
+    if ticks.is_empty() {
+        return Ok(0);
+    }
+    tx.execute(
+        "insert into public.app_cron_ticks (schedule_id, scheduled_for, outcome, reason, detail)
+         select $1, t, 'skipped', $3, $4 from unnest($2::timestamptz[]) as t
+         on conflict (schedule_id, scheduled_for) do nothing",
+        &[&schedule_id, &ticks, &reason, &detail],
+    )
+    .await
+}
+
+/// Moves the schedule to its next tick and, when something fired, remembers the newest run
+/// (`last_run_at` is that run's nominal instant).
+pub async fn advance_schedule(
+    tx: &Transaction<'_>,
+    schedule_id: Uuid,
+    next_run_at: DateTime<Utc>,
+    last_run: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<(), tokio_postgres::Error> {
+    let (last_at, last_id) = last_run.unzip();
+    tx.execute(
+        "update public.app_cron_schedules
+         set next_run_at = $2,
+             last_run_at = coalesce($3, last_run_at),
+             last_run_id = coalesce($4, last_run_id)
+         where id = $1",
+        &[&schedule_id, &next_run_at, &last_at, &last_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// When the scheduler next has work: the earliest `next_run_at` of an active schedule, where
+/// a schedule not yet planned (another daemon is planning it) counts as due at `now`.
+pub async fn earliest_next_run_at(
+    client: &Client,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "select min(coalesce(next_run_at, $1)) from public.app_cron_schedules where is_active",
+            &[&now],
+        )
+        .await?;
+    Ok(row.get(0))
+}
