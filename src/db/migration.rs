@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000000_executor_queue.sql"),
     migration!("20250801000001_executor_cron.sql"),
     migration!("20250801000003_executor_claim.sql"),
+    migration!("20250801000004_executor_claim_skip_scan.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -79,9 +79,13 @@ pub async fn claim_next_run(
     limits: &ClaimLimits,
 ) -> Result<Option<ClaimedRun>> {
     let client = client(pool, "claiming a run").await?;
+    let statement = client
+        .prepare_cached("select * from app_exec.claim_next_run($1, $2::text::interval, $3, $4, $5)")
+        .await
+        .map_err(query("prepare a queue statement"))?;
     let row = client
         .query_opt(
-            "select * from app_exec.claim_next_run($1, $2::text::interval, $3, $4, $5)",
+            &statement,
             &[
                 &executor_id,
                 &interval(limits.lease),
@@ -115,11 +119,17 @@ pub async fn extend_lease(
     lease: Duration,
 ) -> Result<LeaseState> {
     let client = client(pool, "extending a lease").await?;
-    let extended = client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "update public.app_runs
                 set lease_expires_at = now() + $4::text::interval, heartbeat_at = now()
               where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+        )
+        .await
+        .map_err(query("prepare a queue statement"))?;
+    let extended = client
+        .execute(
+            &statement,
             &[&run_id, &executor_id, &attempt, &interval(lease)],
         )
         .await
@@ -160,13 +170,19 @@ pub async fn finish_run(
     completion: &Completion<'_>,
 ) -> Result<bool> {
     let client = client(pool, "finishing a run").await?;
-    let n = client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "update public.app_runs
                 set status = $4, completed_at = now(),
                     duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
                     error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
               where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+        )
+        .await
+        .map_err(query("prepare a queue statement"))?;
+    let n = client
+        .execute(
+            &statement,
             &[
                 &run_id,
                 &executor_id,
