@@ -25,6 +25,7 @@
 //! PostgreSQL and Docker is tested in `tests/integration`.
 
 pub mod app;
+pub mod artifact;
 pub mod cli;
 pub mod config;
 pub mod cron;

@@ -7,6 +7,7 @@
 //! deadpool pool every other component shares. Both use the same `tokio_postgres::Config`, so
 //! timeouts and the application name are set in one place.
 
+pub mod artifact;
 pub mod listener;
 pub mod migration;
 pub mod queue;
