@@ -1,0 +1,353 @@
+//! The content-addressed blob cache: verified app files by SHA-256, capped in size, LRU.
+//!
+//! A blob is fetched once: the bytes stream through SHA-256 into a temporary file (no second
+//! pass, no buffering of the whole file) and are renamed into place only when the digest
+//! matches, so a reader never sees a torn or unverified blob. Concurrent requests for the same
+//! digest in this process wait for the one download. Use refreshes a blob's mtime; when the cache
+//! grows past its cap the least recently used blobs are removed (never ones used in the last
+//! minute, which a run may be about to link).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::version::hex;
+
+/// Blobs used this recently are never evicted.
+const EVICTION_GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("checksum mismatch: expected sha256:{expected}, got sha256:{actual} ({bytes} bytes)")]
+    ChecksumMismatch {
+        expected: String,
+        actual: String,
+        bytes: u64,
+    },
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("{0}")]
+    Fetch(String),
+    #[error("blob cache I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a blob is, and whether this call downloaded it.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub path: PathBuf,
+    /// Bytes downloaded by this call (0 on a cache hit).
+    pub downloaded: u64,
+}
+
+pub struct BlobCache {
+    root: PathBuf,
+    cap_bytes: u64,
+    /// One lock per digest being fetched, so concurrent runs of one app download once.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BlobCache {
+    pub fn new(root: PathBuf, cap_bytes: u64) -> Self {
+        Self {
+            root,
+            cap_bytes,
+            fetching: Mutex::default(),
+        }
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.root.join("sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// The blob with SHA-256 `expected_hex`, fetched with `fetch` (a reader of its bytes) when
+    /// not cached. `expected_size`, when known, is checked too.
+    pub async fn get_or_fetch<F, Fut, R>(
+        &self,
+        expected_hex: &str,
+        expected_size: Option<u64>,
+        fetch: F,
+    ) -> Result<Blob, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, String>>,
+        R: AsyncRead + Unpin,
+    {
+        let path = self.blob_path(expected_hex);
+        let lock = self
+            .fetching
+            .lock()
+            .unwrap()
+            .entry(expected_hex.to_owned())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if touch(&path).await {
+            return Ok(Blob {
+                path,
+                downloaded: 0,
+            });
+        }
+        let result = match fetch().await {
+            Ok(reader) => {
+                self.verify_into_place(reader, expected_hex, expected_size, &path)
+                    .await
+            }
+            Err(e) => Err(CacheError::Fetch(e)),
+        };
+        self.fetching.lock().unwrap().remove(expected_hex);
+        let downloaded = result?;
+        self.evict_over_cap().await;
+        Ok(Blob { path, downloaded })
+    }
+
+    async fn verify_into_place<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        expected_hex: &str,
+        expected_size: Option<u64>,
+        path: &Path,
+    ) -> Result<u64, CacheError> {
+        let tmp_dir = self.root.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(io(&tmp_dir))?;
+        let tmp = tmp_dir.join(format!("{expected_hex}.{}", uuid::Uuid::new_v4().simple()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            let mut hasher = Sha256::new();
+            let mut bytes = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| CacheError::Fetch(format!("download interrupted: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+                if let Some(expected) = expected_size {
+                    if bytes > expected {
+                        return Err(CacheError::SizeMismatch {
+                            expected,
+                            actual: bytes,
+                        });
+                    }
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await.map_err(io(&tmp))?;
+            }
+            file.flush().await.map_err(io(&tmp))?;
+            if let Some(expected) = expected_size {
+                if bytes != expected {
+                    return Err(CacheError::SizeMismatch {
+                        expected,
+                        actual: bytes,
+                    });
+                }
+            }
+            let actual = hex(&hasher.finalize());
+            if actual != expected_hex {
+                return Err(CacheError::ChecksumMismatch {
+                    expected: expected_hex.to_owned(),
+                    actual,
+                    bytes,
+                });
+            }
+            let parent = path.parent().expect("blob paths have a parent");
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
+            tokio::fs::rename(&tmp, path).await.map_err(io(path))?;
+            Ok(bytes)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Removes least recently used blobs until the cache is under its cap.
+    async fn evict_over_cap(&self) {
+        let root = self.root.join("sha256");
+        let cap = self.cap_bytes;
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut blobs: Vec<(SystemTime, u64, PathBuf)> = std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|dir| {
+                    std::fs::read_dir(dir.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .filter_map(|entry| {
+                    let meta = entry.metadata().ok()?;
+                    Some((meta.modified().ok()?, meta.len(), entry.path()))
+                })
+                .collect();
+            let mut total: u64 = blobs.iter().map(|b| b.1).sum();
+            blobs.sort();
+            let now = SystemTime::now();
+            for (used, size, path) in blobs {
+                if total <= cap {
+                    break;
+                }
+                let recent = now.duration_since(used).unwrap_or_default() < EVICTION_GRACE;
+                if !recent && std::fs::remove_file(&path).is_ok() {
+                    total -= size;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Marks a cached blob as just used; `false` when it is not cached.
+async fn touch(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    #[tokio::test]
+    async fn a_second_request_downloads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(dir.path().to_path_buf(), u64::MAX);
+        let data = b"console.log('hi')".to_vec();
+        let digest = sha(&data);
+        let first = cache
+            .get_or_fetch(&digest, Some(data.len() as u64), || async { Ok(&data[..]) })
+            .await
+            .unwrap();
+        assert_eq!(first.downloaded, data.len() as u64);
+        let second = cache
+            .get_or_fetch(&digest, None, || async {
+                Err::<&[u8], _>("must not fetch".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(second.downloaded, 0);
+        assert_eq!(std::fs::read(second.path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_for_one_blob_download_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(dir.path().to_path_buf(), u64::MAX));
+        let data = vec![7u8; 300_000];
+        let digest = sha(&data);
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, data, digest, fetches) =
+                    (cache.clone(), data.clone(), digest.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_fetch(&digest, None, || async move {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(std::io::Cursor::new(data))
+                        })
+                        .await
+                        .unwrap()
+                        .downloaded
+                })
+            })
+            .collect();
+        let mut downloaded = 0;
+        for task in tasks {
+            downloaded += task.await.unwrap();
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(downloaded, data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_mismatching_blob_is_rejected_and_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(dir.path().to_path_buf(), u64::MAX);
+        let wanted = sha(b"the real file");
+        let err = cache
+            .get_or_fetch(&wanted, None, || async { Ok(&b"a tampered file"[..]) })
+            .await
+            .unwrap_err();
+        match err {
+            CacheError::ChecksumMismatch {
+                expected, actual, ..
+            } => {
+                assert_eq!(expected, wanted);
+                assert_eq!(actual, sha(b"a tampered file"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(!cache.blob_path(&wanted).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_blobs_go_when_over_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(dir.path().to_path_buf(), 250);
+        let mut paths = Vec::new();
+        for i in 0..3u8 {
+            let data = vec![i; 100];
+            let blob = cache
+                .get_or_fetch(&sha(&data), None, || async {
+                    Ok(std::io::Cursor::new(data.clone()))
+                })
+                .await
+                .unwrap();
+            // Age the blob beyond the eviction grace, oldest first.
+            let age = Duration::from_secs(3600 - u64::from(i) * 60);
+            std::fs::File::options()
+                .append(true)
+                .open(&blob.path)
+                .unwrap()
+                .set_modified(SystemTime::now() - age)
+                .unwrap();
+            paths.push(blob.path);
+        }
+        cache.evict_over_cap().await;
+        assert!(!paths[0].exists(), "the oldest blob survived");
+        assert!(paths[1].exists() && paths[2].exists());
+    }
+}
