@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,6 +25,8 @@ use crate::db::schedule as sql;
 /// Due ticks enumerated for one schedule in one pass at most; a longer backlog (a per-second
 /// schedule after a day of downtime) is worked off over the following passes.
 pub const MAX_TICKS_PER_PASS: usize = 10_000;
+/// Due schedules fired per transaction.
+const FIRE_CHUNK: usize = 200;
 /// Wait before retrying after the database failed, so an outage is not a busy loop.
 const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 
@@ -49,6 +51,8 @@ pub enum SchedulerError {
     Plan(#[source] tokio_postgres::Error),
     #[error("failed to list due cron schedules: {0}")]
     ListDue(#[source] tokio_postgres::Error),
+    #[error("failed to commit fired cron schedules: {0}")]
+    Commit(#[source] tokio_postgres::Error),
     #[error("failed to fire cron schedule {schedule_id}: {source}")]
     Fire {
         schedule_id: Uuid,
@@ -68,6 +72,17 @@ pub struct PassReport {
     pub failed: usize,
     /// A batch limit was reached: run another pass at once.
     pub more: bool,
+}
+
+impl PassReport {
+    fn absorb(&mut self, other: PassReport) {
+        self.planned += other.planned;
+        self.disabled += other.disabled;
+        self.fired += other.fired;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.more |= other.more;
+    }
 }
 
 /// The cron scheduler of one daemon. Build it in the composition root and spawn [`run`].
@@ -177,12 +192,29 @@ impl Scheduler {
                 .map_err(SchedulerError::ListDue)?
         };
         report.more |= ids.len() as i64 >= self.batch_size();
-        for id in ids {
-            // One failing schedule is logged and the others still fire.
-            if let Err(e) = self.fire_schedule(id, now, &mut report).await {
-                report.failed += 1;
-                tracing::warn!(error = %e, schedule_id = %id, "cron schedule not fired this pass");
+        // Schedules fire in chunks sharing one transaction (one commit, and so one WAL flush,
+        // per chunk instead of per schedule), each inside a savepoint so that one failing
+        // schedule rolls back alone and the others still fire.
+        for chunk in ids.chunks(FIRE_CHUNK) {
+            let mut client = self.pool.get().await?;
+            let mut tx = client.transaction().await.map_err(SchedulerError::Commit)?;
+            let mut chunk_report = PassReport::default();
+            for &id in chunk {
+                let savepoint = tx.savepoint("fire").await.map_err(SchedulerError::Commit)?;
+                match self
+                    .fire_schedule(&savepoint, id, now, &mut chunk_report)
+                    .await
+                {
+                    Ok(()) => savepoint.commit().await.map_err(SchedulerError::Commit)?,
+                    Err(e) => {
+                        savepoint.rollback().await.map_err(SchedulerError::Commit)?;
+                        chunk_report.failed += 1;
+                        tracing::warn!(error = %e, schedule_id = %id, "cron schedule not fired this pass");
+                    }
+                }
             }
+            tx.commit().await.map_err(SchedulerError::Commit)?;
+            report.absorb(chunk_report);
         }
         Ok(report)
     }
@@ -231,10 +263,11 @@ impl Scheduler {
         tx.commit().await.map_err(SchedulerError::Plan)
     }
 
-    /// Fires one due schedule in one transaction: runs, ticks and the schedule's new
-    /// `next_run_at` commit together or not at all.
+    /// Fires one due schedule inside `tx` (a savepoint): its runs, ticks and new
+    /// `next_run_at` are kept together or not at all; the caller commits.
     async fn fire_schedule(
         &self,
+        tx: &Transaction<'_>,
         schedule_id: Uuid,
         now: DateTime<Utc>,
         report: &mut PassReport,
@@ -243,9 +276,7 @@ impl Scheduler {
             schedule_id,
             source,
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(err)?;
-        let Some(row) = sql::claim_due_schedule(&tx, schedule_id, now)
+        let Some(row) = sql::claim_due_schedule(tx, schedule_id, now)
             .await
             .map_err(err)?
         else {
@@ -257,11 +288,11 @@ impl Scheduler {
         let (schedule, policy) = match parsed {
             Ok(ok) => ok,
             Err(reason) => {
-                disable(&tx, row.id, row.next_run_at, &reason)
+                disable(tx, row.id, row.next_run_at, &reason)
                     .await
                     .map_err(err)?;
                 report.disabled += 1;
-                return tx.commit().await.map_err(err);
+                return Ok(());
             }
         };
 
@@ -278,11 +309,11 @@ impl Scheduler {
             next = schedule.next_after(t);
         }
         let Some(next) = next else {
-            disable(&tx, row.id, now, &never_fires(&row.cron_expression))
+            disable(tx, row.id, now, &never_fires(&row.cron_expression))
                 .await
                 .map_err(err)?;
             report.disabled += 1;
-            return tx.commit().await.map_err(err);
+            return Ok(());
         };
         let plan = if cut {
             // A backlog longer than one pass: these are all older than the newest tick, so
@@ -307,16 +338,14 @@ impl Scheduler {
                 .map(|(t, _)| *t)
                 .collect();
             report.skipped += ticks.len();
-            sql::record_skipped_ticks(&tx, row.id, &ticks, reason.as_str(), None)
+            sql::record_skipped_ticks(tx, row.id, &ticks, reason.as_str(), None)
                 .await
                 .map_err(err)?;
         }
 
         let mut last_run = None;
         if !plan.fire.is_empty() {
-            let active = sql::active_run_of_schedule(&tx, row.id)
-                .await
-                .map_err(err)?;
+            let active = sql::active_run_of_schedule(tx, row.id).await.map_err(err)?;
             let detail = active
                 .as_ref()
                 .map(|a| format!("previous run {} was {}", a.id, a.status));
@@ -324,7 +353,7 @@ impl Scheduler {
                 (Overlap::Skip, Some(detail)) => {
                     report.skipped += plan.fire.len();
                     sql::record_skipped_ticks(
-                        &tx,
+                        tx,
                         row.id,
                         &plan.fire,
                         SkipReason::Overlap.as_str(),
@@ -339,7 +368,7 @@ impl Scheduler {
                         _ => None,
                     };
                     for &tick in &plan.fire {
-                        if let Some(run_id) = sql::fire_tick(&tx, &row, tick, &policy.input, detail)
+                        if let Some(run_id) = sql::fire_tick(tx, &row, tick, &policy.input, detail)
                             .await
                             .map_err(err)?
                         {
@@ -350,10 +379,9 @@ impl Scheduler {
                 }
             }
         }
-        sql::advance_schedule(&tx, row.id, next, last_run)
+        sql::advance_schedule(tx, row.id, next, last_run)
             .await
             .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         if let Some((tick, run_id)) = last_run {
             tracing::debug!(schedule_id = %row.id, %run_id, scheduled_for = %tick, "cron schedule fired");
         }
