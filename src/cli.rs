@@ -318,10 +318,10 @@ fn print_validate_report(report: &crate::artifact::AppDirReport) {
     if let Some(m) = &report.manifest {
         let limits = &m.limits;
         println!(
-            "{} {} ({:?}): timeout {}, memory {}, cpu {}",
+            "{} {} ({}): timeout {}, memory {}, cpu {}",
             m.name,
             m.version,
-            m.app_type,
+            format!("{:?}", m.app_type).to_lowercase(),
             humantime::format_duration(limits.timeout),
             crate::artifact::resource::format_bytes(limits.memory_bytes),
             limits.cpu
