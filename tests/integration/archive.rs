@@ -223,16 +223,35 @@ fn a_file_written_through_a_symlink_is_rejected() {
 }
 
 #[test]
-fn a_symlink_replaced_by_a_file_of_the_same_name_is_a_duplicate() {
+fn a_symlink_followed_by_a_file_of_the_same_name_is_a_duplicate() {
     let (err, code) = reject(
         "app.tar",
         &tar_of(&[
-            E::Link("a", EntryType::Symlink, "/etc/passwd"),
+            E::File("b.js", 0o644, b"b"),
+            E::Link("a", EntryType::Symlink, "b.js"),
             E::File("a", 0o644, b"x"),
         ]),
     );
-    assert!(code == "duplicate" || code == "link", "{err}");
-    assert!(err.contains("entry \"a\""), "{err}");
+    assert_eq!(code, "duplicate", "{err}");
+    assert!(
+        err.contains("entry \"a\" names a path that is already in the archive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_zip_symlink_leaving_the_root_is_rejected() {
+    use zip::write::SimpleFileOptions;
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    z.add_symlink("app/link", "../../etc/passwd", SimpleFileOptions::default())
+        .unwrap();
+    let bytes = z.finish().unwrap().into_inner();
+    let (err, code) = reject("app.zip", &bytes);
+    assert_eq!(code, "link", "{err}");
+    assert!(
+        err.contains("entry \"app/link\" is a link to \"../../etc/passwd\""),
+        "{err}"
+    );
 }
 
 #[test]
