@@ -74,9 +74,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate an app directory (manifest, paths, limits)
+    /// Validate an app directory (manifest, paths, limits); exit 1 listing every problem
+    #[command(
+        after_help = "Examples:\n  app-executor validate examples/hello\n  app-executor validate ./my-app --json | jq .problems"
+    )]
     Validate {
+        /// The app directory (holding manifest.json)
         dir: PathBuf,
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -215,7 +220,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             };
             app::run(&config, options, shutdown).await
         }
-        Command::Validate { .. } => Err(not_implemented("validate", 4)),
+        Command::Validate { dir, json } => validate(&dir, &config, json),
         Command::Publish { .. } => Err(not_implemented("publish", 4)),
         Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
         Command::Logs { .. } => Err(not_implemented("logs", 6)),
@@ -288,6 +293,49 @@ fn cron_next(
         }
     }
     Ok(())
+}
+
+/// `validate`: the app directory checked against this host's `[limits]`.
+fn validate(dir: &std::path::Path, config: &Config, json: bool) -> anyhow::Result<()> {
+    let report = crate::artifact::check_app_dir(dir, &config.limits.host);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_validate_report(&report);
+    }
+    if report.valid {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} is not a valid app: {} problem(s)",
+            dir.display(),
+            report.problems.len()
+        )
+    }
+}
+
+fn print_validate_report(report: &crate::artifact::AppDirReport) {
+    if let Some(m) = &report.manifest {
+        let limits = &m.limits;
+        println!(
+            "{} {} ({}): timeout {}, memory {}, cpu {}",
+            m.name,
+            m.version,
+            format!("{:?}", m.app_type).to_lowercase(),
+            humantime::format_duration(limits.timeout),
+            crate::artifact::resource::format_bytes(limits.memory_bytes),
+            limits.cpu
+        );
+    }
+    for clamped in &report.clamped {
+        println!("note: {clamped}");
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.valid {
+        println!("{}: valid", report.dir);
+    }
 }
 
 fn not_implemented(command: &'static str, issue: u32) -> anyhow::Error {

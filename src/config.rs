@@ -58,6 +58,15 @@ pub struct Config {
     pub queue: QueueConfig,
     pub telemetry: TelemetryConfig,
     pub cron: CronSettings,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one app may use on this host (manifests are clamped to the maxima and get
+/// the defaults when silent), and the caps on extracting an app's archives.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub host: crate::artifact::HostLimits,
+    pub extract: crate::artifact::ExtractLimits,
 }
 
 /// `[cron]`: the scheduler every daemon runs (see `cron::Scheduler`).
@@ -189,6 +198,39 @@ struct RawConfig {
     queue: RawQueue,
     telemetry: RawTelemetry,
     cron: RawCron,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_memory: String,
+    max_cpu: f64,
+    max_timeout: String,
+    default_memory: String,
+    default_cpu: f64,
+    default_timeout: String,
+    archive_max_entries: usize,
+    archive_max_bytes: String,
+    archive_max_file_bytes: String,
+    archive_max_ratio: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_memory: "2GiB".into(),
+            max_cpu: 2.0,
+            max_timeout: "30m".into(),
+            default_memory: "512MiB".into(),
+            default_cpu: 1.0,
+            default_timeout: "5m".into(),
+            archive_max_entries: 10_000,
+            archive_max_bytes: "500MB".into(),
+            archive_max_file_bytes: "100MB".into(),
+            archive_max_ratio: 100,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -399,6 +441,7 @@ impl Config {
         if raw.cron.batch_size == 0 {
             violations.push("cron.batch_size = 0: must be at least 1".to_owned());
         }
+        let limits = limits_from_raw(&raw.limits, &mut violations);
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
         }
@@ -424,6 +467,7 @@ impl Config {
                 catch_up_cap: raw.cron.catch_up_cap,
                 batch_size: raw.cron.batch_size,
             },
+            limits: limits.expect("violations were reported above"),
         })
     }
 
@@ -462,6 +506,18 @@ impl Config {
                 "max_sleep": humantime::format_duration(self.cron.max_sleep).to_string(),
                 "catch_up_cap": self.cron.catch_up_cap,
                 "batch_size": self.cron.batch_size,
+            },
+            "limits": {
+                "max_memory": self.limits.host.max_memory,
+                "max_cpu": self.limits.host.max_cpu,
+                "max_timeout": human(self.limits.host.max_timeout),
+                "default_memory": self.limits.host.default_memory,
+                "default_cpu": self.limits.host.default_cpu,
+                "default_timeout": human(self.limits.host.default_timeout),
+                "archive_max_entries": self.limits.extract.max_entries,
+                "archive_max_bytes": self.limits.extract.max_total_bytes,
+                "archive_max_file_bytes": self.limits.extract.max_file_bytes,
+                "archive_max_ratio": self.limits.extract.max_ratio,
             },
         })
     }
@@ -647,6 +703,79 @@ fn queue_from_raw(raw: &RawQueue, violations: &mut Vec<String>) -> Option<QueueC
     })
 }
 
+/// Validates `[limits]`; `None` when a violation was recorded.
+fn limits_from_raw(raw: &RawLimits, violations: &mut Vec<String>) -> Option<LimitsConfig> {
+    let before = violations.len();
+    let mut size = |key: &str, value: &str| {
+        parse_byte_size(&format!("limits.{key}"), value)
+            .and_then(|b| match b {
+                0 => Err(format!(
+                    "limits.{key} = {value:?}: must be greater than zero"
+                )),
+                b => Ok(b),
+            })
+            .map_err(|e| violations.push(e))
+            .unwrap_or_default()
+    };
+    let max_memory = size("max_memory", &raw.max_memory);
+    let default_memory = size("default_memory", &raw.default_memory);
+    let archive_max_bytes = size("archive_max_bytes", &raw.archive_max_bytes);
+    let archive_max_file_bytes = size("archive_max_file_bytes", &raw.archive_max_file_bytes);
+    let max_timeout = parse_duration("limits.max_timeout", &raw.max_timeout, violations);
+    let default_timeout =
+        parse_duration("limits.default_timeout", &raw.default_timeout, violations);
+    for (key, value) in [("max_cpu", raw.max_cpu), ("default_cpu", raw.default_cpu)] {
+        if !(value.is_finite() && value > 0.0) {
+            violations.push(format!(
+                "limits.{key} = {value}: must be a positive number of CPUs"
+            ));
+        }
+    }
+    if default_memory > max_memory {
+        violations.push(format!(
+            "limits.default_memory = {:?}: above limits.max_memory = {:?}",
+            raw.default_memory, raw.max_memory
+        ));
+    }
+    if raw.default_cpu > raw.max_cpu {
+        violations.push(format!(
+            "limits.default_cpu = {}: above limits.max_cpu = {}",
+            raw.default_cpu, raw.max_cpu
+        ));
+    }
+    if default_timeout > max_timeout {
+        violations.push(format!(
+            "limits.default_timeout = {:?}: above limits.max_timeout = {:?}",
+            raw.default_timeout, raw.max_timeout
+        ));
+    }
+    for (key, value) in [
+        ("archive_max_entries", raw.archive_max_entries as u64),
+        ("archive_max_ratio", raw.archive_max_ratio),
+    ] {
+        if value == 0 {
+            violations.push(format!("limits.{key} = 0: must be at least 1"));
+        }
+    }
+    (violations.len() == before).then(|| LimitsConfig {
+        host: crate::artifact::HostLimits {
+            max_memory,
+            max_cpu: raw.max_cpu,
+            max_timeout: max_timeout.unwrap_or_default(),
+            default_memory,
+            default_cpu: raw.default_cpu,
+            default_timeout: default_timeout.unwrap_or_default(),
+        },
+        extract: crate::artifact::ExtractLimits {
+            max_entries: raw.archive_max_entries,
+            max_total_bytes: archive_max_bytes,
+            max_file_bytes: archive_max_file_bytes,
+            max_ratio: raw.archive_max_ratio,
+            ..Default::default()
+        },
+    })
+}
+
 fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
     match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => Some(d),
@@ -663,14 +792,48 @@ fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Optio
     }
 }
 
-/// Parses a byte size such as `256MB`, `1GB`, `512MiB` or `256m` (decimal units for `KB`/`MB`,
-/// binary for `KiB`/`MiB`).
+/// Parses a byte size such as `256MB`, `1GB`, `512MiB` or `256m`, naming `key` on error.
+/// See [`parse_size`] for the units.
 pub fn parse_byte_size(key: &str, value: &str) -> Result<u64, String> {
-    value
-        .trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{key} = {value:?}: not a size ({e}); use e.g. \"256MB\" or \"1GiB\""))
+    parse_size(value).map_err(|e| {
+        format!("{key} = {value:?}: not a size ({e}); use e.g. \"256MB\", \"512MiB\" or \"1g\"")
+    })
+}
+
+/// Parses a byte size. `KB`/`MB`/`GB`/`TB` are decimal (SI: `256MB` = 256,000,000 bytes),
+/// `KiB`/`MiB`/`GiB`/`TiB` binary, and a lone `k`/`m`/`g`/`t` (either case) is binary like
+/// Docker's `--memory 256m` (= 256 MiB), so limits copied from a `docker run` line mean the
+/// same here. A bare number is bytes; fractions are allowed (`1.5GiB`). Units: the `bytesize`
+/// crate, except the lone letters, which it would read as decimal.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    if !value.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("must start with a number".to_owned());
+    }
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let shift = match unit.trim() {
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
+        _ => {
+            return value
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| e.to_string());
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let bytes = number * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err("too large".to_owned());
+    }
+    Ok(bytes.round() as u64)
 }
 
 fn resolve_config_path(
@@ -846,7 +1009,12 @@ mod tests {
         assert_eq!(parse_byte_size("k", "256MB").unwrap(), 256_000_000);
         assert_eq!(parse_byte_size("k", "512MiB").unwrap(), 512 * 1024 * 1024);
         assert_eq!(parse_byte_size("k", "1GB").unwrap(), 1_000_000_000);
-        assert_eq!(parse_byte_size("k", "256m").unwrap(), 256_000_000);
+        assert_eq!(parse_byte_size("k", "256m").unwrap(), 256 * 1024 * 1024);
+        assert_eq!(parse_byte_size("k", "2G").unwrap(), 2 << 30);
+        assert_eq!(parse_byte_size("k", "1.5GiB").unwrap(), 3 << 29);
+        for bad in ["-1", "12XB", "", "m", "1.2.3m"] {
+            assert!(parse_byte_size("k", bad).is_err(), "{bad:?} was accepted");
+        }
         let err = parse_byte_size("sandbox.max_memory", "lots").unwrap_err();
         assert!(
             err.contains("sandbox.max_memory") && err.contains("lots"),
@@ -936,6 +1104,27 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("cron.catch_up_cap = 0"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bad_values_are_named() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.limits.host, crate::artifact::HostLimits::default());
+        assert_eq!(
+            config.limits.extract,
+            crate::artifact::ExtractLimits::default()
+        );
+        let err = load_error(
+            "[limits]\nmax_memory = \"12XB\"\nmax_cpu = 0.0\ndefault_timeout = \"2h\"\n",
+            &[],
+        );
+        assert!(err.contains("limits.max_memory = \"12XB\""), "{err}");
+        assert!(err.contains("limits.max_cpu = 0"), "{err}");
+        assert!(
+            err.contains("limits.default_timeout = \"2h\": above"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   the queue's statements and the LISTEN session.
 //! - [`model`]: data exchanged between components (claimed runs, outcomes); no I/O.
 //! - [`runner`]: the claim loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
+//! - [`artifact`]: an app's files: archives extracted under a reject-not-rewrite policy,
+//!   directories read back without following links, `manifest.json` validation.
 //! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
 //! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
 //!   the scheduler loop that fires due schedules as runs.

@@ -73,11 +73,7 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
 
 #[test]
 fn subcommands_not_built_yet_fail_instead_of_pretending() {
-    for args in [
-        vec!["demo"],
-        vec!["validate", "."],
-        vec!["logs", "some-run"],
-    ] {
+    for args in [vec!["demo"], vec!["logs", "some-run"]] {
         let out = run(&args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(
@@ -167,4 +163,92 @@ async fn check_fails_on_an_unmigrated_database_and_names_the_fix() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("app-executor migrate"), "{stdout}");
+}
+
+fn example(name: &str) -> String {
+    format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn validate_accepts_the_hello_example() {
+    let out = run(&["validate", &example("hello")], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    assert!(stdout.contains("hello 1.0.0"), "{stdout}");
+    assert!(stdout.contains("valid"), "{stdout}");
+
+    let out = run(&["validate", &example("hello"), "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["manifest"]["backend"]["entrypoint"], "index.js");
+    assert_eq!(report["manifest"]["limits"]["memory_bytes"], 256 << 20);
+}
+
+#[test]
+fn validate_lists_every_problem_of_a_broken_app_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = serde_json::json!({
+        "name": "broken",
+        "version": "one",
+        "type": "backend",
+        "runtime": {"backend": {"type": "nodejs", "version": "20", "entrypoint": "../x.js"}},
+        "permissions": [{"type": "root"}],
+        "config": {"memory_limit": "12XB", "cpu_limit": 0, "timeout": "2h"}
+    });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.path().join("package.json"), "{ not json").unwrap();
+    let path = dir.path().to_str().unwrap();
+
+    let out = run(&["validate", path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "version = \"one\": not a semantic version",
+        "runtime.backend.entrypoint = \"../x.js\": must stay inside the app directory",
+        "permissions[0].type = \"root\"",
+        "config.memory_limit = \"12XB\": not a size",
+        "config.cpu_limit = 0: must be a positive number",
+        "package.json: not valid JSON",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(stderr(&out).contains("6 problem(s)"), "{}", stderr(&out));
+
+    let out = run(&["validate", path, "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let fields: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "version",
+            "runtime.backend.entrypoint",
+            "permissions[0].type",
+            "config.memory_limit",
+            "config.cpu_limit",
+            "package.json"
+        ]
+    );
+}
+
+#[test]
+fn validate_without_a_manifest_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["validate", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("manifest.json: cannot read"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

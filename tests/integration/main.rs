@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod archive;
 mod cli;
 mod cron;
 mod docker;
