@@ -10,3 +10,4 @@ mod migrate;
 mod queue;
 mod rls;
 mod schema;
+mod storage;
