@@ -1,4 +1,4 @@
-//! The composition root: builds the clients (database, and later Docker and storage) from the
+//! The composition root: builds the clients (database, storage, and later Docker) from the
 //! validated config and runs the operations the CLI asks for. Nothing else constructs clients.
 
 use std::sync::Arc;
@@ -8,12 +8,15 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, DatabaseUrl};
+use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
 use crate::runner::execution::{RunExecutor, TestExecution, Unavailable};
 use crate::runner::Runner;
+use crate::storage::{
+    BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
+};
 
 /// Options of `app-executor run` that are not configuration.
 #[derive(Debug, Default, Clone)]
@@ -153,6 +156,35 @@ fn database_url(config: &Config) -> Result<&DatabaseUrl, ConfigError> {
                 .into(),
         )
     })
+}
+
+/// The storage backend `[storage]` selects. Config validation guarantees the URL and key of
+/// the supabase backend; their absence here is reported, not assumed.
+pub fn storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    let settings = &config.storage;
+    match settings.backend {
+        StorageBackend::Local => Ok(Arc::new(LocalStorage::new(
+            settings.local_root.clone(),
+            BucketPolicy::default(),
+        ))),
+        StorageBackend::Supabase => {
+            let missing = |what: &str| StorageError::Unavailable {
+                bucket: "-".into(),
+                key: "-".into(),
+                detail: format!("storage.backend = \"supabase\" but {what} is not configured"),
+            };
+            let url = settings.url.clone().ok_or_else(|| missing("storage.url"))?;
+            let key = settings
+                .service_key
+                .clone()
+                .ok_or_else(|| missing("the service key"))?;
+            let mut options = SupabaseOptions::new(url, key);
+            options.connect_timeout = settings.connect_timeout;
+            options.read_timeout = settings.read_timeout;
+            options.max_retries = settings.max_retries;
+            Ok(Arc::new(SupabaseStorage::new(options)?))
+        }
+    }
 }
 
 /// `app-executor migrate`: applies pending migrations on a dedicated session.

@@ -26,6 +26,8 @@ pub const CONFIG_PATH_ENV: &str = "APP_EXECUTOR_CONFIG";
 const DEFAULT_CONFIG_PATHS: &[&str] = &["executor.toml", "/etc/app-executor/executor.toml"];
 /// Name of the systemd credential (`LoadCredential=database-url:…`) holding the database URL.
 const DATABASE_URL_CREDENTIAL: &str = "database-url";
+/// Name of the systemd credential holding the Supabase service key.
+const SERVICE_KEY_CREDENTIAL: &str = "storage-service-key";
 
 /// A configuration problem. Every message names the key or file and the offending value; the
 /// process exits with status 78 (EX_CONFIG) on any of them.
@@ -59,6 +61,48 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub cron: CronSettings,
     pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: which backend `app::storage` builds. The service key never comes from the file.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The Supabase project URL (`/storage/v1` is appended); required for `supabase`.
+    pub url: Option<url::Url>,
+    pub service_key: Option<ServiceKey>,
+    pub local_root: PathBuf,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    Supabase,
+}
+
+/// The Supabase service-role key: `Debug` never shows it; [`ServiceKey::expose`] is for the
+/// request headers only.
+#[derive(Clone)]
+pub struct ServiceKey(String);
+
+impl ServiceKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceKey(***)")
+    }
 }
 
 /// `[limits]`: what one app may use on this host (manifests are clamped to the maxima and get
@@ -199,6 +243,7 @@ struct RawConfig {
     telemetry: RawTelemetry,
     cron: RawCron,
     limits: RawLimits,
+    storage: RawStorage,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -231,6 +276,23 @@ impl Default for RawLimits {
             archive_max_ratio: 100,
         }
     }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    backend: StorageBackend,
+    url: Option<String>,
+    local_root: Option<PathBuf>,
+    connect_timeout: String,
+    read_timeout: String,
+    max_retries: u32,
+    /// Only to refuse it with a message naming the fix: the key is a secret.
+    #[serde(skip_serializing)]
+    service_key: Option<String>,
+    /// Resolved from the environment or credentials by `resolve_service_key`, never the file.
+    #[serde(skip)]
+    resolved_key: Option<ServiceKey>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -309,6 +371,21 @@ struct RawTelemetry {
     level: String,
 }
 
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            url: None,
+            local_root: None,
+            connect_timeout: "10s".into(),
+            read_timeout: "30s".into(),
+            max_retries: 3,
+            service_key: None,
+            resolved_key: None,
+        }
+    }
+}
+
 impl Default for RawDatabase {
     fn default() -> Self {
         Self {
@@ -367,9 +444,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(EnvOverrides::from_env(env));
-        let raw: RawConfig = figment.extract().map_err(|errors| {
+        let mut raw: RawConfig = figment.extract().map_err(|errors| {
             ConfigError::Violations(errors.into_iter().map(describe_figment_error).collect())
         })?;
+        raw.storage.resolved_key = resolve_service_key(env)?;
         let url = resolve_database_url(overrides, env, raw.database.url.as_deref(), &source_file)?;
         let mut config = Self::from_raw(raw, url, source_file)?;
         // Under systemd, stderr is the journal: `auto` means structured journald fields there.
@@ -442,10 +520,12 @@ impl Config {
             violations.push("cron.batch_size = 0: must be at least 1".to_owned());
         }
         let limits = limits_from_raw(&raw.limits, &mut violations);
+        let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
         }
         Ok(Self {
+            storage: storage.expect("violations were reported above"),
             source_file,
             database: DatabaseConfig {
                 url,
@@ -519,6 +599,15 @@ impl Config {
                 "archive_max_file_bytes": self.limits.extract.max_file_bytes,
                 "archive_max_ratio": self.limits.extract.max_ratio,
             },
+            "storage": {
+                "backend": self.storage.backend,
+                "url": self.storage.url.as_ref().map(url::Url::as_str),
+                "service_key": self.storage.service_key.as_ref().map(|_| "***"),
+                "local_root": self.storage.local_root.display().to_string(),
+                "connect_timeout": human(self.storage.connect_timeout),
+                "read_timeout": human(self.storage.read_timeout),
+                "max_retries": self.storage.max_retries,
+            },
         })
     }
 }
@@ -536,7 +625,7 @@ impl EnvOverrides {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            if key == "config" || key == "database__url" {
+            if key == "config" || key == "database__url" || key == "storage__service_key" {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
@@ -774,6 +863,86 @@ fn limits_from_raw(raw: &RawLimits, violations: &mut Vec<String>) -> Option<Limi
             ..Default::default()
         },
     })
+}
+
+/// Validates `[storage]`; `None` when a violation was recorded.
+fn storage_from_raw(
+    raw: &RawStorage,
+    state_dir: &Path,
+    violations: &mut Vec<String>,
+) -> Option<StorageConfig> {
+    let before = violations.len();
+    let connect_timeout =
+        parse_duration("storage.connect_timeout", &raw.connect_timeout, violations);
+    let read_timeout = parse_duration("storage.read_timeout", &raw.read_timeout, violations);
+    if raw.service_key.is_some() {
+        violations.push(format!(
+            "storage.service_key: the service key is a secret and must not be in the config file; remove it and set {ENV_PREFIX}STORAGE__SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY, or the systemd credential {SERVICE_KEY_CREDENTIAL}"
+        ));
+    }
+    let url = raw.url.as_deref().and_then(|u| match url::Url::parse(u) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
+        _ => {
+            violations.push(format!(
+                "storage.url = {u:?}: expected the project URL, e.g. \"https://<ref>.supabase.co\""
+            ));
+            None
+        }
+    });
+    if raw.backend == StorageBackend::Supabase && raw.url.is_none() {
+        violations.push("storage.backend = \"supabase\" needs storage.url, the project URL (e.g. \"https://<ref>.supabase.co\")".into());
+    }
+    if raw.backend == StorageBackend::Supabase && raw.resolved_key.is_none() {
+        violations.push(format!(
+            "storage.backend = \"supabase\" needs the service key: set {ENV_PREFIX}STORAGE__SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY, or the systemd credential {SERVICE_KEY_CREDENTIAL}"
+        ));
+    }
+    let local_root = raw
+        .local_root
+        .clone()
+        .unwrap_or_else(|| state_dir.join("storage"));
+    if !local_root.is_absolute() {
+        violations.push(format!(
+            "storage.local_root = {:?}: must be an absolute path",
+            local_root.display()
+        ));
+    }
+    if raw.max_retries > 20 {
+        violations.push(format!(
+            "storage.max_retries = {}: at most 20",
+            raw.max_retries
+        ));
+    }
+    (violations.len() == before).then(|| StorageConfig {
+        backend: raw.backend,
+        url,
+        service_key: raw.resolved_key.clone(),
+        local_root,
+        connect_timeout: connect_timeout.unwrap_or_default(),
+        read_timeout: read_timeout.unwrap_or_default(),
+        max_retries: raw.max_retries,
+    })
+}
+
+/// The storage service key, from `APP_EXECUTOR_STORAGE__SERVICE_KEY`,
+/// `SUPABASE_SERVICE_ROLE_KEY` or the systemd credential `storage-service-key`, in that order.
+fn resolve_service_key(env: &BTreeMap<String, String>) -> Result<Option<ServiceKey>, ConfigError> {
+    let env_name = format!("{ENV_PREFIX}STORAGE__SERVICE_KEY");
+    for name in [env_name.as_str(), "SUPABASE_SERVICE_ROLE_KEY"] {
+        if let Some(key) = env.get(name).filter(|v| !v.trim().is_empty()) {
+            return Ok(Some(ServiceKey::new(key.trim())));
+        }
+    }
+    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(dir).join(SERVICE_KEY_CREDENTIAL);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
+            })?;
+            return Ok(Some(ServiceKey::new(text.trim())));
+        }
+    }
+    Ok(None)
 }
 
 fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
@@ -1131,5 +1300,54 @@ mod tests {
     fn a_relative_state_dir_is_rejected() {
         let err = load_error("[executor]\nstate_dir = \"state\"\n", &[]);
         assert!(err.contains("executor.state_dir"), "{err}");
+    }
+
+    #[test]
+    fn storage_defaults_to_the_local_backend_under_the_state_dir() {
+        let (_dir, overrides) = write_config("[executor]\nstate_dir = \"/srv/x\"\n");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.storage.backend, StorageBackend::Local);
+        assert_eq!(config.storage.local_root, PathBuf::from("/srv/x/storage"));
+        assert_eq!(config.storage.max_retries, 3);
+    }
+
+    #[test]
+    fn a_service_key_in_the_config_file_is_refused_with_the_fix() {
+        let err = load_error("[storage]\nservice_key = \"sekrit\"\n", &[]);
+        assert!(err.contains("storage.service_key"), "{err}");
+        assert!(err.contains("SUPABASE_SERVICE_ROLE_KEY"), "{err}");
+        assert!(!err.contains("sekrit"), "the key leaked: {err}");
+    }
+
+    #[test]
+    fn the_supabase_backend_needs_a_url_and_a_key() {
+        let err = load_error("[storage]\nbackend = \"supabase\"\n", &[]);
+        assert!(err.contains("needs storage.url"), "{err}");
+        assert!(err.contains("needs the service key"), "{err}");
+    }
+
+    #[test]
+    fn the_service_key_comes_from_env_or_credentials_and_is_never_printed() {
+        let toml = "[storage]\nbackend = \"supabase\"\nurl = \"https://abc.supabase.co\"\n";
+        let (dir, overrides) = write_config(toml);
+        let config = Config::load_from(
+            &overrides,
+            &env(&[
+                ("APP_EXECUTOR_STORAGE__SERVICE_KEY", "k-prefixed"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "k-plain"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.storage.service_key.as_ref().unwrap().expose(),
+            "k-prefixed"
+        );
+        let printed = format!("{} {config:?}", config.redacted_json());
+        assert!(!printed.contains("k-prefixed"), "{printed}");
+        std::fs::write(dir.path().join("storage-service-key"), "k-cred\n").unwrap();
+        let creds = dir.path().display().to_string();
+        let config =
+            Config::load_from(&overrides, &env(&[("CREDENTIALS_DIRECTORY", &creds)])).unwrap();
+        assert_eq!(config.storage.service_key.unwrap().expose(), "k-cred");
     }
 }

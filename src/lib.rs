@@ -20,6 +20,8 @@
 //! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
 //! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
 //!   the scheduler loop that fires due schedules as runs.
+//! - [`storage`]: the `Storage` trait over Supabase Storage (HTTP) and a local directory
+//!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -36,4 +38,5 @@ pub mod embedded_postgres;
 pub mod model;
 pub mod runner;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;

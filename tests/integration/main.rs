@@ -11,3 +11,4 @@ mod migrate;
 mod queue;
 mod rls;
 mod schema;
+mod storage;

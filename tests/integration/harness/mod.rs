@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod docker;
 pub mod postgres;
+pub mod storage_double;
 
 pub use postgres::TestDb;
 
