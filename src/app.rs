@@ -8,11 +8,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::artifact::cache::BlobCache;
+use crate::artifact::resolve::Resolver;
 use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
-use crate::runner::execution::{RunExecutor, TestExecution, Unavailable};
+use crate::runner::execution::{PrepareOnly, RunExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::storage::{
     BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
@@ -35,11 +37,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let url = database_url(config)?;
-    let execution = select_execution(options.test_execution.as_deref())?;
     let pool = db::pool(
         url,
         config.database.connect_timeout,
         config.database.pool_size,
+    )?;
+    let executor_id = executor_id();
+    let execution = select_execution(
+        config,
+        &pool,
+        &executor_id,
+        options.test_execution.as_deref(),
     )?;
 
     let client = pool
@@ -68,7 +76,6 @@ pub async fn run(
         .into());
     }
 
-    let executor_id = executor_id();
     let capacity = i32::try_from(config.queue.max_concurrent_runs).unwrap_or(i32::MAX);
     db::queue::register_executor(
         &pool,
@@ -123,16 +130,36 @@ pub async fn run(
     Ok(())
 }
 
-fn select_execution(test_execution: Option<&str>) -> anyhow::Result<Arc<dyn RunExecutor>> {
+fn select_execution(
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
+    executor_id: &str,
+    test_execution: Option<&str>,
+) -> anyhow::Result<Arc<dyn RunExecutor>> {
     match test_execution {
-        None => Ok(Arc::new(Unavailable)),
+        None => {
+            let state = &config.executor.state_dir;
+            let resolver = Resolver {
+                pool: pool.clone(),
+                storage: storage(config)?,
+                cache: Arc::new(BlobCache::new(
+                    state.join("cache").join("blobs"),
+                    config.executor.blob_cache_max_bytes,
+                )),
+                runs_dir: state.join("runs"),
+                host: config.limits.host.clone(),
+                extract: config.limits.extract.clone(),
+            };
+            Ok(Arc::new(PrepareOnly {
+                resolver,
+                executor_id: executor_id.to_owned(),
+            }))
+        }
         Some(_) if !cfg!(any(debug_assertions, feature = "test-execution")) => Err(ConfigError::Invalid(
             "--test-execution is only available in debug builds and benchmark builds (--features test-execution); it exists for tests".into(),
         )
         .into()),
-        Some(spec) => Ok(Arc::new(
-            TestExecution::parse(spec).map_err(ConfigError::Invalid)?,
-        )),
+        Some(spec) => Ok(Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?)),
     }
 }
 

@@ -156,6 +156,8 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub state_dir: PathBuf,
+    /// Size cap of the verified blob cache (`<state_dir>/cache/blobs`), LRU beyond it.
+    pub blob_cache_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +364,7 @@ struct RawDatabase {
 #[serde(deny_unknown_fields, default)]
 struct RawExecutor {
     state_dir: PathBuf,
+    blob_cache_max: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -401,6 +404,7 @@ impl Default for RawExecutor {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("/var/lib/app-executor"),
+            blob_cache_max: "5GB".into(),
         }
     }
 }
@@ -521,6 +525,10 @@ impl Config {
         }
         let limits = limits_from_raw(&raw.limits, &mut violations);
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
+        let blob_cache_max_bytes =
+            parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
+                .map_err(|e| violations.push(e))
+                .unwrap_or_default();
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
         }
@@ -535,6 +543,7 @@ impl Config {
             },
             executor: ExecutorConfig {
                 state_dir: raw.executor.state_dir,
+                blob_cache_max_bytes,
             },
             queue: queue.expect("violations were reported above"),
             telemetry: TelemetryConfig {
@@ -563,6 +572,7 @@ impl Config {
             },
             "executor": {
                 "state_dir": self.executor.state_dir.display().to_string(),
+                "blob_cache_max_bytes": self.executor.blob_cache_max_bytes,
             },
             "queue": {
                 "max_concurrent_runs": self.queue.max_concurrent_runs,

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod extract;
 pub mod manifest;
 pub mod policy;
+pub mod resolve;
 pub mod resource;
 mod tar;
 pub mod version;

@@ -4,6 +4,7 @@
 mod harness;
 
 mod archive;
+mod artifact;
 mod cli;
 mod cron;
 mod docker;

@@ -598,3 +598,144 @@ async fn a_postgres_restart_mid_run_loses_and_duplicates_nothing() {
     let _ = std::fs::remove_file(record);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_runs_with_a_clear_reason_and_the_queue_keeps_flowing() {
+    use app_executor::storage::{BucketPolicy, LocalStorage, Storage, UploadBody};
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, unpublished_app) = tenant(&client).await;
+    let app: Uuid = client
+        .query_one(
+            "insert into public.applications (name) values ('hello') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Publish examples/hello's manifest and entrypoint by hand into the daemon's local storage.
+    let storage = LocalStorage::new(state.path().join("storage"), BucketPolicy::default());
+    for file in ["manifest.json", "index.js"] {
+        let bytes = std::fs::read(format!(
+            "{}/examples/hello/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let key = format!("app_{app}/1.0.0/{file}");
+        storage
+            .upload(
+                "app-storage",
+                &key,
+                UploadBody::Bytes(bytes.clone().into()),
+                "application/octet-stream",
+                false,
+            )
+            .await
+            .unwrap();
+        let checksum = format!(
+            "sha256:{}",
+            app_executor::artifact::version::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        );
+        let file_type = if file == "manifest.json" {
+            "manifest"
+        } else {
+            "source"
+        };
+        client
+            .execute(
+                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum)
+                 values ($1, '1.0.0', $2, $3, $4, $5, $6)",
+                &[&app, &file, &key, &file_type, &(bytes.len() as i64), &checksum],
+            )
+            .await
+            .unwrap();
+    }
+    let insert = "insert into public.app_runs (app_id, company_id, metadata) values ($1, $2, $3) returning id";
+    let id = |row: tokio_postgres::Row| row.get::<_, Uuid>(0);
+    let unpublished = id(client
+        .query_one(
+            insert,
+            &[&unpublished_app, &company, &serde_json::json!({})],
+        )
+        .await
+        .unwrap());
+    let garbage = id(client
+        .query_one(
+            insert,
+            &[
+                &app,
+                &company,
+                &serde_json::json!({"version": {"not": "a version"}}),
+            ],
+        )
+        .await
+        .unwrap());
+    let unknown = id(client
+        .query_one(
+            insert,
+            &[&app, &company, &serde_json::json!({"version": "7.0.0"})],
+        )
+        .await
+        .unwrap());
+    let good = id(client
+        .query_one(insert, &[&app, &company, &serde_json::json!({})])
+        .await
+        .unwrap());
+
+    let mut daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()).until_idle());
+    assert!(
+        daemon.wait(Duration::from_secs(60)).success(),
+        "{}",
+        daemon.log_text()
+    );
+
+    let outcome = |run: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "select status, error_kind, error_message, artifact_digest from public.app_runs where id = $1",
+                    &[&run],
+                )
+                .await
+                .unwrap();
+            (
+                row.get::<_, String>(0),
+                row.get::<_, Option<String>>(1).unwrap_or_default(),
+                row.get::<_, Option<String>>(2).unwrap_or_default(),
+                row.get::<_, Option<String>>(3),
+            )
+        }
+    };
+    let (status, kind, message, _) = outcome(unpublished).await;
+    assert_eq!(
+        (status.as_str(), kind.as_str()),
+        ("failed", "app_not_published"),
+        "{message}"
+    );
+    let (status, kind, message, _) = outcome(garbage).await;
+    assert_eq!(
+        (status.as_str(), kind.as_str()),
+        ("failed", "unknown_version")
+    );
+    assert!(message.contains("metadata.version"), "{message}");
+    let (_, kind, message, _) = outcome(unknown).await;
+    assert_eq!(kind, "unknown_version");
+    assert!(
+        message.contains("7.0.0") && message.contains("1.0.0"),
+        "{message}"
+    );
+    // The good run got as far as this build goes: verified files, recorded digest.
+    let (status, kind, message, digest) = outcome(good).await;
+    assert_eq!(
+        (status.as_str(), kind.as_str()),
+        ("failed", "execution_unavailable"),
+        "{message}"
+    );
+    assert!(digest.is_some_and(|d| d.starts_with("sha256:")));
+    assert!(
+        !state.path().join("runs").read_dir().unwrap().any(|_| true),
+        "run directories left behind"
+    );
+}

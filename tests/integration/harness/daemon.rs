@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::TestDb;
 
 pub struct DaemonOptions {
-    pub execution: String,
+    /// The test execution (`--test-execution`), or `None` for the production execution.
+    pub execution: Option<String>,
     pub env: Vec<(String, String)>,
     pub until_idle: bool,
 }
@@ -16,8 +17,20 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     pub fn new(execution: &str) -> Self {
         Self {
-            execution: execution.to_owned(),
+            execution: Some(execution.to_owned()),
             env: Vec::new(),
+            until_idle: false,
+        }
+    }
+
+    /// The execution production uses, with its state (storage, cache, run dirs) in `state_dir`.
+    pub fn production(state_dir: &std::path::Path) -> Self {
+        Self {
+            execution: None,
+            env: vec![(
+                "APP_EXECUTOR_EXECUTOR__STATE_DIR".to_owned(),
+                state_dir.display().to_string(),
+            )],
             until_idle: false,
         }
     }
@@ -48,7 +61,6 @@ impl Daemon {
         let mut command = Command::new(super::binary());
         command
             .arg("run")
-            .args(["--test-execution", &options.execution])
             .env("DATABASE_URL", db.url.expose())
             .env(
                 "APP_EXECUTOR_CONFIG",
@@ -65,6 +77,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(execution) = &options.execution {
+            command.args(["--test-execution", execution]);
+        }
         if options.until_idle {
             command.arg("--until-idle");
         }

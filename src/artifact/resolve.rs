@@ -1,0 +1,361 @@
+//! Preparing a claimed run's files: resolve the version, fetch every file through the verified
+//! blob cache, lay them out in a fresh per-run directory, extract archives, validate the
+//! manifest and check the app's permissions. Nothing of the app runs here, and nothing runs at
+//! all unless every step succeeded.
+//!
+//! Failures are split the way the queue needs them: problems of the app's published files
+//! (mismatching checksum, missing object, no manifest, …) fail the run for good with a message
+//! naming the file; infrastructure problems (storage or database down) are retryable.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::Pool;
+use futures_util::TryStreamExt;
+
+use super::cache::{BlobCache, CacheError};
+use super::manifest::{missing_permissions, validate_manifest, Manifest, PermissionType};
+use super::version::{choose_version, file_set_digest, parse_checksum, VersionError};
+use super::{extract_archive, ArchiveFormat, ExtractLimits, HostLimits};
+use crate::db::artifact::{self as sql, AppFile};
+use crate::db::queue::QueueError;
+use crate::model::ClaimedRun;
+use crate::storage::{Storage, StorageError, APP_STORAGE_BUCKET};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{0}")]
+    Version(#[from] VersionError),
+    #[error("file {file}: checksum {checksum:?} is malformed; expected sha256:<64 lowercase hex>")]
+    MalformedChecksum { file: String, checksum: String },
+    #[error("file {file}: path is not a plain relative path inside the app")]
+    UnsafePath { file: String },
+    #[error("file {file}: object {key} is missing from bucket app-storage; republish the version")]
+    MissingObject { file: String, key: String },
+    #[error("file {file}: {source}; the stored object does not match what was published, nothing was run")]
+    Corrupt {
+        file: String,
+        #[source]
+        source: CacheError,
+    },
+    #[error("version {version} has no manifest.json")]
+    NoManifest { version: String },
+    #[error("manifest.json of version {version}: {message}")]
+    Manifest { version: String, message: String },
+    #[error("the app requires permissions the platform has not granted: {}", .0.join("; "))]
+    PermissionsMissing(Vec<String>),
+    #[error("{0}")]
+    Archive(String),
+    #[error("file {file}: storage unavailable: {source}")]
+    Storage {
+        file: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{0}")]
+    Database(#[from] QueueError),
+    #[error("preparing the run directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PrepareError {
+    /// Stable `error_kind` for `app_runs`.
+    pub fn error_kind(&self) -> &'static str {
+        match self {
+            PrepareError::Version(VersionError::NothingPublished) => "app_not_published",
+            PrepareError::Version(_) => "unknown_version",
+            PrepareError::MalformedChecksum { .. } => "malformed_checksum",
+            PrepareError::UnsafePath { .. } => "unsafe_path",
+            PrepareError::MissingObject { .. } => "missing_object",
+            PrepareError::Corrupt { .. } => "checksum_mismatch",
+            PrepareError::NoManifest { .. } => "missing_manifest",
+            PrepareError::Manifest { .. } => "invalid_manifest",
+            PrepareError::PermissionsMissing(_) => "permission_not_granted",
+            PrepareError::Archive(_) => "unsafe_archive",
+            PrepareError::Storage { .. } => "storage_unavailable",
+            PrepareError::Database(_) => "database_unavailable",
+            PrepareError::Io { .. } => "prepare_io",
+        }
+    }
+
+    /// Whether retrying later can help (infrastructure), as opposed to a fault of the app.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PrepareError::Storage { .. } | PrepareError::Database(_) | PrepareError::Io { .. }
+        )
+    }
+}
+
+/// A run's verified files, ready to mount.
+#[derive(Debug)]
+pub struct PreparedApp {
+    /// The app root (read-only for the app).
+    pub dir: PathBuf,
+    pub version: String,
+    /// `sha256:` digest of the verified file set (see `version::file_set_digest`).
+    pub digest: String,
+    pub manifest: Manifest,
+    /// Bytes downloaded for this run (0 when every blob was cached).
+    pub downloaded_bytes: u64,
+}
+
+pub struct Resolver {
+    pub pool: Pool,
+    pub storage: Arc<dyn Storage>,
+    pub cache: Arc<BlobCache>,
+    /// Per-run directories live here (under the state directory, never /tmp).
+    pub runs_dir: PathBuf,
+    pub host: HostLimits,
+    pub extract: ExtractLimits,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
+    move |source| PrepareError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Resolver {
+    /// The directory a run's attempt prepares into; removed by [`Resolver::clean_up`].
+    pub fn run_dir(&self, run: &ClaimedRun) -> PathBuf {
+        self.runs_dir.join(format!("{}-{}", run.id, run.attempt))
+    }
+
+    pub async fn clean_up(&self, run: &ClaimedRun) {
+        let _ = tokio::fs::remove_dir_all(self.run_dir(run)).await;
+    }
+
+    /// Resolves, fetches, verifies and lays out the run's files.
+    pub async fn prepare(&self, run: &ClaimedRun) -> Result<PreparedApp, PrepareError> {
+        let (version, files, granted) = {
+            let client = self.pool.get().await.map_err(|source| QueueError::Pool {
+                action: "resolving an app version",
+                source,
+            })?;
+            let build_version = match run.build_id {
+                Some(build) => sql::build_version(&client, build).await?.map(|(_, v)| v),
+                None => None,
+            };
+            let available = sql::app_versions(&client, run.app_id).await?;
+            let version = choose_version(build_version.as_deref(), &run.metadata, &available)?;
+            let files = sql::app_files(&client, run.app_id, &version).await?;
+            let granted = sql::granted_permissions(&client, run.app_id).await?;
+            (version, files, granted)
+        };
+        for file in &files {
+            if parse_checksum(&file.checksum).is_none() {
+                return Err(PrepareError::MalformedChecksum {
+                    file: file.file_path.clone(),
+                    checksum: file.checksum.clone(),
+                });
+            }
+            if !is_plain_relative(&file.file_path) {
+                return Err(PrepareError::UnsafePath {
+                    file: file.file_path.clone(),
+                });
+            }
+        }
+
+        let run_dir = self.run_dir(run);
+        let app_dir = run_dir.join("app");
+        let _ = tokio::fs::remove_dir_all(&run_dir).await;
+        tokio::fs::create_dir_all(&app_dir)
+            .await
+            .map_err(io(&app_dir))?;
+
+        let mut downloaded_bytes = 0;
+        let mut archives = Vec::new();
+        for file in &files {
+            let blob = self.fetch(file).await?;
+            downloaded_bytes += blob.downloaded;
+            let target = app_dir.join(&file.file_path);
+            place(&blob.path, &target).await?;
+            if file.file_type == "archive" {
+                archives.push(target);
+            }
+        }
+        for archive in archives {
+            self.unpack_into(&archive, &app_dir, &run_dir).await?;
+        }
+
+        let manifest_path = app_dir.join("manifest.json");
+        let text = match tokio::fs::read_to_string(&manifest_path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PrepareError::NoManifest { version })
+            }
+            Err(e) => return Err(io(&manifest_path)(e)),
+        };
+        let manifest = validate_manifest(&text, &self.host, Some(&app_dir))
+            .map_err(|e| PrepareError::Manifest {
+                version: version.clone(),
+                message: e.to_string(),
+            })?
+            .manifest;
+        let granted: Vec<(PermissionType, String)> = granted
+            .into_iter()
+            .filter_map(|(kind, scope)| kind.parse().ok().map(|k| (k, scope)))
+            .collect();
+        let missing = missing_permissions(&manifest, &granted);
+        if !missing.is_empty() {
+            return Err(PrepareError::PermissionsMissing(
+                missing.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        let digest = file_set_digest(
+            files
+                .iter()
+                .map(|f| (f.file_path.as_str(), f.checksum.as_str())),
+        );
+        Ok(PreparedApp {
+            dir: app_dir,
+            version,
+            digest,
+            manifest,
+            downloaded_bytes,
+        })
+    }
+
+    /// One file through the cache: downloaded and verified unless already cached.
+    async fn fetch(&self, file: &AppFile) -> Result<super::cache::Blob, PrepareError> {
+        let hex = parse_checksum(&file.checksum).expect("checked by prepare");
+        // The cache only sees a reader; keep the storage error's type for the outcome.
+        let storage_error: Arc<Mutex<Option<StorageError>>> = Arc::default();
+        let size = u64::try_from(file.file_size).ok();
+        let result = self
+            .cache
+            .get_or_fetch(hex, size, || {
+                let storage = self.storage.clone();
+                let key = file.storage_path.clone();
+                let storage_error = storage_error.clone();
+                async move {
+                    match storage.download(APP_STORAGE_BUCKET, &key).await {
+                        Ok(download) => Ok(tokio_util::io::StreamReader::new(
+                            download.body.map_err(std::io::Error::other),
+                        )),
+                        Err(e) => {
+                            let message = e.to_string();
+                            *storage_error.lock().unwrap() = Some(e);
+                            Err(message)
+                        }
+                    }
+                }
+            })
+            .await;
+        result.map_err(|e| {
+            let file_path = file.file_path.clone();
+            match (storage_error.lock().unwrap().take(), e) {
+                (Some(StorageError::NotFound { .. }), _) => PrepareError::MissingObject {
+                    file: file_path,
+                    key: file.storage_path.clone(),
+                },
+                (Some(source), _) => PrepareError::Storage {
+                    file: file_path,
+                    source,
+                },
+                (
+                    None,
+                    e @ (CacheError::ChecksumMismatch { .. } | CacheError::SizeMismatch { .. }),
+                ) => PrepareError::Corrupt {
+                    file: file_path,
+                    source: e,
+                },
+                (None, CacheError::Io { path, source }) => PrepareError::Io { path, source },
+                (None, e) => PrepareError::Storage {
+                    file: file_path,
+                    source: StorageError::Unavailable {
+                        bucket: APP_STORAGE_BUCKET.into(),
+                        key: file.storage_path.clone(),
+                        detail: e.to_string(),
+                    },
+                },
+            }
+        })
+    }
+
+    /// Extracts an archive into a fresh directory, then moves its top-level entries into the
+    /// app root; an entry that would replace a published file is refused.
+    async fn unpack_into(
+        &self,
+        archive: &Path,
+        app_dir: &Path,
+        run_dir: &Path,
+    ) -> Result<(), PrepareError> {
+        let staging = run_dir.join(format!("unpack-{}", uuid::Uuid::new_v4().simple()));
+        let (archive_owned, staging_owned, limits) =
+            (archive.to_path_buf(), staging.clone(), self.extract.clone());
+        let extracted =
+            tokio::task::spawn_blocking(move || match ArchiveFormat::detect(&archive_owned) {
+                Ok(Some(_)) => extract_archive(&archive_owned, &staging_owned, &limits)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Err(format!(
+                    "{} is not a .tar, .tar.gz or .zip archive",
+                    archive_owned.display()
+                )),
+                Err(e) => Err(e.to_string()),
+            })
+            .await
+            .map_err(|e| PrepareError::Archive(e.to_string()))?;
+        extracted.map_err(PrepareError::Archive)?;
+        let mut entries = tokio::fs::read_dir(&staging).await.map_err(io(&staging))?;
+        while let Some(entry) = entries.next_entry().await.map_err(io(&staging))? {
+            let target = app_dir.join(entry.file_name());
+            if tokio::fs::symlink_metadata(&target).await.is_ok() {
+                return Err(PrepareError::Archive(format!(
+                    "archive {}: entry {:?} would replace a published file",
+                    archive.display(),
+                    entry.file_name()
+                )));
+            }
+            tokio::fs::rename(entry.path(), &target)
+                .await
+                .map_err(io(&target))?;
+        }
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        let _ = tokio::fs::remove_file(archive).await;
+        Ok(())
+    }
+}
+
+/// Hard-links the cached blob into place (same filesystem under the state directory), falling
+/// back to a copy; the run keeps its file even if the cache evicts the blob.
+async fn place(blob: &Path, target: &Path) -> Result<(), PrepareError> {
+    if let Some(parent) = target.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io(parent))?;
+    }
+    if tokio::fs::hard_link(blob, target).await.is_err() {
+        tokio::fs::copy(blob, target).await.map_err(io(target))?;
+    }
+    Ok(())
+}
+
+fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_relative_paths_are_accepted() {
+        for good in ["index.js", "src/lib/a.js", "a.b/c"] {
+            assert!(super::is_plain_relative(good), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b"] {
+            assert!(!super::is_plain_relative(bad), "{bad}");
+        }
+    }
+}
