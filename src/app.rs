@@ -295,3 +295,27 @@ async fn check_database(config: &Config) -> Check {
         Err(e) => fail(format!("{url}: {e}")),
     }
 }
+
+/// `app-executor publish`: validates `dir`, uploads its files and records them.
+pub async fn publish(
+    config: &Config,
+    dir: &std::path::Path,
+    app: &str,
+    version: Option<&str>,
+) -> anyhow::Result<crate::artifact::publish::PublishReport> {
+    let app: uuid::Uuid = app
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--app {app:?} is not an application id (a uuid)"))?;
+    let url = database_url(config)?;
+    let mut client = db::connect(url, config.database.connect_timeout).await?;
+    let report = crate::artifact::publish::publish(
+        &mut client,
+        storage(config)?,
+        dir,
+        app,
+        version,
+        &config.limits.host,
+    )
+    .await?;
+    Ok(report)
+}

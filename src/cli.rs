@@ -160,7 +160,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             if error.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -221,7 +221,31 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             app::run(&config, options, shutdown).await
         }
         Command::Validate { dir, json } => validate(&dir, &config, json),
-        Command::Publish { .. } => Err(not_implemented("publish", 4)),
+        Command::Publish {
+            dir,
+            app,
+            app_version,
+            json,
+        } => {
+            let report = app::publish(&config, &dir, &app, app_version.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.already_published {
+                println!(
+                    "version {} of app {} is already published with exactly these {} files; nothing changed",
+                    report.version, report.app, report.files
+                );
+            } else {
+                println!(
+                    "published version {} of app {}: {} files, {} bytes",
+                    report.version, report.app, report.files, report.bytes
+                );
+            }
+            for skipped in &report.skipped {
+                eprintln!("warning: not published: {skipped}");
+            }
+            Ok(())
+        }
         Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
         Command::Logs { .. } => Err(not_implemented("logs", 6)),
         Command::Cron(CronCommand::Next {
@@ -336,6 +360,22 @@ fn print_validate_report(report: &crate::artifact::AppDirReport) {
     if report.valid {
         println!("{}: valid", report.dir);
     }
+}
+
+/// The error and its causes, each once: many of our errors already include their cause in
+/// their own message, so a cause whose text is already there is not repeated.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
 }
 
 fn not_implemented(command: &'static str, issue: u32) -> anyhow::Error {

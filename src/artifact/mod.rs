@@ -12,6 +12,8 @@
 //! - [`app_dir`]: checking an app directory (manifest, paths, package files) for `validate`.
 //! - [`resource`]: the memory, CPU and timeout forms a manifest may use; the host's maxima.
 //! - [`version`]: which published version a run executes, checksum syntax, the file-set digest.
+//! - [`resolve`]: a claimed run's files: version, verified download, layout, manifest, grants.
+//! - [`publish`]: uploading an app directory and recording its files (`app-executor publish`).
 //! - [`cache`]: the content-addressed blob cache (streamed SHA-256 verification, LRU cap).
 
 pub mod app_dir;
@@ -19,6 +21,7 @@ pub mod cache;
 pub mod extract;
 pub mod manifest;
 pub mod policy;
+pub mod publish;
 pub mod resolve;
 pub mod resource;
 mod tar;

@@ -115,3 +115,108 @@ pub async fn record_artifact_digest(
         .map_err(query("record a run's artifact digest"))?;
     Ok(n == 1)
 }
+
+/// Whether `applications` has the app.
+pub async fn app_exists(client: &Client, app_id: Uuid) -> Result<bool, QueueError> {
+    Ok(client
+        .query_opt(
+            "select 1 from public.applications where id = $1",
+            &[&app_id],
+        )
+        .await
+        .map_err(query("look up an application"))?
+        .is_some())
+}
+
+/// What [`record_published_version`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRecord {
+    /// The rows were inserted.
+    Inserted,
+    /// Exactly these files were already recorded for the version: nothing changed.
+    AlreadyPublished,
+    /// The version exists with other content; nothing was written.
+    Conflict { differing: Vec<String> },
+}
+
+/// Records a version's files and the permissions its manifest asks for, in one transaction,
+/// unless the version already exists. Serialised per (app, version) by an advisory lock.
+pub async fn record_published_version(
+    client: &mut Client,
+    app_id: Uuid,
+    version: &str,
+    files: &[AppFile],
+    permissions: &[(String, String)],
+) -> Result<PublishRecord, QueueError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("begin recording a published version"))?;
+    tx.execute(
+        "select pg_advisory_xact_lock(hashtextextended('app_exec.publish:' || $1::uuid::text || ':' || $2::text, 0))",
+        &[&app_id, &version],
+    )
+    .await
+    .map_err(query("lock the version being published"))?;
+    let existing: Vec<(String, String)> = tx
+        .query(
+            "select file_path, checksum from public.app_storage where app_id = $1 and version = $2",
+            &[&app_id, &version],
+        )
+        .await
+        .map_err(query("read the version's recorded files"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !existing.is_empty() {
+        let mut wanted: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.file_path.clone(), f.checksum.clone()))
+            .collect();
+        wanted.sort();
+        let mut have = existing;
+        have.sort();
+        if wanted == have {
+            return Ok(PublishRecord::AlreadyPublished);
+        }
+        let differing = wanted
+            .iter()
+            .filter(|w| !have.contains(w))
+            .chain(have.iter().filter(|h| !wanted.contains(h)))
+            .map(|(path, _)| path.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        return Ok(PublishRecord::Conflict { differing });
+    }
+    for file in files {
+        tx.execute(
+            "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &app_id,
+                &version,
+                &file.file_path,
+                &file.storage_path,
+                &file.file_type,
+                &file.file_size,
+                &file.checksum,
+            ],
+        )
+        .await
+        .map_err(query("record a published file"))?;
+    }
+    for (kind, scope) in permissions {
+        tx.execute(
+            "insert into public.app_permissions (app_id, permission_type, scope) values ($1, $2, $3)
+             on conflict (app_id, permission_type, scope) do nothing",
+            &[&app_id, kind, scope],
+        )
+        .await
+        .map_err(query("record a permission"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(query("commit a published version"))?;
+    Ok(PublishRecord::Inserted)
+}

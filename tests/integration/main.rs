@@ -9,6 +9,7 @@ mod cli;
 mod cron;
 mod docker;
 mod migrate;
+mod publish;
 mod queue;
 mod rls;
 mod schema;
