@@ -130,10 +130,14 @@ impl BlobCache {
             .map_err(io(&tmp_dir))?;
         let tmp = tmp_dir.join(format!("{expected_hex}.{}", uuid::Uuid::new_v4().simple()));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            // tokio's File hands every write to the blocking pool: write in large batches.
+            let mut file = tokio::io::BufWriter::with_capacity(
+                4 << 20,
+                tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?,
+            );
             let mut hasher = Sha256::new();
             let mut bytes = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; 256 * 1024];
             loop {
                 let n = reader
                     .read(&mut buf)

@@ -5,6 +5,7 @@ mod harness;
 
 mod archive;
 mod artifact;
+mod bench;
 mod cli;
 mod cron;
 mod docker;
