@@ -312,7 +312,7 @@ impl Default for RawCron {
             enabled: true,
             max_sleep: "30s".into(),
             catch_up_cap: 100,
-            batch_size: 100,
+            batch_size: 1000,
         }
     }
 }
@@ -1275,7 +1275,7 @@ mod tests {
         assert_eq!(config.cron.max_sleep, Duration::from_secs(30));
         assert_eq!(
             (config.cron.catch_up_cap, config.cron.batch_size),
-            (100, 100)
+            (100, 1000)
         );
         let err = load_error("[cron]\nmax_sleep = \"forever\"\ncatch_up_cap = 0\n", &[]);
         assert!(

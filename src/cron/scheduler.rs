@@ -1,6 +1,12 @@
 //! The cron loop that runs in every daemon: plan schedules lacking `next_run_at`, sleep until
-//! the earliest one is due (or a schedule changes), then fire each due schedule in its own
-//! short transaction.
+//! the earliest one is due (or a schedule changes), then fire the due schedules in batches.
+//!
+//! A batch is set-based: one statement claims up to [`FIRE_CHUNK`] due schedules, the plan of
+//! each (due ticks, catch-up, next `next_run_at`) is computed in Rust, and a few statements
+//! write the whole batch (active runs, skipped ticks, runs with their fired ticks, the advanced
+//! schedules), so the common case costs a handful of round trips per batch, not per schedule.
+//! [`FIRE_WORKERS`] batches run at once on separate connections. If a batch statement fails,
+//! that batch is redone schedule by schedule, each in a savepoint, so one poison row is isolated.
 //!
 //! Several daemons run this loop against one database. Row locks (`FOR UPDATE SKIP LOCKED`)
 //! keep two daemons off one schedule at a time, and `UNIQUE (schedule_id, scheduled_for)` on
@@ -8,6 +14,8 @@
 //! mid-transaction loses nothing: its transaction rolls back and `next_run_at` stays due.
 //! One bad schedule is disabled and never stops the loop.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -20,13 +28,15 @@ use super::clock::{Clock, Sleep};
 use super::policy::{plan, CatchUp, Overlap, Plan, Policy, SkipReason};
 use super::schedule::Schedule;
 use crate::config::CronSettings;
-use crate::db::schedule as sql;
+use crate::db::schedule::{self as sql, DueSchedule};
 
 /// Due ticks enumerated for one schedule in one pass at most; a longer backlog (a per-second
 /// schedule after a day of downtime) is worked off over the following passes.
 pub const MAX_TICKS_PER_PASS: usize = 10_000;
-/// Due schedules fired per transaction.
-const FIRE_CHUNK: usize = 200;
+/// Due schedules claimed and fired per transaction (one batch).
+const FIRE_CHUNK: usize = 500;
+/// Batches fired at once, each on its own connection (`SKIP LOCKED` keeps them apart).
+const FIRE_WORKERS: usize = 4;
 /// Wait before retrying after the database failed, so an outage is not a busy loop.
 const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 
@@ -185,38 +195,248 @@ impl Scheduler {
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<PassReport, SchedulerError> {
         let mut report = PassReport::default();
         self.plan_unplanned(now, &mut report).await?;
-        let ids = {
-            let client = self.pool.get().await?;
-            sql::due_schedule_ids(&client, now, self.batch_size())
-                .await
-                .map_err(SchedulerError::ListDue)?
-        };
-        report.more |= ids.len() as i64 >= self.batch_size();
-        // Schedules fire in chunks sharing one transaction (one commit, and so one WAL flush,
-        // per chunk instead of per schedule), each inside a savepoint so that one failing
-        // schedule rolls back alone and the others still fire.
-        for chunk in ids.chunks(FIRE_CHUNK) {
+        // Up to batch_size due schedules per pass, in batches of FIRE_CHUNK claimed by
+        // FIRE_WORKERS concurrent workers; each batch is one transaction.
+        let limit = self.settings.batch_size.max(1);
+        let budget = AtomicUsize::new(limit);
+        let claimed = AtomicUsize::new(0);
+        let workers = (0..FIRE_WORKERS).map(|_| self.fire_worker(now, &budget, &claimed));
+        let mut first_error = None;
+        for result in futures_util::future::join_all(workers).await {
+            match result {
+                Ok(worker_report) => report.absorb(worker_report),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        report.more |= claimed.load(Ordering::Relaxed) >= limit;
+        Ok(report)
+    }
+
+    /// Claims and fires batches until the pass's budget is spent or nothing due is left.
+    async fn fire_worker(
+        &self,
+        now: DateTime<Utc>,
+        budget: &AtomicUsize,
+        claimed: &AtomicUsize,
+    ) -> Result<PassReport, SchedulerError> {
+        let mut report = PassReport::default();
+        loop {
+            let Ok(before) = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b > 0).then(|| b.saturating_sub(FIRE_CHUNK))
+            }) else {
+                return Ok(report);
+            };
+            let take = before.min(FIRE_CHUNK);
             let mut client = self.pool.get().await?;
             let mut tx = client.transaction().await.map_err(SchedulerError::Commit)?;
-            let mut chunk_report = PassReport::default();
-            for &id in chunk {
-                let savepoint = tx.savepoint("fire").await.map_err(SchedulerError::Commit)?;
-                match self
-                    .fire_schedule(&savepoint, id, now, &mut chunk_report)
-                    .await
-                {
-                    Ok(()) => savepoint.commit().await.map_err(SchedulerError::Commit)?,
-                    Err(e) => {
-                        savepoint.rollback().await.map_err(SchedulerError::Commit)?;
-                        chunk_report.failed += 1;
-                        tracing::warn!(error = %e, schedule_id = %id, "cron schedule not fired this pass");
-                    }
+            let rows = sql::claim_due_schedules(&tx, now, take as i64)
+                .await
+                .map_err(SchedulerError::ListDue)?;
+            claimed.fetch_add(rows.len(), Ordering::Relaxed);
+            if rows.is_empty() {
+                return Ok(report);
+            }
+            let savepoint = tx
+                .savepoint("batch")
+                .await
+                .map_err(SchedulerError::Commit)?;
+            let mut batch_report = PassReport::default();
+            match self
+                .fire_batch(&savepoint, &rows, now, &mut batch_report)
+                .await
+            {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(SchedulerError::Commit)?;
+                    report.absorb(batch_report);
+                }
+                Err(e) => {
+                    savepoint.rollback().await.map_err(SchedulerError::Commit)?;
+                    tracing::warn!(error = %e, schedules = rows.len(), "cron batch failed; firing its schedules one by one");
+                    self.fire_one_by_one(&mut tx, &rows, now, &mut report)
+                        .await?;
                 }
             }
             tx.commit().await.map_err(SchedulerError::Commit)?;
-            report.absorb(chunk_report);
+            if rows.len() < take {
+                return Ok(report);
+            }
         }
-        Ok(report)
+    }
+
+    /// The fallback for a failed batch: each schedule in its own savepoint, so that one failing
+    /// schedule rolls back alone and the others still fire.
+    async fn fire_one_by_one(
+        &self,
+        tx: &mut Transaction<'_>,
+        rows: &[DueSchedule],
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) -> Result<(), SchedulerError> {
+        for row in rows {
+            let savepoint = tx.savepoint("fire").await.map_err(SchedulerError::Commit)?;
+            match self.fire_schedule(&savepoint, row.id, now, report).await {
+                Ok(()) => savepoint.commit().await.map_err(SchedulerError::Commit)?,
+                Err(e) => {
+                    savepoint.rollback().await.map_err(SchedulerError::Commit)?;
+                    report.failed += 1;
+                    tracing::warn!(error = %e, schedule_id = %row.id, "cron schedule not fired this pass");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires a batch of claimed schedules inside `tx` (a savepoint) in a few statements for the
+    /// whole batch; the same decisions as [`fire_schedule`] makes for one.
+    ///
+    /// [`fire_schedule`]: Scheduler::fire_schedule
+    async fn fire_batch(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[DueSchedule],
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut skipped = sql::SkippedTicks::default();
+        let mut disables = Vec::new();
+        let mut ready = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.evaluate(row, now) {
+                Evaluation::Disable { at, reason } => disables.push((row.id, at, reason)),
+                Evaluation::Fire {
+                    policy,
+                    plan,
+                    next,
+                    cut,
+                } => {
+                    report.more |= cut;
+                    for (tick, reason) in &plan.skip {
+                        skipped.push(row.id, *tick, reason.as_str(), None);
+                    }
+                    ready.push((row, policy, plan.fire, next));
+                }
+            }
+        }
+
+        // The overlap check, for the schedules that fire and whose policy looks at it.
+        let check: Vec<Uuid> = ready
+            .iter()
+            .filter(|(_, policy, fire, _)| !fire.is_empty() && policy.overlap != Overlap::Allow)
+            .map(|(row, ..)| row.id)
+            .collect();
+        let active = sql::active_runs_of_schedules(tx, &check).await?;
+        let mut to_fire = sql::TicksToFire::default();
+        for (row, policy, fire, _) in &ready {
+            let detail = active
+                .get(&row.id)
+                .map(|a| format!("previous run {} was {}", a.id, a.status));
+            match (policy.overlap, detail) {
+                (Overlap::Skip, Some(detail)) => {
+                    for &tick in fire {
+                        skipped.push(
+                            row.id,
+                            tick,
+                            SkipReason::Overlap.as_str(),
+                            Some(detail.clone()),
+                        );
+                    }
+                }
+                (overlap, detail) => {
+                    let detail = detail.filter(|_| overlap == Overlap::Queue);
+                    for &tick in fire {
+                        to_fire.push(row, tick, &policy.input, detail.clone());
+                    }
+                }
+            }
+        }
+
+        sql::record_skipped_ticks_batch(tx, &skipped).await?;
+        let fired = sql::fire_ticks(tx, &to_fire).await?;
+        let mut last_run: HashMap<Uuid, (DateTime<Utc>, Uuid)> = HashMap::new();
+        for run in &fired {
+            let newest = last_run
+                .entry(run.schedule_id)
+                .or_insert((run.scheduled_for, run.run_id));
+            if run.scheduled_for > newest.0 {
+                *newest = (run.scheduled_for, run.run_id);
+            }
+        }
+        let mut advances = sql::Advances::default();
+        for (row, _, _, next) in &ready {
+            let last = last_run.get(&row.id).copied();
+            advances.push(row.id, *next, last);
+            if let Some((tick, run_id)) = last {
+                tracing::debug!(schedule_id = %row.id, %run_id, scheduled_for = %tick, "cron schedule fired");
+            }
+        }
+        sql::advance_schedules(tx, &advances).await?;
+        for (id, at, reason) in &disables {
+            disable(tx, *id, *at, reason).await?;
+        }
+        report.skipped += skipped.len();
+        report.fired += fired.len();
+        report.disabled += disables.len();
+        Ok(())
+    }
+
+    /// What to do with one claimed due schedule: its plan, or why it must be disabled.
+    fn evaluate(&self, row: &DueSchedule, now: DateTime<Utc>) -> Evaluation {
+        let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Policy::from_config(&row.config).map(|p| (s, p)));
+        let (schedule, policy) = match parsed {
+            Ok(ok) => ok,
+            Err(reason) => {
+                return Evaluation::Disable {
+                    at: row.next_run_at,
+                    reason,
+                }
+            }
+        };
+
+        // Every nominal tick from next_run_at up to now, oldest first.
+        let mut due = vec![row.next_run_at];
+        let mut next = schedule.next_after(row.next_run_at);
+        let mut cut = false;
+        while let Some(t) = next.filter(|t| *t <= now) {
+            if due.len() >= MAX_TICKS_PER_PASS {
+                cut = true;
+                break;
+            }
+            due.push(t);
+            next = schedule.next_after(t);
+        }
+        let Some(next) = next else {
+            return Evaluation::Disable {
+                at: now,
+                reason: never_fires(&row.cron_expression),
+            };
+        };
+        let plan = if cut {
+            // A backlog longer than one pass: these are all older than the newest tick, so
+            // none of them fires; the next pass continues from `next`, which is still due.
+            let reason = match policy.catch_up {
+                CatchUp::All => SkipReason::CatchUpCap,
+                CatchUp::Skip | CatchUp::Once => SkipReason::Downtime,
+            };
+            Plan {
+                fire: Vec::new(),
+                skip: due.iter().map(|t| (*t, reason)).collect(),
+            }
+        } else {
+            plan(&due, policy.catch_up, self.settings.catch_up_cap)
+        };
+        Evaluation::Fire {
+            policy,
+            plan,
+            next,
+            cut,
+        }
     }
 
     fn batch_size(&self) -> i64 {
@@ -263,7 +483,8 @@ impl Scheduler {
         tx.commit().await.map_err(SchedulerError::Plan)
     }
 
-    /// Fires one due schedule inside `tx` (a savepoint): its runs, ticks and new
+    /// Fires one due schedule inside `tx` (a savepoint), statement by statement: the fallback
+    /// for a batch that failed. Its runs, ticks and new
     /// `next_run_at` are kept together or not at all; the caller commits.
     async fn fire_schedule(
         &self,
@@ -282,53 +503,21 @@ impl Scheduler {
         else {
             return Ok(()); // another daemon has it, or already fired it
         };
-        let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
-            .map_err(|e| e.to_string())
-            .and_then(|s| Policy::from_config(&row.config).map(|p| (s, p)));
-        let (schedule, policy) = match parsed {
-            Ok(ok) => ok,
-            Err(reason) => {
-                disable(tx, row.id, row.next_run_at, &reason)
-                    .await
-                    .map_err(err)?;
+        let (policy, plan, next) = match self.evaluate(&row, now) {
+            Evaluation::Disable { at, reason } => {
+                disable(tx, row.id, at, &reason).await.map_err(err)?;
                 report.disabled += 1;
                 return Ok(());
             }
-        };
-
-        // Every nominal tick from next_run_at up to now, oldest first.
-        let mut due = vec![row.next_run_at];
-        let mut next = schedule.next_after(row.next_run_at);
-        let mut cut = false;
-        while let Some(t) = next.filter(|t| *t <= now) {
-            if due.len() >= MAX_TICKS_PER_PASS {
-                cut = true;
-                break;
+            Evaluation::Fire {
+                policy,
+                plan,
+                next,
+                cut,
+            } => {
+                report.more |= cut;
+                (policy, plan, next)
             }
-            due.push(t);
-            next = schedule.next_after(t);
-        }
-        let Some(next) = next else {
-            disable(tx, row.id, now, &never_fires(&row.cron_expression))
-                .await
-                .map_err(err)?;
-            report.disabled += 1;
-            return Ok(());
-        };
-        let plan = if cut {
-            // A backlog longer than one pass: these are all older than the newest tick, so
-            // none of them fires; the next pass continues from `next`, which is still due.
-            report.more = true;
-            let reason = match policy.catch_up {
-                CatchUp::All => SkipReason::CatchUpCap,
-                CatchUp::Skip | CatchUp::Once => SkipReason::Downtime,
-            };
-            Plan {
-                fire: Vec::new(),
-                skip: due.iter().map(|t| (*t, reason)).collect(),
-            }
-        } else {
-            plan(&due, policy.catch_up, self.settings.catch_up_cap)
         };
         for reason in [SkipReason::Downtime, SkipReason::CatchUpCap] {
             let ticks: Vec<_> = plan
@@ -387,6 +576,21 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// What [`Scheduler::evaluate`] decided for one due schedule.
+enum Evaluation {
+    /// The schedule cannot be evaluated (or never fires again): disable it, recording an
+    /// `invalid_schedule` tick at `at`.
+    Disable { at: DateTime<Utc>, reason: String },
+    /// `plan` says which due ticks fire and which are skipped; `next` is the new
+    /// `next_run_at`; `cut` means the backlog was longer than one pass.
+    Fire {
+        policy: Policy,
+        plan: Plan,
+        next: DateTime<Utc>,
+        cut: bool,
+    },
 }
 
 /// Disables a schedule, recording an `invalid_schedule` tick at `at` so its owner sees why

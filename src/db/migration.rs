@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000001_executor_cron.sql"),
     migration!("20250801000003_executor_claim.sql"),
     migration!("20250801000004_executor_claim_skip_scan.sql"),
+    migration!("20250801000005_executor_cron_quiet_advance.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -3,7 +3,10 @@
 //!
 //! Every instant is a parameter (the scheduler's clock), never the database's `now()`, so
 //! several daemons and the tests' manual clock agree on what is due. Functions that lock take a
-//! transaction; the caller keeps it short (one schedule's firing).
+//! transaction; the caller keeps it short (one batch of schedules: the batch functions do the work
+//! of the per-schedule ones for many schedules in one statement each).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -93,24 +96,6 @@ pub async fn deactivate_schedule(
     Ok(())
 }
 
-/// Ids of active schedules due at `now`, oldest first. Not locked: [`claim_due_schedule`]
-/// locks each one in its own transaction.
-pub async fn due_schedule_ids(
-    client: &Client,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "select id from public.app_cron_schedules
-             where is_active and next_run_at <= $1
-             order by next_run_at limit $2",
-            &[&now, &limit],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// Locks one schedule if it is still active and due; `None` when another daemon holds it or
 /// has already advanced it.
 pub async fn claim_due_schedule(
@@ -128,6 +113,26 @@ pub async fn claim_due_schedule(
         )
         .await?;
     Ok(row.as_ref().map(due_schedule))
+}
+
+/// Locks up to `limit` active schedules due at `now`, oldest `next_run_at` first, in one
+/// statement; rows another daemon (or another batch of this one) holds are skipped.
+pub async fn claim_due_schedules(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DueSchedule>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select id, app_id, company_id, cron_expression, timezone, config, next_run_at
+             from public.app_cron_schedules
+             where is_active and next_run_at <= $1
+             order by next_run_at limit $2
+             for update skip locked",
+            &[&now, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(due_schedule).collect())
 }
 
 fn due_schedule(r: &Row) -> DueSchedule {
@@ -158,6 +163,230 @@ pub async fn active_run_of_schedule(
         id: r.get(0),
         status: r.get(1),
     }))
+}
+
+/// The newest `pending` or `running` run of each of `schedule_ids` that has one.
+pub async fn active_runs_of_schedules(
+    tx: &Transaction<'_>,
+    schedule_ids: &[Uuid],
+) -> Result<HashMap<Uuid, ActiveRun>, tokio_postgres::Error> {
+    if schedule_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            "select distinct on (schedule_id) schedule_id, id, status from public.app_runs
+             where schedule_id = any($1) and status in ('pending', 'running')
+             order by schedule_id, created_at desc",
+            &[&schedule_ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                ActiveRun {
+                    id: r.get(1),
+                    status: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
+/// The runs of a batch of schedules to insert together, one entry per nominal tick.
+#[derive(Debug, Default)]
+pub struct TicksToFire {
+    pub app_ids: Vec<Uuid>,
+    pub company_ids: Vec<Uuid>,
+    pub inputs: Vec<Value>,
+    pub schedule_ids: Vec<Uuid>,
+    pub scheduled_for: Vec<DateTime<Utc>>,
+    pub details: Vec<Option<String>>,
+}
+
+impl TicksToFire {
+    pub fn push(
+        &mut self,
+        schedule: &DueSchedule,
+        scheduled_for: DateTime<Utc>,
+        input: &Value,
+        detail: Option<String>,
+    ) {
+        self.app_ids.push(schedule.app_id);
+        self.company_ids.push(schedule.company_id);
+        self.inputs.push(input.clone());
+        self.schedule_ids.push(schedule.id);
+        self.scheduled_for.push(scheduled_for);
+        self.details.push(detail);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.schedule_ids.is_empty()
+    }
+}
+
+/// A run inserted by [`fire_ticks`].
+#[derive(Debug, Clone, Copy)]
+pub struct FiredRun {
+    pub run_id: Uuid,
+    pub schedule_id: Uuid,
+    pub scheduled_for: DateTime<Utc>,
+}
+
+/// [`fire_tick`] for a whole batch in one statement: inserts every run and records its tick as
+/// fired. Ticks that already have a run are left out of the result (`UNIQUE (schedule_id,
+/// scheduled_for)` makes a second fire a no-op, whichever daemon tries it).
+pub async fn fire_ticks(
+    tx: &Transaction<'_>,
+    ticks: &TicksToFire,
+) -> Result<Vec<FiredRun>, tokio_postgres::Error> {
+    if ticks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = tx
+        .query(
+            "with wanted as (
+               select * from unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::uuid[],
+                                    $5::timestamptz[], $6::text[])
+                 as w(app_id, company_id, input_data, schedule_id, scheduled_for, detail)
+             ), run as (
+               insert into public.app_runs
+                 (app_id, company_id, run_type, status, input_data, schedule_id, scheduled_for)
+               select app_id, company_id, 'cron', 'pending', input_data, schedule_id, scheduled_for
+               from wanted
+               on conflict (schedule_id, scheduled_for) do nothing
+               returning id, schedule_id, scheduled_for
+             ), tick as (
+               insert into public.app_cron_ticks (schedule_id, scheduled_for, outcome, run_id, detail)
+               select r.schedule_id, r.scheduled_for, 'fired', r.id, w.detail
+               from run r join wanted w using (schedule_id, scheduled_for)
+               on conflict (schedule_id, scheduled_for) do nothing
+             )
+             select id, schedule_id, scheduled_for from run",
+            &[
+                &ticks.app_ids,
+                &ticks.company_ids,
+                &ticks.inputs,
+                &ticks.schedule_ids,
+                &ticks.scheduled_for,
+                &ticks.details,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| FiredRun {
+            run_id: r.get(0),
+            schedule_id: r.get(1),
+            scheduled_for: r.get(2),
+        })
+        .collect())
+}
+
+/// Skipped ticks of a batch of schedules, each with its own reason and detail.
+#[derive(Debug, Default)]
+pub struct SkippedTicks {
+    pub schedule_ids: Vec<Uuid>,
+    pub scheduled_for: Vec<DateTime<Utc>>,
+    pub reasons: Vec<&'static str>,
+    pub details: Vec<Option<String>>,
+}
+
+impl SkippedTicks {
+    pub fn push(
+        &mut self,
+        schedule_id: Uuid,
+        scheduled_for: DateTime<Utc>,
+        reason: &'static str,
+        detail: Option<String>,
+    ) {
+        self.schedule_ids.push(schedule_id);
+        self.scheduled_for.push(scheduled_for);
+        self.reasons.push(reason);
+        self.details.push(detail);
+    }
+
+    pub fn len(&self) -> usize {
+        self.schedule_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.schedule_ids.is_empty()
+    }
+}
+
+/// [`record_skipped_ticks`] for a whole batch in one statement.
+pub async fn record_skipped_ticks_batch(
+    tx: &Transaction<'_>,
+    ticks: &SkippedTicks,
+) -> Result<u64, tokio_postgres::Error> {
+    if ticks.is_empty() {
+        return Ok(0);
+    }
+    tx.execute(
+        "insert into public.app_cron_ticks (schedule_id, scheduled_for, outcome, reason, detail)
+         select s, t, 'skipped', r, d
+         from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) as u(s, t, r, d)
+         on conflict (schedule_id, scheduled_for) do nothing",
+        &[
+            &ticks.schedule_ids,
+            &ticks.scheduled_for,
+            &ticks.reasons,
+            &ticks.details,
+        ],
+    )
+    .await
+}
+
+/// How a batch of schedules moves on: [`advance_schedule`] for each, in one statement.
+#[derive(Debug, Default)]
+pub struct Advances {
+    pub schedule_ids: Vec<Uuid>,
+    pub next_run_at: Vec<DateTime<Utc>>,
+    pub last_run_at: Vec<Option<DateTime<Utc>>>,
+    pub last_run_id: Vec<Option<Uuid>>,
+}
+
+impl Advances {
+    pub fn push(
+        &mut self,
+        schedule_id: Uuid,
+        next_run_at: DateTime<Utc>,
+        last_run: Option<(DateTime<Utc>, Uuid)>,
+    ) {
+        let (at, id) = last_run.unzip();
+        self.schedule_ids.push(schedule_id);
+        self.next_run_at.push(next_run_at);
+        self.last_run_at.push(at);
+        self.last_run_id.push(id);
+    }
+}
+
+pub async fn advance_schedules(
+    tx: &Transaction<'_>,
+    advances: &Advances,
+) -> Result<u64, tokio_postgres::Error> {
+    if advances.schedule_ids.is_empty() {
+        return Ok(0);
+    }
+    tx.execute(
+        "update public.app_cron_schedules s
+         set next_run_at = u.next_run_at,
+             last_run_at = coalesce(u.last_run_at, s.last_run_at),
+             last_run_id = coalesce(u.last_run_id, s.last_run_id)
+         from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::uuid[])
+           as u(id, next_run_at, last_run_at, last_run_id)
+         where s.id = u.id",
+        &[
+            &advances.schedule_ids,
+            &advances.next_run_at,
+            &advances.last_run_at,
+            &advances.last_run_id,
+        ],
+    )
+    .await
 }
 
 /// Inserts the cron run for one nominal tick and records the tick as fired, in one statement.
