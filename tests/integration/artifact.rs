@@ -45,22 +45,7 @@ async fn fixture(db: &TestDb) -> Fixture {
         BucketPolicy::default(),
     ));
     let client = db.client().await;
-    let company: Uuid = client
-        .query_one(
-            "insert into public.companies (name) values ('co') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let app: Uuid = client
-        .query_one(
-            "insert into public.applications (name) values ('hello') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (company, app) = crate::harness::insert_tenant(&client).await;
     let state = dir.path().join("state");
     Fixture {
         _db_dir: dir,

@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::harness::insert_tenant as tenant;
 use crate::harness::TestDb;
 
 fn t0() -> DateTime<Utc> {
@@ -38,26 +39,6 @@ fn scheduler(db: &TestDb, clock: &ManualClock, settings: CronSettings) -> Schedu
     let pool = app_executor::db::pool(&db.url, Duration::from_secs(30), 4).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(clock.clone());
     Scheduler::new(pool, clock, settings, Arc::new(Notify::new()))
-}
-
-/// A company with one app; returns (company, app).
-async fn tenant(client: &Client) -> (Uuid, Uuid) {
-    let (company, app) = (Uuid::new_v4(), Uuid::new_v4());
-    client
-        .execute(
-            "insert into public.companies (id, name) values ($1, 'co')",
-            &[&company],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "insert into public.applications (id, name) values ($1, 'app')",
-            &[&app],
-        )
-        .await
-        .unwrap();
-    (company, app)
 }
 
 async fn add_schedule(

@@ -38,22 +38,7 @@ async fn publishing_is_idempotent_refuses_changed_content_and_what_it_publishes_
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let state = tempfile::tempdir().unwrap();
-    let app: Uuid = client
-        .query_one(
-            "insert into public.applications (name) values ('hello') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let company: Uuid = client
-        .query_one(
-            "insert into public.companies (name) values ('co') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (company, app) = crate::harness::insert_tenant(&client).await;
 
     let out = publish(&db, state.path(), HELLO, &app.to_string(), &["--json"]);
     assert!(out.status.success(), "{}", text(&out));

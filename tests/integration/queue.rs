@@ -9,28 +9,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::harness::daemon::{Daemon, DaemonOptions};
-use crate::harness::TestDb;
-
-/// A company with an app, returned as (company, app).
-async fn tenant(client: &Client) -> (Uuid, Uuid) {
-    let company: Uuid = client
-        .query_one(
-            "insert into public.companies (name) values ('co') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let app: Uuid = client
-        .query_one(
-            "insert into public.applications (name) values ('app') returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    (company, app)
-}
+use crate::harness::{insert_tenant as tenant, TestDb};
 
 async fn enqueue(client: &Client, company: Uuid, app: Uuid, n: i32) -> Vec<Uuid> {
     client

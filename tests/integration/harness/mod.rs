@@ -6,7 +6,7 @@ pub mod docker;
 pub mod postgres;
 pub mod storage_double;
 
-pub use postgres::TestDb;
+pub use postgres::{insert_tenant, TestDb};
 
 /// Path of the `app-executor` binary cargo built for these tests.
 pub fn binary() -> &'static str {

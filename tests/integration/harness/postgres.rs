@@ -208,3 +208,25 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A company and an application of its own, as `(company, app)` (the app is not assigned to
+/// the company; RLS tests do that themselves).
+pub async fn insert_tenant(client: &Client) -> (uuid::Uuid, uuid::Uuid) {
+    let company = client
+        .query_one(
+            "insert into public.companies (name) values ('co') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let app = client
+        .query_one(
+            "insert into public.applications (name) values ('app') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (company, app)
+}
