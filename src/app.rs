@@ -14,8 +14,10 @@ use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
-use crate::runner::execution::{PrepareOnly, RunExecutor, TestExecution};
+use crate::runner::execution::{RunExecutor, TestExecution};
 use crate::runner::Runner;
+use crate::sandbox::install::Installer;
+use crate::sandbox::{DockerExecution, Engine};
 use crate::storage::{
     BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
 };
@@ -43,12 +45,6 @@ pub async fn run(
         config.database.pool_size,
     )?;
     let executor_id = executor_id();
-    let execution = select_execution(
-        config,
-        &pool,
-        &executor_id,
-        options.test_execution.as_deref(),
-    )?;
 
     let client = pool
         .get()
@@ -76,6 +72,13 @@ pub async fn run(
         .into());
     }
 
+    let (execution, docker) = select_execution(
+        config,
+        &pool,
+        &executor_id,
+        options.test_execution.as_deref(),
+    )
+    .await?;
     let capacity = i32::try_from(config.queue.max_concurrent_runs).unwrap_or(i32::MAX);
     db::queue::register_executor(
         &pool,
@@ -86,6 +89,23 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
+    let sweeper_stop = CancellationToken::new();
+    let sweeper = docker.map(|docker| {
+        let (stop, queue) = (sweeper_stop.clone(), config.queue.clone());
+        tokio::spawn(async move {
+            // Leftovers of a previous instance on this host first, then any dead daemon's.
+            docker
+                .sweep_orphans(queue.lease * 3, Some(&host_name()))
+                .await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(queue.rescue_interval) => {}
+                }
+                docker.sweep_orphans(queue.lease * 3, None).await;
+            }
+        })
+    });
 
     let (cancelled_tx, cancelled_rx) = mpsc::unbounded_channel();
     let wakeups = Wakeups {
@@ -122,6 +142,10 @@ pub async fn run(
         .run(scheduler_stop.clone()),
     );
     runner.run(shutdown).await;
+    sweeper_stop.cancel();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.await;
+    }
     scheduler_stop.cancel();
     let _ = scheduler.await;
     listener_stop.cancel();
@@ -130,12 +154,15 @@ pub async fn run(
     Ok(())
 }
 
-fn select_execution(
+/// The execution this daemon uses: sandboxed Docker execution, or (debug and benchmark builds
+/// only) the trivial [`TestExecution`]. The Docker one is also returned by type, for its
+/// orphan sweep.
+async fn select_execution(
     config: &Config,
     pool: &deadpool_postgres::Pool,
     executor_id: &str,
     test_execution: Option<&str>,
-) -> anyhow::Result<Arc<dyn RunExecutor>> {
+) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<DockerExecution>>)> {
     match test_execution {
         None => {
             let state = &config.executor.state_dir;
@@ -150,20 +177,28 @@ fn select_execution(
                 host: config.limits.host.clone(),
                 extract: config.limits.extract.clone(),
             };
-            Ok(Arc::new(PrepareOnly {
+            let engine = Engine::connect(&config.sandbox).await?;
+            let docker = Arc::new(DockerExecution {
                 resolver,
+                installer: Installer {
+                    engine: engine.clone(),
+                    settings: config.sandbox.clone(),
+                    cache_dir: state.join("cache").join("deps"),
+                },
+                engine,
+                settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),
-            }))
+            });
+            Ok((docker.clone(), Some(docker)))
         }
         Some(_) if !cfg!(any(debug_assertions, feature = "test-execution")) => Err(ConfigError::Invalid(
             "--test-execution is only available in debug builds and benchmark builds (--features test-execution); it exists for tests".into(),
         )
         .into()),
-        Some(spec) => Ok(Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?)),
+        Some(spec) => Ok((Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?), None)),
     }
 }
 
-/// `<host>-<pid>-<random>`: unique per process, readable in `app_executors` and logs.
 fn executor_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{}-{}-{}", host_name(), std::process::id(), &suffix[..6])

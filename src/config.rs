@@ -62,6 +62,7 @@ pub struct Config {
     pub cron: CronSettings,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub sandbox: crate::sandbox::SandboxSettings,
 }
 
 /// `[storage]`: which backend `app::storage` builds. The service key never comes from the file.
@@ -246,6 +247,7 @@ struct RawConfig {
     cron: RawCron,
     limits: RawLimits,
     storage: RawStorage,
+    sandbox: crate::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -525,6 +527,7 @@ impl Config {
         }
         let limits = limits_from_raw(&raw.limits, &mut violations);
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
+        let sandbox = crate::sandbox::SandboxSettings::from_raw(&raw.sandbox, &mut violations);
         let blob_cache_max_bytes =
             parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
                 .map_err(|e| violations.push(e))
@@ -557,6 +560,7 @@ impl Config {
                 batch_size: raw.cron.batch_size,
             },
             limits: limits.expect("violations were reported above"),
+            sandbox: sandbox.expect("violations were reported above"),
         })
     }
 
@@ -597,6 +601,7 @@ impl Config {
                 "catch_up_cap": self.cron.catch_up_cap,
                 "batch_size": self.cron.batch_size,
             },
+            "sandbox": self.sandbox,
             "limits": {
                 "max_memory": self.limits.host.max_memory,
                 "max_cpu": self.limits.host.max_cpu,
@@ -955,7 +960,12 @@ fn resolve_service_key(env: &BTreeMap<String, String>) -> Result<Option<ServiceK
     Ok(None)
 }
 
-fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
+/// A positive duration for `key`, or a violation naming it.
+pub(crate) fn parse_duration(
+    key: &str,
+    value: &str,
+    violations: &mut Vec<String>,
+) -> Option<Duration> {
     match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => Some(d),
         Ok(_) => {

@@ -13,5 +13,6 @@ mod migrate;
 mod publish;
 mod queue;
 mod rls;
+mod sandbox;
 mod schema;
 mod storage;
