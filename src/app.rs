@@ -45,6 +45,16 @@ pub async fn run(
         config.database.pool_size,
     )?;
     let executor_id = executor_id();
+    let state_dir = &config.executor.state_dir;
+    if std::env::var_os("INVOCATION_ID").is_some()
+        && (state_dir.starts_with("/tmp") || state_dir.starts_with("/var/tmp"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "executor.state_dir = {:?}: under systemd /tmp is private to the service, so Docker cannot mount per-run directories from it; use a directory such as /var/lib/app-executor",
+            state_dir.display()
+        ))
+        .into());
+    }
 
     let client = pool
         .get()

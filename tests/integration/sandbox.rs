@@ -317,7 +317,11 @@ async fn hostile_apps_get_their_outcome_and_leave_the_host_unchanged() {
         let dir = write_app(&[("index.js", &script)], config, permissions);
         publish_ok(&db, state.path(), dir.path(), app);
         let input = json!({"url": server.url});
-        runs.push((name, enqueue(&client, app, company, input.clone()).await, expected));
+        runs.push((
+            name,
+            enqueue(&client, app, company, input.clone()).await,
+            expected,
+        ));
         if name == "tmp-is-private" {
             runs.push((name, enqueue(&client, app, company, input).await, expected));
         }
@@ -345,7 +349,11 @@ async fn hostile_apps_get_their_outcome_and_leave_the_host_unchanged() {
         }
     }
     assert!(wrong.is_empty(), "{}\ndaemon log:\n{log}", wrong.join("\n"));
-    let oom = run_record(&client, runs.iter().find(|r| r.0 == "memory-bomb").unwrap().1).await;
+    let oom = run_record(
+        &client,
+        runs.iter().find(|r| r.0 == "memory-bomb").unwrap().1,
+    )
+    .await;
     assert!(
         oom.error_message.unwrap().contains("memory limit"),
         "the OOM message names the limit"
@@ -358,6 +366,260 @@ async fn hostile_apps_get_their_outcome_and_leave_the_host_unchanged() {
     // The host: no container, no process of a fork bomb or a detached grandchild left.
     assert_no_containers(&label);
     assert_eq!(host_processes("bomb(){ bomb"), 0, "fork bomb survived");
-    assert_eq!(host_processes("sleep 987"), 0, "detached grandchild survived");
+    assert_eq!(
+        host_processes("sleep 987"),
+        0,
+        "detached grandchild survived"
+    );
     assert!(!log.contains("canary-service-key"), "a secret was logged");
+}
+
+/// The id of the running container of `run` in `phase`, waiting up to `limit` for it.
+fn wait_for_container(run: Uuid, phase: &str, limit: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter"])
+            .arg(format!("label=app-executor.run={run}"))
+            .args(["--filter", &format!("label=app-executor.phase={phase}")])
+            .output()
+            .unwrap();
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        if !id.is_empty() {
+            return Some(id);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// How long until `container` no longer exists (at most `limit`).
+fn time_until_gone(container: &str, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.Id}}", container])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    limit
+}
+
+fn inspect(container: &str) -> serde_json::Value {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", container])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_run_container_has_every_hardening_field() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[("index.js", "setTimeout(() => {}, 4000);\n")],
+        json!({"timeout": "60s", "memory_limit": "128MiB", "cpu_limit": 0.5}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()).until_idle());
+    let container = wait_for_container(run, "run", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no run container; log:\n{}", daemon.log_text()));
+    let found = inspect(&container);
+    assert!(daemon.wait(Duration::from_secs(60)).success());
+
+    let config = &found["Config"];
+    let host = &found["HostConfig"];
+    assert_eq!(config["User"], "1000:1000");
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert_eq!(host["Privileged"], false);
+    assert_eq!(host["CapDrop"], json!(["ALL"]));
+    assert_eq!(host["CapAdd"], serde_json::Value::Null);
+    assert!(host["SecurityOpt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o.as_str().unwrap().starts_with("no-new-privileges")));
+    assert_eq!(host["PidsLimit"], 256);
+    assert_eq!(host["Memory"], 128 << 20);
+    assert_eq!(host["MemorySwap"], host["Memory"], "no swap beyond memory");
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(
+        host["Ulimits"],
+        json!([{"Name": "nofile", "Soft": 1024, "Hard": 1024}])
+    );
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["RestartPolicy"]["Name"], "no");
+    assert_eq!(host["NetworkMode"], "none");
+    assert_eq!(host["IpcMode"], "private");
+    assert_eq!(host["LogConfig"]["Type"], "none");
+    let tmp = host["Tmpfs"]["/tmp"].as_str().unwrap();
+    assert!(tmp.contains("size=") && tmp.contains("noexec"), "{tmp}");
+    let binds: Vec<&str> = host["Binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert!(binds.iter().any(|b| b.ends_with(":/app:ro")), "{binds:?}");
+    assert!(binds.iter().any(|b| b.ends_with(":/input:ro")), "{binds:?}");
+    assert!(
+        binds.iter().any(|b| b.ends_with(":/output:rw")),
+        "{binds:?}"
+    );
+    assert!(
+        binds.iter().all(|b| !b.contains("docker.sock")),
+        "{binds:?}"
+    );
+    let env: Vec<&str> = config["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().split('=').next().unwrap())
+        .collect();
+    for name in &env {
+        assert!(
+            [
+                "APP_ID",
+                "RUN_ID",
+                "RUN_TYPE",
+                "APP_VERSION",
+                "APP_INPUT",
+                "APP_INPUT_FILE",
+                "APP_OUTPUT_DIR",
+                "HOME",
+                "NODE_ENV",
+                "PATH"
+            ]
+            .contains(name),
+            "unexpected variable {name}"
+        );
+    }
+    let labels = &config["Labels"];
+    assert_eq!(labels["app-executor.run"], run.to_string());
+    assert_eq!(labels["app-executor.phase"], "run");
+    assert_eq!(labels["app-executor.managed"], "true");
+    assert!(labels["app-executor.executor"].as_str().unwrap().len() > 8);
+    assert_eq!(run_record(&client, run).await.summary(), "success/-");
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
+/// A TCP server on the Docker bridge that accepts connections and never answers: an install
+/// pointed at it as its registry hangs until it is stopped.
+fn black_hole_registry() -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let company = insert_tenant(&client).await.0;
+    let new_app = |name: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "insert into public.applications (name) values ($1) returning id",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get::<_, Uuid>(0)
+        }
+    };
+    let sleeper = new_app("sleeper").await;
+    let dir = write_app(
+        &[("index.js", "setTimeout(() => {}, 120000);\n")],
+        json!({"timeout": "5m", "memory_limit": "128MiB", "cpu_limit": 0.5}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), sleeper);
+    let hanging = new_app("hanging-install").await;
+    let registry = black_hole_registry();
+    let dir = write_app(
+        &[
+            ("index.js", "require('left-pad');\n"),
+            (
+                "package.json",
+                r#"{"name": "hanging", "version": "1.0.0", "dependencies": {"left-pad": "1.3.0"}}"#,
+            ),
+            (".npmrc", &format!("registry={registry}\nfetch-retries=0\n")),
+        ],
+        json!({"timeout": "5m", "memory_limit": "128MiB", "cpu_limit": 0.5}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), hanging);
+
+    let mut daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()));
+    let cancel = "update public.app_runs set status = 'cancelled' where id = $1";
+    // Another daemon "rescued" the run: our fenced lease renewal stops matching.
+    let steal = "update public.app_runs set executor_id = 'someone-else' where id = $1";
+    for (app, phase, action) in [
+        (sleeper, "run", cancel),
+        (hanging, "install", cancel),
+        (sleeper, "run", steal),
+        (hanging, "install", steal),
+    ] {
+        let run = enqueue(&client, app, company, json!({})).await;
+        let container = wait_for_container(run, phase, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no {phase} container; log:\n{}", daemon.log_text()));
+        client.execute(action, &[&run]).await.unwrap();
+        let took = time_until_gone(&container, Duration::from_secs(20));
+        assert!(
+            took < Duration::from_secs(5),
+            "{phase} container of run {run} still there {took:?} after `{action}`; log:\n{}",
+            daemon.log_text()
+        );
+        if action == cancel {
+            let record = run_record(&client, run).await;
+            assert_eq!(record.status, "cancelled");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                run_record(&client, run).await.completed,
+                "completed_at not filled"
+            );
+        } else {
+            // End the stolen run so that nothing claims it again.
+            client
+                .execute(
+                    "update public.app_runs set status = 'cancelled' where id = $1",
+                    &[&run],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(60)).success());
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
