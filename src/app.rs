@@ -342,6 +342,42 @@ async fn check_database(config: &Config) -> Check {
 }
 
 /// `app-executor publish`: validates `dir`, uploads its files and records them.
+/// `enqueue`: inserts a pending run of `app` for `company` (or the app's only company in
+/// `app_exec.company_apps`). Returns the pool (for following the run) and the run id.
+pub async fn enqueue(
+    config: &Config,
+    app: &str,
+    company: Option<&str>,
+    input: &serde_json::Value,
+) -> anyhow::Result<(deadpool_postgres::Pool, uuid::Uuid)> {
+    let app: uuid::Uuid = app
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--app {app:?} is not an application id (a uuid)"))?;
+    let url = database_url(config)?;
+    let pool = db::pool(url, config.database.connect_timeout, 2)?;
+    let company = match company {
+        Some(c) => c
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--company {c:?} is not a company id (a uuid)"))?,
+        None => match db::runs::companies_of_app(&pool, app).await?.as_slice() {
+            [only] => *only,
+            [] => anyhow::bail!("app {app} is not enabled for any company (app_exec.company_apps); pass --company <id>"),
+            many => anyhow::bail!(
+                "app {app} is enabled for {} companies; pass --company with one of: {}",
+                many.len(),
+                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    match db::runs::tenant_exists(&pool, app, company).await? {
+        (false, _) => anyhow::bail!("there is no application {app} in this database"),
+        (_, false) => anyhow::bail!("there is no company {company} in this database"),
+        _ => {}
+    }
+    let run = db::runs::insert_run(&pool, app, company, "manual", input).await?;
+    Ok((pool, run))
+}
+
 pub async fn publish(
     config: &Config,
     dir: &std::path::Path,

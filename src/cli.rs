@@ -119,7 +119,14 @@ pub enum Command {
     #[command(subcommand)]
     Cron(CronCommand),
     /// Run the whole system once on an embedded database and local storage
-    Demo,
+    #[command(
+        after_help = "Examples:\n  scripts/demo                     # builds what is missing (runtime image) and runs this\n  app-executor demo --app-dir my-app\n\nWith no database configured, a private PostgreSQL cluster is started in <state_dir>/postgres and stopped at the end."
+    )]
+    Demo {
+        /// The app to publish and run [default: examples/hello]
+        #[arg(long)]
+        app_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +153,83 @@ pub enum CronCommand {
     },
 }
 
+/// An error that ends the process with a specific status (after printing its message).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
+/// `enqueue`: create a run; with `--wait`, follow it to the end. Exit status with `--wait`:
+/// 0 success, 1 failed, 124 timeout, 130 cancelled.
+async fn enqueue(
+    config: &Config,
+    app: &str,
+    company: Option<&str>,
+    input: Option<&str>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let input: serde_json::Value = match input {
+        None => serde_json::json!({}),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "--input is not JSON ({e}); pass an object such as '{{\"name\": \"x\"}}'"
+            )
+        })?,
+    };
+    let (pool, run) = app::enqueue(config, app, company, &input).await?;
+    if !wait {
+        if json {
+            println!("{}", serde_json::json!({ "run_id": run }));
+        } else {
+            println!("{run}");
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!("enqueued run {run}; waiting for it (Ctrl-C stops waiting, the run goes on)");
+    }
+    let mut last = String::new();
+    let state = loop {
+        let state = crate::db::runs::run_state(&pool, run)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {run} disappeared"))?;
+        let now = format!("{} (attempt {})", state.status, state.attempt);
+        if now != last && !json {
+            eprintln!("run {run}: {now}");
+            last = now;
+        }
+        if state.is_terminal() {
+            break state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        if let Some(kind) = &state.error_kind {
+            println!("error_kind: {kind}");
+        }
+        if let Some(message) = &state.error_message {
+            println!("error_message: {message}");
+        }
+        println!("status: {}", state.status);
+    }
+    let code = match state.status.as_str() {
+        "success" => return Ok(()),
+        "timeout" => 124,
+        "cancelled" => 130,
+        _ => 1,
+    };
+    Err(ExitWith {
+        code,
+        message: format!("run {run} ended {}", state.status),
+    }
+    .into())
+}
+
 /// A subcommand whose capability has not landed yet.
 #[derive(Debug, thiserror::Error)]
 #[error("`app-executor {command}` is not implemented yet (tracked in issue #{issue})")]
@@ -161,7 +245,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", error_chain(&error));
-            if error.downcast_ref::<ConfigError>().is_some() {
+            if let Some(exit) = error.downcast_ref::<ExitWith>() {
+                ExitCode::from(exit.code)
+            } else if error.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
@@ -246,7 +332,23 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
+        Command::Enqueue {
+            app,
+            company,
+            input,
+            wait,
+            json,
+        } => {
+            enqueue(
+                &config,
+                &app,
+                company.as_deref(),
+                input.as_deref(),
+                wait,
+                json,
+            )
+            .await
+        }
         Command::Logs { .. } => Err(not_implemented("logs", 6)),
         Command::Cron(CronCommand::Next {
             expression,
@@ -255,7 +357,22 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             count,
             json,
         }) => cron_next(&expression, &tz, after.as_deref(), count, json),
-        Command::Demo => Err(not_implemented("demo", 8)),
+        Command::Demo { app_dir } => {
+            let interrupt = crate::shutdown::on_signals()?;
+            let options = crate::demo::DemoOptions {
+                app_dir: app_dir.unwrap_or_else(crate::demo::default_app_dir),
+            };
+            if crate::demo::demo(&config, options, interrupt).await? {
+                println!("\ndemo finished: the run succeeded");
+                Ok(())
+            } else {
+                Err(ExitWith {
+                    code: 1,
+                    message: "demo finished, but the run did not succeed (see above)".into(),
+                }
+                .into())
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@
 //!   the scheduler loop that fires due schedules as runs.
 //! - [`storage`]: the `Storage` trait over Supabase Storage (HTTP) and a local directory
 //!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
+//! - [`demo`]: `app-executor demo`, the whole system once on an embedded database.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod db;
+pub mod demo;
 pub mod embedded_postgres;
 pub mod model;
 pub mod runner;

@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod listener;
 pub mod migration;
 pub mod queue;
+pub mod runs;
 pub mod schedule;
 pub mod statement;
 
