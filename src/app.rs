@@ -292,7 +292,7 @@ impl CheckReport {
 }
 
 /// `app-executor check`: the configuration is valid (it was loaded), the database is reachable
-/// and its schema is current.
+/// and its schema is current, the Docker engine answers, and storage accepts the credentials.
 pub async fn check(config: &Config) -> CheckReport {
     let mut checks = vec![Check {
         name: "config",
@@ -303,10 +303,71 @@ pub async fn check(config: &Config) -> CheckReport {
         },
     }];
     checks.push(check_database(config).await);
+    checks.push(check_docker(config).await);
+    checks.push(check_storage(config).await);
     CheckReport {
         ok: checks.iter().all(|c| c.ok),
         checks,
         config: config.redacted_json(),
+    }
+}
+
+async fn check_docker(config: &Config) -> Check {
+    let (ok, detail) = match Engine::connect(&config.sandbox).await {
+        Ok(engine) => {
+            let image = config.sandbox.image_for("20");
+            let present = engine
+                .ensure_image(&image, crate::sandbox::PullPolicy::Never)
+                .await
+                .is_ok();
+            (
+                true,
+                format!(
+                    "{engine:?} reachable; image {image} {}",
+                    if present {
+                        "present".to_owned()
+                    } else {
+                        format!("not present (sandbox.pull = {:?})", config.sandbox.pull)
+                    }
+                ),
+            )
+        }
+        Err(e) => (false, e.to_string()),
+    };
+    Check {
+        name: "docker",
+        ok,
+        detail,
+    }
+}
+
+async fn check_storage(config: &Config) -> Check {
+    let fail = |detail: String| Check {
+        name: "storage",
+        ok: false,
+        detail,
+    };
+    let storage = match storage(config) {
+        Ok(storage) => storage,
+        Err(e) => return fail(e.to_string()),
+    };
+    // A lookup of an object that need not exist: proves reachability and credentials.
+    match storage
+        .head(
+            crate::storage::APP_STORAGE_BUCKET,
+            "app-executor-check/probe",
+        )
+        .await
+    {
+        Ok(_) => Check {
+            name: "storage",
+            ok: true,
+            detail: format!(
+                "{:?} backend reachable, credentials accepted",
+                config.storage.backend
+            ),
+        },
+        Err(e) => fail(e.to_string()),
     }
 }
 
@@ -341,7 +402,6 @@ async fn check_database(config: &Config) -> Check {
     }
 }
 
-/// `app-executor publish`: validates `dir`, uploads its files and records them.
 /// `enqueue`: inserts a pending run of `app` for `company` (or the app's only company in
 /// `app_exec.company_apps`). Returns the pool (for following the run) and the run id.
 pub async fn enqueue(
@@ -378,6 +438,7 @@ pub async fn enqueue(
     Ok((pool, run))
 }
 
+/// `app-executor publish`: validates `dir`, uploads its files and records them.
 pub async fn publish(
     config: &Config,
     dir: &std::path::Path,

@@ -252,3 +252,81 @@ fn validate_without_a_manifest_names_it() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// Multi-threaded: the storage double serves from this runtime while the test blocks on the CLI.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_the_dependency_that_is_not_reachable() {
+    let db = TestDb::migrated().await;
+    crate::harness::docker::ensure_engine();
+    let url = db.url.expose();
+
+    let out = run(
+        &["check"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("check failed: database"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", url),
+            (
+                "APP_EXECUTOR_SANDBOX__DOCKER_HOST",
+                "unix:///nonexistent/docker.sock",
+            ),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stderr(&out).contains("check failed: docker"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout.contains("/nonexistent/docker.sock"), "{stdout}");
+
+    let double = crate::harness::storage_double::StorageDouble::start().await;
+    let out = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", url),
+            ("APP_EXECUTOR_STORAGE__BACKEND", "supabase"),
+            ("APP_EXECUTOR_STORAGE__URL", double.url.as_str()),
+            ("APP_EXECUTOR_STORAGE__MAX_RETRIES", "0"),
+            ("APP_EXECUTOR_STORAGE__SERVICE_KEY", "not-the-key-4711"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stderr(&out).contains("check failed: storage"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout.contains("not-the-key-4711") && !stderr(&out).contains("not-the-key-4711"));
+
+    let out = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", url),
+            ("APP_EXECUTOR_STORAGE__BACKEND", "supabase"),
+            ("APP_EXECUTOR_STORAGE__URL", double.url.as_str()),
+            (
+                "APP_EXECUTOR_STORAGE__SERVICE_KEY",
+                crate::harness::storage_double::SERVICE_KEY,
+            ),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
