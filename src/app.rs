@@ -1,5 +1,5 @@
-//! The composition root: builds the clients (database, storage, and later Docker) from the
-//! validated config and runs the operations the CLI asks for. Nothing else constructs clients.
+//! The composition root: builds the clients (database, storage, Docker) from the validated
+//! config and runs the operations the CLI asks for. Nothing else constructs clients.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
+use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
 use crate::runner::execution::{PrepareOnly, RunExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::storage::{
@@ -49,6 +50,19 @@ pub async fn run(
         &executor_id,
         options.test_execution.as_deref(),
     )?;
+    let docker = docker_check(options.test_execution.is_some()).await?;
+    let status = Arc::new(DaemonStatus::new(config.queue.max_concurrent_runs));
+    let ops = Ops::start(
+        &config.ops,
+        Arc::new(Systemd::from_env()),
+        Readiness {
+            pool: pool.clone(),
+            docker,
+            status: status.clone(),
+            timeout: config.ops.probe_timeout,
+        },
+    )
+    .await?;
 
     let client = pool
         .get()
@@ -86,6 +100,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
+    ops.ready(pool.clone(), &shutdown);
 
     let (cancelled_tx, cancelled_rx) = mpsc::unbounded_channel();
     let wakeups = Wakeups {
@@ -110,6 +125,7 @@ pub async fn run(
         run_pending: wakeups.run_pending.clone(),
         run_cancelled: cancelled_rx,
         until_idle: options.until_idle,
+        status,
     };
     let scheduler_stop = CancellationToken::new();
     let scheduler = tokio::spawn(
@@ -126,8 +142,48 @@ pub async fn run(
     let _ = scheduler.await;
     listener_stop.cancel();
     let _ = listener.await;
+    ops.stop().await;
     tracing::info!(%executor_id, "executor stopped");
     Ok(())
+}
+
+/// How long the startup check may wait for the Docker engine to negotiate and answer a ping.
+const DOCKER_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects to the Docker engine (`DOCKER_HOST`, else the local socket), negotiates the API
+/// version (Debian's docker.io speaks 1.41) and pings it; the client then backs `/readyz`.
+/// The test execution starts no containers, so it neither needs nor checks Docker.
+async fn docker_check(test_execution: bool) -> anyhow::Result<DockerCheck> {
+    if test_execution {
+        return Ok(DockerCheck::NotUsed(
+            "the test execution (--test-execution) starts no containers",
+        ));
+    }
+    let fix = "start docker.service and give this user access to the socket (the docker group; \
+               SupplementaryGroups=docker in the systemd unit)";
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .with_context(|| format!("cannot set up a Docker client; {fix}"))?;
+    let docker = tokio::time::timeout(DOCKER_STARTUP_TIMEOUT, async {
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok::<_, bollard::errors::Error>(docker)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the Docker engine did not answer within {DOCKER_STARTUP_TIMEOUT:?}; {fix}"))?
+    .with_context(|| format!("cannot reach the Docker engine; {fix}"))?;
+    let version = docker.client_version().to_string();
+    tracing::info!(api_version = %version, "Docker engine reachable");
+    let probe = move || {
+        let (docker, version) = (docker.clone(), version.clone());
+        async move {
+            docker
+                .ping()
+                .await
+                .map(|_| format!("engine answers (API {version})"))
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        }
+    };
+    Ok(DockerCheck::Probe(Arc::new(probe)))
 }
 
 fn select_execution(

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifact::resolve::Resolver;
 use crate::model::{ClaimedRun, Outcome};
+use crate::ops::metrics;
 
 /// Runs one claimed run to an outcome. Must return [`Outcome::Stopped`] soon after `stop` fires.
 pub trait RunExecutor: Send + Sync + 'static {
@@ -40,6 +41,7 @@ impl RunExecutor for PrepareOnly {
         stop: CancellationToken,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
+            let preparing = std::time::Instant::now();
             let prepared = tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
@@ -48,6 +50,7 @@ impl RunExecutor for PrepareOnly {
                 }
                 prepared = self.resolver.prepare(run) => prepared,
             };
+            metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
             let outcome = match prepared {
                 Err(e) if e.is_retryable() => Outcome::InfraFailure {
                     error_kind: e.error_kind().to_owned(),
