@@ -169,7 +169,9 @@ async fn docker_check(test_execution: bool) -> anyhow::Result<DockerCheck> {
         Ok::<_, bollard::errors::Error>(docker)
     })
     .await
-    .map_err(|_| anyhow::anyhow!("the Docker engine did not answer within {DOCKER_STARTUP_TIMEOUT:?}; {fix}"))?
+    .map_err(|_| {
+        anyhow::anyhow!("the Docker engine did not answer within {DOCKER_STARTUP_TIMEOUT:?}; {fix}")
+    })?
     .with_context(|| format!("cannot reach the Docker engine; {fix}"))?;
     let version = docker.client_version().to_string();
     tracing::info!(api_version = %version, "Docker engine reachable");

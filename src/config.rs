@@ -1384,14 +1384,14 @@ mod tests {
     fn ops_listens_on_loopback_by_default_and_refuses_other_addresses() {
         let (_dir, overrides) = write_config("");
         let config = Config::load_from(&overrides, &env(&[])).unwrap();
-        assert_eq!(
-            config.ops.listen,
-            Some("127.0.0.1:9464".parse().unwrap())
-        );
+        assert_eq!(config.ops.listen, Some("127.0.0.1:9464".parse().unwrap()));
         let err = load_error("[ops]\nlisten = \"0.0.0.0:9464\"\n", &[]);
         assert!(err.contains("ops.listen = \"0.0.0.0:9464\""), "{err}");
         assert!(err.contains("ops.allow_non_loopback"), "{err}");
-        let err = load_error("[ops]\nlisten = \"localhost\"\nprobe_timeout = \"soon\"\n", &[]);
+        let err = load_error(
+            "[ops]\nlisten = \"localhost\"\nprobe_timeout = \"soon\"\n",
+            &[],
+        );
         assert!(err.contains("ops.listen = \"localhost\""), "{err}");
         assert!(err.contains("ops.probe_timeout"), "{err}");
         let (_dir, overrides) =
@@ -1401,10 +1401,15 @@ mod tests {
         let (_dir, overrides) = write_config("");
         let config =
             Config::load_from(&overrides, &env(&[("APP_EXECUTOR_OPS__LISTEN", "")])).unwrap();
-        assert_eq!(config.ops.listen, None, "an empty listen disables the endpoints");
-        let config =
-            Config::load_from(&overrides, &env(&[("APP_EXECUTOR_OPS__LISTEN", "[::1]:9000")]))
-                .unwrap();
+        assert_eq!(
+            config.ops.listen, None,
+            "an empty listen disables the endpoints"
+        );
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("APP_EXECUTOR_OPS__LISTEN", "[::1]:9000")]),
+        )
+        .unwrap();
         assert_eq!(config.ops.listen, Some("[::1]:9000".parse().unwrap()));
     }
 

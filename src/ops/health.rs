@@ -85,13 +85,12 @@ impl Readiness {
     }
 
     async fn database(&self) -> Check {
-        let (ok, detail) = match tokio::time::timeout(self.timeout, crate::db::ping(&self.pool))
-            .await
-        {
-            Ok(Ok(())) => (true, "reachable".to_owned()),
-            Ok(Err(e)) => (false, e.to_string()),
-            Err(_) => (false, no_answer(self.timeout)),
-        };
+        let (ok, detail) =
+            match tokio::time::timeout(self.timeout, crate::db::ping(&self.pool)).await {
+                Ok(Ok(())) => (true, "reachable".to_owned()),
+                Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (false, no_answer(self.timeout)),
+            };
         Check {
             name: "database",
             ok,
@@ -130,7 +129,10 @@ fn state(phase: Phase) -> Check {
     let (ok, detail) = match phase {
         Phase::Active => (true, "active"),
         Phase::Starting => (false, "starting: the startup checks have not passed yet"),
-        Phase::Draining => (false, "draining: shutdown requested, no new runs are claimed"),
+        Phase::Draining => (
+            false,
+            "draining: shutdown requested, no new runs are claimed",
+        ),
         Phase::Stopped => (false, "stopped"),
     };
     Check {

@@ -136,9 +136,15 @@ fn describe() {
         "Pending runs in the queue (all daemons), refreshed every ops.status_interval"
     );
     describe_gauge!(RUNS_RUNNING, "Runs in flight on this daemon");
-    describe_gauge!(RUN_SLOTS, "Runs this daemon executes at once (queue.max_concurrent_runs)");
+    describe_gauge!(
+        RUN_SLOTS,
+        "Runs this daemon executes at once (queue.max_concurrent_runs)"
+    );
     describe_counter!(BLOB_CACHE_HITS, "App files served from the blob cache");
-    describe_counter!(BLOB_CACHE_MISSES, "App files not in the blob cache (downloaded)");
+    describe_counter!(
+        BLOB_CACHE_MISSES,
+        "App files not in the blob cache (downloaded)"
+    );
     describe_counter!(
         BLOB_DOWNLOADED_BYTES,
         metrics::Unit::Bytes,
@@ -149,7 +155,10 @@ fn describe() {
         metrics::Unit::Bytes,
         "Bytes of run logs captured, by stream"
     );
-    describe_counter!(OOM_KILLS, "Run containers killed for exceeding their memory limit");
+    describe_counter!(
+        OOM_KILLS,
+        "Run containers killed for exceeding their memory limit"
+    );
     describe_counter!(CRON_FIRES, "Cron ticks fired as runs");
     describe_counter!(CRON_SKIPS, "Cron ticks skipped, by reason");
     describe_histogram!(
@@ -281,11 +290,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.5"} 1"#),
+            text.contains(
+                r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.5"} 1"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.25"} 0"#),
+            text.contains(
+                r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.25"} 0"#
+            ),
             "{text}"
         );
         assert!(
@@ -311,10 +324,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"app_executor_runs_finished_total{status="success",error_kind="none"} 1"#),
+            text.contains(
+                r#"app_executor_runs_finished_total{status="success",error_kind="none"} 1"#
+            ),
             "{text}"
         );
-        assert!(!text.contains("cron_skips"), "a zero skip count created a series: {text}");
+        assert!(
+            !text.contains("cron_skips"),
+            "a zero skip count created a series: {text}"
+        );
         assert!(
             text.contains(r#"app_executor_cron_fire_lag_seconds_bucket{le="0.1"} 1"#),
             "{text}"

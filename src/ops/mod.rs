@@ -117,7 +117,10 @@ impl Ops {
         if let Some(watchdog) = self.systemd.watchdog() {
             status.set_max_idle(watchdog / 4);
             status.loop_ticked();
-            tracing::info!(?watchdog, "systemd watchdog enabled; pinging while the claim loop makes progress");
+            tracing::info!(
+                ?watchdog,
+                "systemd watchdog enabled; pinging while the claim loop makes progress"
+            );
             self.tasks.spawn(systemd::watchdog_loop(
                 self.systemd.clone(),
                 watchdog,

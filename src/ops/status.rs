@@ -91,7 +91,10 @@ impl DaemonStatus {
 
     /// A run's task ended (whatever became of the run).
     pub fn run_ended(&self) {
-        let running = self.running.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let running = self
+            .running
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         super::metrics::set_running(running, self.capacity);
     }
 

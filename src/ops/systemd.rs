@@ -23,20 +23,71 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::{DaemonStatus, Phase};
 
+/// A notification, owned so it can cross to the sender thread.
+#[derive(Debug)]
+enum Message {
+    Ready(String),
+    Status(String),
+    Stopping(String),
+    Watchdog,
+}
+
+/// Messages waiting for the sender thread; beyond this they are dropped (the supervisor is not
+/// reading; a watchdog ping or status line more or less changes nothing then).
+const QUEUE: usize = 32;
+
 /// The notify socket of this process's supervisor, if any.
+///
+/// `sd_notify::notify` writes to a blocking datagram socket, and a supervisor that stops
+/// reading (a full socket queue) would block the caller. So sends happen on a thread of their
+/// own, fed by a bounded queue: the runtime never waits on systemd.
 #[derive(Debug, Default)]
 pub struct Systemd {
     /// `WATCHDOG_USEC`, when a watchdog is configured for this process.
     watchdog: Option<Duration>,
-    /// A failed send is logged once, not every refresh.
-    warned: AtomicBool,
+    /// `None` when notifications go nowhere (tests of this module).
+    queue: Option<std::sync::mpsc::SyncSender<Message>>,
+    /// A full queue is logged once, not every refresh.
+    warned: Arc<AtomicBool>,
 }
 
 impl Systemd {
     pub fn from_env() -> Self {
+        let (queue, received) = std::sync::mpsc::sync_channel::<Message>(QUEUE);
+        let warned = Arc::new(AtomicBool::new(false));
+        let warned_by_sender = warned.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                for message in received {
+                    let sent = match &message {
+                        Message::Ready(status) => sd_notify::notify(&[
+                            NotifyState::Ready,
+                            NotifyState::Status(status),
+                        ]),
+                        Message::Status(status) => {
+                            sd_notify::notify(&[NotifyState::Status(status)])
+                        }
+                        Message::Stopping(status) => sd_notify::notify(&[
+                            NotifyState::Stopping,
+                            NotifyState::Status(status),
+                        ]),
+                        Message::Watchdog => sd_notify::notify(&[NotifyState::Watchdog]),
+                    };
+                    if let Err(e) = sent {
+                        if !warned_by_sender.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET); readiness and watchdog messages are lost");
+                        }
+                    }
+                }
+            });
+        if let Err(e) = &spawned {
+            tracing::warn!(error = %e, "cannot start the systemd notification thread; systemd will not hear from this daemon");
+        }
         Self {
             watchdog: sd_notify::watchdog_enabled(),
-            warned: AtomicBool::new(false),
+            queue: spawned.ok().map(|_| queue),
+            warned,
         }
     }
 
@@ -46,25 +97,29 @@ impl Systemd {
     }
 
     pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        self.send(Message::Ready(status.to_owned()));
     }
 
     pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+        self.send(Message::Status(status.to_owned()));
     }
 
     pub fn stopping(&self, status: &str) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+        self.send(Message::Stopping(status.to_owned()));
     }
 
     fn watchdog_ping(&self) {
-        self.send(&[NotifyState::Watchdog]);
+        self.send(Message::Watchdog);
     }
 
-    fn send(&self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
+    fn send(&self, message: Message) {
+        let Some(queue) = &self.queue else { return };
+        if let Err(std::sync::mpsc::TrySendError::Full(dropped)) = queue.try_send(message) {
             if !self.warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET); readiness and watchdog messages are lost");
+                tracing::warn!(
+                    ?dropped,
+                    "systemd is not reading notifications; dropping them"
+                );
             }
         }
     }
@@ -134,22 +189,19 @@ pub async fn status_loop(
     stop: CancellationToken,
 ) {
     loop {
-        let depth = match tokio::time::timeout(
-            interval,
-            crate::db::queue::count_pending_runs(&pool),
-        )
-        .await
-        {
-            Ok(Ok(depth)) => {
-                super::metrics::set_queue_depth(depth);
-                Some(depth)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot count pending runs for the status line");
-                None
-            }
-            Err(_) => None,
-        };
+        let depth =
+            match tokio::time::timeout(interval, crate::db::queue::count_pending_runs(&pool)).await
+            {
+                Ok(Ok(depth)) => {
+                    super::metrics::set_queue_depth(depth);
+                    Some(depth)
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot count pending runs for the status line");
+                    None
+                }
+                Err(_) => None,
+            };
         super::metrics::set_running(status.running(), status.capacity());
         if let Some(handle) = &metrics {
             handle.run_upkeep();

@@ -141,7 +141,9 @@ impl Runner {
                     Ok(Some(run)) => {
                         tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
                         metrics::run_claimed(
-                            (run.started_at - run.created_at).to_std().unwrap_or_default(),
+                            (run.started_at - run.created_at)
+                                .to_std()
+                                .unwrap_or_default(),
                         );
                         let task = RunTask {
                             pool: pool.clone(),
