@@ -24,7 +24,9 @@ impl DaemonOptions {
     }
 
     /// The execution production uses, with its state (storage, cache, run dirs) in `state_dir`.
+    /// It checks the Docker engine at start, so the engine is made sure of here.
     pub fn production(state_dir: &std::path::Path) -> Self {
+        super::docker::ensure_engine();
         Self {
             execution: None,
             env: vec![(
