@@ -15,8 +15,10 @@ use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
 use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
-use crate::runner::execution::{PrepareOnly, RunExecutor, TestExecution};
+use crate::runner::execution::{RunExecutor, TestExecution};
 use crate::runner::Runner;
+use crate::sandbox::install::Installer;
+use crate::sandbox::{DockerExecution, Engine};
 use crate::storage::{
     BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
 };
@@ -44,25 +46,16 @@ pub async fn run(
         config.database.pool_size,
     )?;
     let executor_id = executor_id();
-    let execution = select_execution(
-        config,
-        &pool,
-        &executor_id,
-        options.test_execution.as_deref(),
-    )?;
-    let docker = docker_check(options.test_execution.is_some()).await?;
-    let status = Arc::new(DaemonStatus::new(config.queue.max_concurrent_runs));
-    let ops = Ops::start(
-        &config.ops,
-        Arc::new(Systemd::from_env()),
-        Readiness {
-            pool: pool.clone(),
-            docker,
-            status: status.clone(),
-            timeout: config.ops.probe_timeout,
-        },
-    )
-    .await?;
+    let state_dir = &config.executor.state_dir;
+    if std::env::var_os("INVOCATION_ID").is_some()
+        && (state_dir.starts_with("/tmp") || state_dir.starts_with("/var/tmp"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "executor.state_dir = {:?}: under systemd /tmp is private to the service, so Docker cannot mount per-run directories from it; use a directory such as /var/lib/app-executor",
+            state_dir.display()
+        ))
+        .into());
+    }
 
     let client = pool
         .get()
@@ -90,6 +83,25 @@ pub async fn run(
         .into());
     }
 
+    let (execution, docker) = select_execution(
+        config,
+        &pool,
+        &executor_id,
+        options.test_execution.as_deref(),
+    )
+    .await?;
+    let status = Arc::new(DaemonStatus::new(config.queue.max_concurrent_runs));
+    let ops = Ops::start(
+        &config.ops,
+        Arc::new(Systemd::from_env()),
+        Readiness {
+            pool: pool.clone(),
+            docker: docker_check(docker.as_deref()),
+            status: status.clone(),
+            timeout: config.ops.probe_timeout,
+        },
+    )
+    .await?;
     let capacity = i32::try_from(config.queue.max_concurrent_runs).unwrap_or(i32::MAX);
     db::queue::register_executor(
         &pool,
@@ -101,6 +113,23 @@ pub async fn run(
     .await?;
     tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
     ops.ready(pool.clone(), &shutdown);
+    let sweeper_stop = CancellationToken::new();
+    let sweeper = docker.map(|docker| {
+        let (stop, queue) = (sweeper_stop.clone(), config.queue.clone());
+        tokio::spawn(async move {
+            // Leftovers of a previous instance on this host first, then any dead daemon's.
+            docker
+                .sweep_orphans(queue.lease * 3, Some(&host_name()))
+                .await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(queue.rescue_interval) => {}
+                }
+                docker.sweep_orphans(queue.lease * 3, None).await;
+            }
+        })
+    });
 
     let (cancelled_tx, cancelled_rx) = mpsc::unbounded_channel();
     let wakeups = Wakeups {
@@ -138,6 +167,10 @@ pub async fn run(
         .run(scheduler_stop.clone()),
     );
     runner.run(shutdown).await;
+    sweeper_stop.cancel();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.await;
+    }
     scheduler_stop.cancel();
     let _ = scheduler.await;
     listener_stop.cancel();
@@ -147,53 +180,34 @@ pub async fn run(
     Ok(())
 }
 
-/// How long the startup check may wait for the Docker engine to negotiate and answer a ping.
-const DOCKER_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Connects to the Docker engine (`DOCKER_HOST`, else the local socket), negotiates the API
-/// version (Debian's docker.io speaks 1.41) and pings it; the client then backs `/readyz`.
-/// The test execution starts no containers, so it neither needs nor checks Docker.
-async fn docker_check(test_execution: bool) -> anyhow::Result<DockerCheck> {
-    if test_execution {
-        return Ok(DockerCheck::NotUsed(
-            "the test execution (--test-execution) starts no containers",
-        ));
-    }
-    let fix = "start docker.service and give this user access to the socket (the docker group; \
-               SupplementaryGroups=docker in the systemd unit)";
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .with_context(|| format!("cannot set up a Docker client; {fix}"))?;
-    let docker = tokio::time::timeout(DOCKER_STARTUP_TIMEOUT, async {
-        let docker = docker.negotiate_version().await?;
-        docker.ping().await?;
-        Ok::<_, bollard::errors::Error>(docker)
-    })
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!("the Docker engine did not answer within {DOCKER_STARTUP_TIMEOUT:?}; {fix}")
-    })?
-    .with_context(|| format!("cannot reach the Docker engine; {fix}"))?;
-    let version = docker.client_version().to_string();
-    tracing::info!(api_version = %version, "Docker engine reachable");
-    let probe = move || {
-        let (docker, version) = (docker.clone(), version.clone());
+/// What `/readyz` asks Docker: the sandbox's engine, or nothing when the test execution (which
+/// starts no containers) was selected.
+fn docker_check(docker: Option<&DockerExecution>) -> DockerCheck {
+    let Some(docker) = docker else {
+        return DockerCheck::NotUsed("the test execution (--test-execution) starts no containers");
+    };
+    let engine = docker.engine.clone();
+    DockerCheck::Probe(Arc::new(move || {
+        let engine = engine.clone();
         async move {
-            docker
+            engine
                 .ping()
                 .await
-                .map(|_| format!("engine answers (API {version})"))
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+                .map(|()| "engine answers".to_owned())
+                .map_err(|e| e.to_string())
         }
-    };
-    Ok(DockerCheck::Probe(Arc::new(probe)))
+    }))
 }
 
-fn select_execution(
+/// The execution this daemon uses: sandboxed Docker execution, or (debug and benchmark builds
+/// only) the trivial [`TestExecution`]. The Docker one is also returned by type, for its
+/// orphan sweep.
+async fn select_execution(
     config: &Config,
     pool: &deadpool_postgres::Pool,
     executor_id: &str,
     test_execution: Option<&str>,
-) -> anyhow::Result<Arc<dyn RunExecutor>> {
+) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<DockerExecution>>)> {
     match test_execution {
         None => {
             let state = &config.executor.state_dir;
@@ -208,20 +222,28 @@ fn select_execution(
                 host: config.limits.host.clone(),
                 extract: config.limits.extract.clone(),
             };
-            Ok(Arc::new(PrepareOnly {
+            let engine = Engine::connect(&config.sandbox).await?;
+            let docker = Arc::new(DockerExecution {
                 resolver,
+                installer: Installer {
+                    engine: engine.clone(),
+                    settings: config.sandbox.clone(),
+                    cache_dir: state.join("cache").join("deps"),
+                },
+                engine,
+                settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),
-            }))
+            });
+            Ok((docker.clone(), Some(docker)))
         }
         Some(_) if !cfg!(any(debug_assertions, feature = "test-execution")) => Err(ConfigError::Invalid(
             "--test-execution is only available in debug builds and benchmark builds (--features test-execution); it exists for tests".into(),
         )
         .into()),
-        Some(spec) => Ok(Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?)),
+        Some(spec) => Ok((Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?), None)),
     }
 }
 
-/// `<host>-<pid>-<random>`: unique per process, readable in `app_executors` and logs.
 fn executor_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{}-{}-{}", host_name(), std::process::id(), &suffix[..6])

@@ -63,6 +63,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub ops: OpsConfig,
+    pub sandbox: crate::sandbox::SandboxSettings,
 }
 
 /// `[ops]`: the loopback HTTP endpoints (`/metrics`, `/healthz`, `/readyz`) and the periodic
@@ -262,6 +263,7 @@ struct RawConfig {
     limits: RawLimits,
     storage: RawStorage,
     ops: RawOps,
+    sandbox: crate::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -562,6 +564,7 @@ impl Config {
         let limits = limits_from_raw(&raw.limits, &mut violations);
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
         let ops = ops_from_raw(&raw.ops, &mut violations);
+        let sandbox = crate::sandbox::SandboxSettings::from_raw(&raw.sandbox, &mut violations);
         let blob_cache_max_bytes =
             parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
                 .map_err(|e| violations.push(e))
@@ -595,6 +598,7 @@ impl Config {
             },
             limits: limits.expect("violations were reported above"),
             ops: ops.expect("violations were reported above"),
+            sandbox: sandbox.expect("violations were reported above"),
         })
     }
 
@@ -635,6 +639,7 @@ impl Config {
                 "catch_up_cap": self.cron.catch_up_cap,
                 "batch_size": self.cron.batch_size,
             },
+            "sandbox": self.sandbox,
             "limits": {
                 "max_memory": self.limits.host.max_memory,
                 "max_cpu": self.limits.host.max_cpu,
@@ -1029,7 +1034,12 @@ fn resolve_service_key(env: &BTreeMap<String, String>) -> Result<Option<ServiceK
     Ok(None)
 }
 
-fn parse_duration(key: &str, value: &str, violations: &mut Vec<String>) -> Option<Duration> {
+/// A positive duration for `key`, or a violation naming it.
+pub(crate) fn parse_duration(
+    key: &str,
+    value: &str,
+    violations: &mut Vec<String>,
+) -> Option<Duration> {
     match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => Some(d),
         Ok(_) => {

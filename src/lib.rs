@@ -17,6 +17,8 @@
 //! - [`runner`]: the claim loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
 //! - [`artifact`]: an app's files: archives extracted under a reject-not-rewrite policy,
 //!   directories read back without following links, `manifest.json` validation.
+//! - [`sandbox`]: the production execution: image, dependency install (cached), the app in a
+//!   hardened container, outcome mapping; orphaned containers swept.
 //! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
 //! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
 //!   the scheduler loop that fires due schedules as runs.
@@ -41,6 +43,7 @@ pub mod embedded_postgres;
 pub mod model;
 pub mod ops;
 pub mod runner;
+pub mod sandbox;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

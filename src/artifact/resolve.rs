@@ -102,6 +102,8 @@ pub struct PreparedApp {
     pub manifest: Manifest,
     /// Bytes downloaded for this run (0 when every blob was cached).
     pub downloaded_bytes: u64,
+    /// Permissions the platform granted the app (`app_permissions`), as `(type, scope)`.
+    pub granted: Vec<(PermissionType, String)>,
 }
 
 pub struct Resolver {
@@ -219,6 +221,7 @@ impl Resolver {
             digest,
             manifest,
             downloaded_bytes,
+            granted,
         })
     }
 

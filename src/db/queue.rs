@@ -386,3 +386,57 @@ pub async fn notify_namespace(pool: &Pool) -> Result<Option<String>> {
         .map_err(query("read app_exec.settings"))?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Executors among `ids` that are gone: stopped, or silent for longer than `stale_after`.
+/// Ids this database does not know are not ours to judge and are left out.
+pub async fn dead_executors(
+    pool: &Pool,
+    ids: &[String],
+    stale_after: Duration,
+) -> Result<Vec<String>> {
+    let client = client(pool, "looking up executors").await?;
+    let rows = client
+        .query(
+            "select id from public.app_executors
+              where id = any($1)
+                and (state = 'stopped' or heartbeat_at < now() - $2::text::interval)",
+            &[&ids, &interval(stale_after)],
+        )
+        .await
+        .map_err(query("look up dead executors"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Executors registered from `host` other than `except`, with their ids.
+pub async fn executors_on_host(pool: &Pool, host: &str, except: &str) -> Result<Vec<String>> {
+    let client = client(pool, "looking up executors").await?;
+    let rows = client
+        .query(
+            "select id from public.app_executors where host = $1 and id <> $2 and state <> 'stopped'",
+            &[&host, &except],
+        )
+        .await
+        .map_err(query("look up executors of this host"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Marks a dead executor stopped and expires the leases of the runs it held, so the next
+/// rescue pass requeues them instead of waiting out their leases. Returns the runs affected.
+pub async fn retire_executor(pool: &Pool, executor_id: &str) -> Result<u64> {
+    let client = client(pool, "retiring an executor").await?;
+    client
+        .execute(
+            "update public.app_executors set state = 'stopped', running = 0 where id = $1",
+            &[&executor_id],
+        )
+        .await
+        .map_err(query("mark an executor stopped"))?;
+    client
+        .execute(
+            "update public.app_runs set lease_expires_at = now()
+              where executor_id = $1 and status = 'running' and lease_expires_at > now()",
+            &[&executor_id],
+        )
+        .await
+        .map_err(query("expire the leases of a dead executor"))
+}

@@ -9,9 +9,9 @@
 //! - [`systemd`]: `READY=1`, `STATUS=`, `WATCHDOG=1` and `STOPPING=1`.
 //! - [`server`]: the loopback HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
 //!
-//! [`Ops`] ties them together for the composition root: [`Ops::start`] before the startup
-//! checks (so `/healthz` answers and `/readyz` says "starting"), [`Ops::ready`] after them,
-//! [`Ops::stop`] when the runner has returned. Nothing here claims, runs or writes runs.
+//! [`Ops`] ties them together for the composition root: [`Ops::start`] once the clients exist
+//! (endpoints up, `/readyz` says "starting"), [`Ops::ready`] when the startup checks have
+//! passed, [`Ops::stop`] when the runner has returned. Nothing here claims, runs or writes runs.
 
 pub mod health;
 pub mod metrics;
@@ -58,8 +58,8 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Installs the metrics recorder and starts the HTTP endpoints when `ops.listen` is set.
-    /// Call before the startup checks; readiness reports "starting" until [`Ops::ready`].
+    /// Installs the metrics recorder and starts the HTTP endpoints when `ops.listen` is set;
+    /// readiness reports "starting" until [`Ops::ready`].
     pub async fn start(
         config: &OpsConfig,
         systemd: Arc<Systemd>,

@@ -1,12 +1,9 @@
 //! The execution seam: what turns a claimed run into an [`Outcome`].
 //!
 //! The runner owns leases, cancellation and status writes; an execution only runs the app and
-//! must return promptly once `stop` fires. Until sandboxed execution lands, production uses
-//! [`PrepareOnly`]: it resolves, downloads, verifies and lays out the run's files (so bad
-//! uploads fail with a clear reason and the artifact digest is recorded), then fails the run
-//! with `execution_unavailable` rather than pretending. [`TestExecution`] (sleep, record,
-//! succeed) exists for tests and benchmarks of the queue and can only be selected in debug or
-//! benchmark builds.
+//! must return promptly once `stop` fires. Production uses `sandbox::DockerExecution`;
+//! [`TestExecution`] (sleep, record, succeed) exists for tests and benchmarks of the queue and
+//! can only be selected in debug or benchmark builds.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,9 +12,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::artifact::resolve::Resolver;
 use crate::model::{ClaimedRun, Outcome};
-use crate::ops::metrics;
 
 /// Runs one claimed run to an outcome. Must return [`Outcome::Stopped`] soon after `stop` fires.
 pub trait RunExecutor: Send + Sync + 'static {
@@ -26,63 +21,6 @@ pub trait RunExecutor: Send + Sync + 'static {
         run: &'a ClaimedRun,
         stop: CancellationToken,
     ) -> BoxFuture<'a, Outcome>;
-}
-
-/// Prepares the run's files for real, then stops short of executing them.
-pub struct PrepareOnly {
-    pub resolver: Resolver,
-    pub executor_id: String,
-}
-
-impl RunExecutor for PrepareOnly {
-    fn execute<'a>(
-        &'a self,
-        run: &'a ClaimedRun,
-        stop: CancellationToken,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let preparing = std::time::Instant::now();
-            let prepared = tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    self.resolver.clean_up(run).await;
-                    return Outcome::Stopped;
-                }
-                prepared = self.resolver.prepare(run) => prepared,
-            };
-            metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
-            let outcome = match prepared {
-                Err(e) if e.is_retryable() => Outcome::InfraFailure {
-                    error_kind: e.error_kind().to_owned(),
-                    message: e.to_string(),
-                },
-                Err(e) => Outcome::failed(e.error_kind(), e.to_string()),
-                Ok(app) => {
-                    let recorded = crate::db::artifact::record_artifact_digest(
-                        &self.resolver.pool,
-                        run.id,
-                        &self.executor_id,
-                        run.attempt,
-                        &app.digest,
-                    )
-                    .await;
-                    if let Err(e) = recorded {
-                        tracing::warn!(run_id = %run.id, error = %e, "could not record the artifact digest");
-                    }
-                    tracing::info!(run_id = %run.id, version = %app.version, digest = %app.digest, downloaded_bytes = app.downloaded_bytes, "app files verified");
-                    Outcome::failed(
-                        "execution_unavailable",
-                        format!(
-                            "version {} verified ({}); this app-executor build cannot execute apps yet (sandboxed execution is tracked in issue #5), so nothing was started",
-                            app.version, app.digest
-                        ),
-                    )
-                }
-            };
-            self.resolver.clean_up(run).await;
-            outcome
-        })
-    }
 }
 
 /// A trivial execution for queue tests and benchmarks: optionally appends

@@ -14,5 +14,6 @@ mod ops;
 mod publish;
 mod queue;
 mod rls;
+mod sandbox;
 mod schema;
 mod storage;

@@ -705,11 +705,16 @@ async fn bad_input_fails_runs_with_a_clear_reason_and_the_queue_keeps_flowing() 
         message.contains("7.0.0") && message.contains("1.0.0"),
         "{message}"
     );
-    // The good run got as far as this build goes: verified files, recorded digest.
+    // The good run's files verified (digest recorded) and it ran: without package.json its
+    // dependency is missing, which node reports on stderr, quoted in the message.
     let (status, kind, message, digest) = outcome(good).await;
     assert_eq!(
         (status.as_str(), kind.as_str()),
-        ("failed", "execution_unavailable"),
+        ("failed", "nonzero_exit"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Cannot find module 'greeting'"),
         "{message}"
     );
     assert!(digest.is_some_and(|d| d.starts_with("sha256:")));

@@ -23,10 +23,11 @@ impl DaemonOptions {
         }
     }
 
-    /// The execution production uses, with its state (storage, cache, run dirs) in `state_dir`.
-    /// It checks the Docker engine at start, so the engine is made sure of here.
+    /// The execution production uses (real Docker, the offline runtime image, never pulling),
+    /// with its state (storage, caches, run dirs) in `state_dir`. Its containers carry the
+    /// label `app-executor.test=<state dir name>` (see [`DaemonOptions::test_label`]).
     pub fn production(state_dir: &std::path::Path) -> Self {
-        super::docker::ensure_engine();
+        let image = super::docker::runtime_image();
         Self {
             execution: None,
             env: vec![(
@@ -35,6 +36,30 @@ impl DaemonOptions {
             )],
             until_idle: false,
         }
+        .sandbox("image", image)
+        .sandbox("pull", "never")
+        .sandbox(
+            &format!("labels__{}", super::docker::TEST_LABEL),
+            &Self::test_label(state_dir),
+        )
+    }
+
+    /// The test label value of containers started by a daemon with this state directory.
+    pub fn test_label(state_dir: &std::path::Path) -> String {
+        state_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Sets `APP_EXECUTOR_SANDBOX__<KEY>`.
+    pub fn sandbox(mut self, key: &str, value: &str) -> Self {
+        self.env.push((
+            format!("APP_EXECUTOR_SANDBOX__{}", key.to_ascii_uppercase()),
+            value.to_owned(),
+        ));
+        self
     }
 
     /// Sets `APP_EXECUTOR_QUEUE__<KEY>`.

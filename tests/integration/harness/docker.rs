@@ -44,6 +44,57 @@ pub fn runtime_image() -> &'static str {
     })
 }
 
+/// The tag of the runtime image without pnpm (npm only), built on first use.
+pub fn npm_runtime_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        ensure_engine();
+        let out = Command::new(script("build-runtime-image"))
+            .arg("--without-pnpm")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the npm runtime image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// Containers with label `key=value` that the engine created between `since` and now.
+pub fn containers_created_since(since: &str, test_id: &str, phase: &str) -> usize {
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            since,
+            "--until",
+            &unix_now(),
+            "--format",
+            "{{.ID}}",
+        ])
+        .args(["--filter", "event=create", "--filter"])
+        .arg(format!("label={TEST_LABEL}={test_id}"))
+        .args(["--filter", &format!("label=app-executor.phase={phase}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().lines().count()
+}
+
+/// Seconds since the epoch, as `docker events` wants them.
+pub fn unix_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
 /// Ids of containers (running or not) labelled with `test_id`.
 pub fn containers_labelled(test_id: &str) -> Vec<String> {
     let out = Command::new("docker")

@@ -1,6 +1,7 @@
 //! Shared fixtures: a fresh database per test cloned from a migrated template ([`TestDb`]),
 //! a running Docker engine and the offline runtime image ([`docker`]), and the built binary.
 
+pub mod apps;
 pub mod daemon;
 pub mod docker;
 pub mod postgres;

@@ -1,0 +1,418 @@
+//! The install phase: `pnpm install` (or npm) in its own container, once per dependency set.
+//!
+//! The result is cached under `<state>/cache/deps/<key>/node_modules`, keyed by a digest of
+//! everything that decides what gets installed: `package.json`, the lockfile, `.npmrc` /
+//! `.pnpmrc`, the requested package manager, whether lifecycle scripts may run, and the image
+//! id (which fixes node, pnpm and npm versions — and whether pnpm exists at all). A file lock
+//! per key makes the install happen once per host even when several runs (or daemons) need
+//! it at the same moment. Runs mount the cached `node_modules` read-only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{ContainerExit, Ended, Engine, EngineError, OutputSink};
+use super::output::TailSink;
+use super::profile::{ContainerSpec, Mount};
+use super::SandboxSettings;
+use crate::artifact::manifest::PackageManager;
+
+/// Files of the app root that decide the installed dependency set.
+const KEY_FILES: [&str; 5] = [
+    "package.json",
+    "pnpm-lock.yaml",
+    "package-lock.json",
+    ".npmrc",
+    ".pnpmrc",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("dependency install failed (exit code {exit_code}); last lines of the install log:\n{log_tail}")]
+    Failed { exit_code: i64, log_tail: String },
+    #[error("dependency install ran out of memory ({limit} bytes); last lines of the install log:\n{log_tail}")]
+    OutOfMemory { limit: u64, log_tail: String },
+    #[error("dependency install did not finish within {}; last lines of the install log:\n{log_tail}", humantime::format_duration(*.timeout))]
+    TimedOut { timeout: Duration, log_tail: String },
+    #[error("dependency install was stopped")]
+    Stopped,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("preparing the dependency install in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl InstallError {
+    pub fn error_kind(&self) -> &'static str {
+        match self {
+            InstallError::Failed { .. } => "install_failed",
+            InstallError::OutOfMemory { .. } => "install_oom_killed",
+            InstallError::TimedOut { .. } => "install_timeout",
+            InstallError::Stopped => "stopped",
+            InstallError::Engine(e) => e.error_kind(),
+            InstallError::Io { .. } => "install_io",
+        }
+    }
+
+    /// Infrastructure trouble (retried) as opposed to a fault of the app's dependencies.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, InstallError::Engine(_) | InstallError::Io { .. })
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Installed dependencies, ready to mount at `/app/node_modules`.
+#[derive(Debug, Clone)]
+pub struct Dependencies {
+    pub node_modules: PathBuf,
+    pub key: String,
+    /// `None` when the cache had them (no install container ran).
+    pub installed_in: Option<Duration>,
+}
+
+/// What the install phase needs to know about one run.
+pub struct InstallRequest<'a> {
+    pub app_dir: &'a Path,
+    pub package_manager: PackageManager,
+    pub image: &'a str,
+    pub image_id: &'a str,
+    pub allow_scripts: bool,
+    pub cpu: f64,
+    /// Name prefix and labels for the install container.
+    pub container_name: String,
+    pub labels: HashMap<String, String>,
+}
+
+pub struct Installer {
+    pub engine: Engine,
+    pub settings: SandboxSettings,
+    /// `<state>/cache/deps`.
+    pub cache_dir: PathBuf,
+}
+
+impl Installer {
+    /// The app's dependencies, installed now or taken from the cache; `None` when the app has
+    /// no `package.json`.
+    pub async fn ensure(
+        &self,
+        request: &InstallRequest<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Option<Dependencies>, InstallError> {
+        if !request.app_dir.join("package.json").is_file() {
+            return Ok(None);
+        }
+        let key = dependency_key(request).map_err(io(request.app_dir))?;
+        let entry = self.cache_dir.join(&key);
+        let node_modules = entry.join("node_modules");
+        tokio::fs::create_dir_all(&self.cache_dir)
+            .await
+            .map_err(io(&self.cache_dir))?;
+        let lock_path = self.cache_dir.join(format!("{key}.lock"));
+        let lock = tokio::select! {
+            lock = lock_key(lock_path.clone()) => lock.map_err(io(&lock_path))?,
+            _ = stop.cancelled() => return Err(InstallError::Stopped),
+        };
+        if node_modules.is_dir() {
+            drop(lock);
+            return Ok(Some(Dependencies {
+                node_modules,
+                key,
+                installed_in: None,
+            }));
+        }
+        let started = std::time::Instant::now();
+        let result = self.install(request, &key, &entry, stop).await;
+        drop(lock);
+        result?;
+        Ok(Some(Dependencies {
+            node_modules,
+            key,
+            installed_in: Some(started.elapsed()),
+        }))
+    }
+
+    async fn install(
+        &self,
+        request: &InstallRequest<'_>,
+        key: &str,
+        entry: &Path,
+        stop: &CancellationToken,
+    ) -> Result<(), InstallError> {
+        let staging = self
+            .cache_dir
+            .join(format!("{key}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        let work = staging.join("work");
+        let result = async {
+            let (app_dir, work_owned, user) = (
+                request.app_dir.to_path_buf(),
+                work.clone(),
+                self.settings.user.clone(),
+            );
+            tokio::task::spawn_blocking(move || prepare_work_dir(&app_dir, &work_owned, &user))
+                .await
+                .expect("the copy task does not panic")
+                .map_err(io(&work))?;
+            let spec = ContainerSpec {
+                name: request.container_name.clone(),
+                image: request.image.to_owned(),
+                cmd: vec!["sh".into(), "-c".into(), install_script(request)],
+                working_dir: "/app",
+                env: vec![
+                    "HOME=/tmp".into(),
+                    "CI=true".into(),
+                    "npm_config_cache=/tmp/.npm".into(),
+                    "npm_config_update_notifier=false".into(),
+                ],
+                mounts: vec![Mount {
+                    host: work.clone(),
+                    container: "/app",
+                    read_only: false,
+                }],
+                memory_bytes: self.settings.install_memory_bytes,
+                cpu: request.cpu,
+                tmp_size_bytes: self.settings.install_tmp_size_bytes,
+                network: self.settings.install_network.clone(),
+                labels: request.labels.clone(),
+            };
+            let log_path = staging.join("install.log");
+            let mut log = TailSink::create(&log_path, 16 << 20).map_err(io(&log_path))?;
+            let exit = self
+                .engine
+                .run_container(
+                    &spec,
+                    &self.settings,
+                    &mut log as &mut dyn OutputSink,
+                    self.settings.install_timeout,
+                    stop,
+                    None,
+                )
+                .await?;
+            let log_tail = log.tail_text();
+            check_exit(&exit, &self.settings, log_tail)?;
+            tokio::fs::rename(work.join("node_modules"), staging.join("node_modules"))
+                .await
+                .map_err(io(&work))?;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            match tokio::fs::rename(&staging, entry).await {
+                Ok(()) => Ok(()),
+                // Another process finished the same key first: theirs is as good as ours.
+                Err(_) if entry.join("node_modules").is_dir() => Ok(()),
+                Err(e) => Err(io(entry)(e)),
+            }
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        result
+    }
+}
+
+fn check_exit(
+    exit: &ContainerExit,
+    settings: &SandboxSettings,
+    log_tail: String,
+) -> Result<(), InstallError> {
+    match exit.ended {
+        Ended::Stopped => Err(InstallError::Stopped),
+        Ended::TimedOut => Err(InstallError::TimedOut {
+            timeout: settings.install_timeout,
+            log_tail,
+        }),
+        Ended::Exited | Ended::OutputTooLarge if exit.oom_killed => {
+            Err(InstallError::OutOfMemory {
+                limit: settings.install_memory_bytes,
+                log_tail,
+            })
+        }
+        _ => match exit.exit_code {
+            Some(0) => Ok(()),
+            code => Err(InstallError::Failed {
+                exit_code: code.unwrap_or(-1),
+                log_tail,
+            }),
+        },
+    }
+}
+
+/// Takes the per-key file lock (blocking, so on a blocking thread). The lock is released when
+/// the returned file is dropped.
+async fn lock_key(path: PathBuf) -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .expect("the lock task does not panic")
+}
+
+/// The cache key: a digest of what decides the installed tree.
+fn dependency_key(request: &InstallRequest<'_>) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"app-executor deps v1\n");
+    hasher.update(format!("pm={:?}\n", request.package_manager));
+    hasher.update(format!("image={}\n", request.image_id));
+    hasher.update(format!("scripts={}\n", request.allow_scripts));
+    for name in KEY_FILES {
+        match std::fs::read(request.app_dir.join(name)) {
+            Ok(bytes) => {
+                hasher.update(format!("{name} {}\n", bytes.len()));
+                hasher.update(&bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = hasher.finalize();
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The shell command of the install container. pnpm when the manifest asks for it and the
+/// image has it (else npm, saying so); the lockfile is honoured strictly when present.
+fn install_script(request: &InstallRequest<'_>) -> String {
+    let has = |name: &str| request.app_dir.join(name).is_file();
+    let scripts = if request.allow_scripts {
+        ""
+    } else {
+        " --ignore-scripts"
+    };
+    let npm = if has("package-lock.json") {
+        format!("npm ci --omit=dev --no-audit --no-fund{scripts}")
+    } else {
+        format!("npm install --omit=dev --no-audit --no-fund --no-package-lock{scripts}")
+    };
+    let frozen = if has("pnpm-lock.yaml") {
+        "--frozen-lockfile"
+    } else {
+        "--no-frozen-lockfile"
+    };
+    let pnpm = format!(
+        "pnpm install {frozen} --prod --reporter=append-only --store-dir /app/.pnpm-store{scripts}"
+    );
+    match request.package_manager {
+        PackageManager::Npm => format!("exec {npm}"),
+        PackageManager::Pnpm => format!(
+            "if command -v pnpm >/dev/null 2>&1; then exec {pnpm}; else echo 'app-executor: this image has no pnpm; installing with npm instead' >&2; exec {npm}; fi"
+        ),
+    }
+}
+
+/// Copies the app into a writable work directory the container user can write to; `.pnpmrc`
+/// lines are appended to `.npmrc`, which is what pnpm reads.
+fn prepare_work_dir(app_dir: &Path, work: &Path, user: &str) -> std::io::Result<()> {
+    copy_tree(app_dir, work)?;
+    let pnpmrc = work.join(".pnpmrc");
+    if pnpmrc.is_file() {
+        let extra = std::fs::read(&pnpmrc)?;
+        let mut npmrc = std::fs::read(work.join(".npmrc")).unwrap_or_default();
+        if !npmrc.is_empty() && !npmrc.ends_with(b"\n") {
+            npmrc.push(b'\n');
+        }
+        npmrc.extend_from_slice(&extra);
+        std::fs::write(work.join(".npmrc"), npmrc)?;
+    }
+    hand_over(work, user)
+}
+
+/// Makes `dir` writable for the sandbox user: chown when we may (root), else mode 0777 on the
+/// directory itself (the install only creates entries in it).
+pub(super) fn hand_over(dir: &Path, user: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let ids = user
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+    if let Some((uid, gid)) = ids {
+        if std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).is_ok() {
+            return Ok(());
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "node_modules" {
+            continue;
+        }
+        let (source, target) = (entry.path(), to.join(&name));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&source, &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dir: &Path) -> InstallRequest<'_> {
+        InstallRequest {
+            app_dir: dir,
+            package_manager: PackageManager::Pnpm,
+            image: "img",
+            image_id: "sha256:1",
+            allow_scripts: false,
+            cpu: 1.0,
+            container_name: "x".into(),
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_key_changes_with_the_lockfile_and_the_image_but_not_the_code() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("index.js"), "1").unwrap();
+        let first = dependency_key(&request(dir.path())).unwrap();
+        std::fs::write(dir.path().join("index.js"), "2").unwrap();
+        assert_eq!(dependency_key(&request(dir.path())).unwrap(), first);
+        std::fs::write(dir.path().join("pnpm-lock.yaml"), "lockfileVersion: '9.0'").unwrap();
+        let locked = dependency_key(&request(dir.path())).unwrap();
+        assert_ne!(locked, first);
+        let other_image = InstallRequest {
+            image_id: "sha256:2",
+            ..request(dir.path())
+        };
+        assert_ne!(dependency_key(&other_image).unwrap(), locked);
+    }
+
+    #[test]
+    fn the_install_command_is_strict_with_a_lockfile_and_scripts_stay_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = install_script(&request(dir.path()));
+        assert!(script.contains("--no-frozen-lockfile"), "{script}");
+        assert!(script.contains("--ignore-scripts"), "{script}");
+        std::fs::write(dir.path().join("pnpm-lock.yaml"), "").unwrap();
+        let script = install_script(&request(dir.path()));
+        assert!(
+            script.contains("pnpm install --frozen-lockfile"),
+            "{script}"
+        );
+        assert!(script.contains("npm install"), "npm fallback: {script}");
+    }
+}

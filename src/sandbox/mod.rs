@@ -1,0 +1,507 @@
+//! Sandboxed execution: the production [`RunExecutor`]. A claimed run becomes
+//! files prepared and verified ([`Resolver`]) → image resolved → dependencies installed or taken
+//! from the cache ([`install`]) → the entrypoint run under the app's limits ([`engine`]) → an
+//! exact [`Outcome`].
+//!
+//! Every container gets the hardened [`profile`]: non-root, read-only root, capped `/tmp`,
+//! app files read-only, no capabilities, no new privileges, pids/memory/CPU/nofile limits,
+//! `init`, no network unless the app holds the `network` permission, and an environment built
+//! from an allow-list only — the daemon's own environment (database URL, storage key) never
+//! reaches a container.
+//!
+//! Containers carry labels naming the daemon and the run. [`DockerExecution::sweep_orphans`]
+//! removes containers whose daemon is gone (crashed or stopped) and hands their runs back to
+//! the queue at once.
+
+pub mod engine;
+pub mod install;
+mod output;
+pub mod profile;
+mod settings;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifact::manifest::PermissionType;
+use crate::artifact::resolve::{PreparedApp, Resolver};
+use crate::db::queue;
+use crate::model::{ClaimedRun, FinalStatus, Outcome};
+use crate::ops::metrics;
+use crate::runner::RunExecutor;
+pub use engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream};
+use install::{InstallError, InstallRequest, Installer};
+use output::Tail;
+use profile::{ContainerSpec, Mount, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_PHASE, LABEL_RUN};
+pub use settings::{PullPolicy, RawSandbox, SandboxSettings};
+
+/// Where the app's files, dependencies and outputs appear inside a container.
+const APP_DIR: &str = "/app";
+const OUTPUT_DIR: &str = "/output";
+const INPUT_DIR: &str = "/input";
+
+/// Runs apps in Docker containers.
+pub struct DockerExecution {
+    pub resolver: Resolver,
+    pub engine: Engine,
+    pub installer: Installer,
+    pub settings: SandboxSettings,
+    pub executor_id: String,
+}
+
+impl RunExecutor for DockerExecution {
+    fn execute<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        stop: CancellationToken,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let outcome = self.attempt(run, &stop).await;
+            self.resolver.clean_up(run).await;
+            outcome
+        })
+    }
+}
+
+impl DockerExecution {
+    async fn attempt(&self, run: &ClaimedRun, stop: &CancellationToken) -> Outcome {
+        let preparing = std::time::Instant::now();
+        let prepared = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Outcome::Stopped,
+            prepared = self.resolver.prepare(run) => prepared,
+        };
+        metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
+        let app = match prepared {
+            Ok(app) => app,
+            Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
+            Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
+        };
+        let recorded = crate::db::artifact::record_artifact_digest(
+            &self.resolver.pool,
+            run.id,
+            &self.executor_id,
+            run.attempt,
+            &app.digest,
+        )
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(run_id = %run.id, error = %e, "could not record the artifact digest");
+        }
+        let Some(backend) = app.manifest.backend.clone() else {
+            return Outcome::failed(
+                "no_backend",
+                format!(
+                    "version {} has no runtime.backend in manifest.json; only apps with a Node.js backend can run",
+                    app.version
+                ),
+            );
+        };
+        let image = self.settings.image_for(&backend.node_version);
+        let image_id = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Outcome::Stopped,
+            id = self.engine.ensure_image(&image, self.settings.pull) => match id {
+                Ok(id) => id,
+                Err(e @ EngineError::ImageMissing { .. }) => return Outcome::failed(e.error_kind(), e.to_string()),
+                Err(e) => return infra(e.error_kind(), e.to_string()),
+            },
+        };
+
+        let install = InstallRequest {
+            app_dir: &app.dir,
+            package_manager: backend.package_manager,
+            image: &image,
+            image_id: &image_id,
+            allow_scripts: self.settings.install_scripts_apps.contains(&run.app_id),
+            cpu: app.manifest.limits.cpu,
+            container_name: container_name(run, "install"),
+            labels: self.labels(run, "install"),
+        };
+        let dependencies = match self.installer.ensure(&install, stop).await {
+            Ok(deps) => deps,
+            Err(InstallError::Stopped) => return Outcome::Stopped,
+            Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
+            Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
+        };
+        if let Some(deps) = &dependencies {
+            match deps.installed_in {
+                Some(took) => {
+                    metrics::phase_finished(metrics::Phase::Install, took);
+                    tracing::info!(run_id = %run.id, key = %deps.key, took = ?took, "dependencies installed")
+                }
+                None => {
+                    tracing::info!(run_id = %run.id, key = %deps.key, "dependencies from the cache")
+                }
+            }
+        }
+
+        let run_dir = self.resolver.run_dir(run);
+        let spec = match self
+            .run_spec(
+                run,
+                &app,
+                &image,
+                &backend.entrypoint,
+                &run_dir,
+                dependencies.as_ref(),
+            )
+            .await
+        {
+            Ok(spec) => spec,
+            Err(e) => {
+                return infra(
+                    "prepare_io",
+                    format!("preparing the run directory {}: {e}", run_dir.display()),
+                )
+            }
+        };
+        let watch = engine::OutputWatch {
+            dir: run_dir.join("output"),
+            max_bytes: self.settings.output_max_bytes,
+            max_files: self.settings.output_max_files,
+        };
+        let mut sink = RunSink::default();
+        let exit = self
+            .engine
+            .run_container(
+                &spec,
+                &self.settings,
+                &mut sink,
+                app.manifest.limits.timeout,
+                stop,
+                Some(&watch),
+            )
+            .await;
+        match exit {
+            Ok(exit) => {
+                metrics::phase_finished(metrics::Phase::Run, exit.duration);
+                if exit.oom_killed {
+                    metrics::oom_killed();
+                }
+                tracing::info!(
+                    run_id = %run.id,
+                    ended = ?exit.ended,
+                    exit_code = ?exit.exit_code,
+                    oom_killed = exit.oom_killed,
+                    peak_memory_bytes = ?exit.peak_memory_bytes,
+                    took = ?exit.duration,
+                    "container finished"
+                );
+                run_outcome(&exit, &app, &self.settings, &sink.stderr_tail.text())
+            }
+            Err(e) => infra(e.error_kind(), e.to_string()),
+        }
+    }
+
+    /// The run container: the entrypoint under the app's limits, with its directories mounted.
+    async fn run_spec(
+        &self,
+        run: &ClaimedRun,
+        app: &PreparedApp,
+        image: &str,
+        entrypoint: &str,
+        run_dir: &Path,
+        dependencies: Option<&install::Dependencies>,
+    ) -> std::io::Result<ContainerSpec> {
+        let output = run_dir.join("output");
+        let input = run_dir.join("input");
+        tokio::fs::create_dir_all(&output).await?;
+        tokio::fs::create_dir_all(&input).await?;
+        let input_json = serde_json::to_vec(&run.input_data).expect("JSON values serialise");
+        tokio::fs::write(input.join("input.json"), &input_json).await?;
+        let user = self.settings.user.clone();
+        let output_owned = output.clone();
+        tokio::task::spawn_blocking(move || install::hand_over(&output_owned, &user))
+            .await
+            .expect("chown does not panic")?;
+        let mut mounts = vec![
+            Mount {
+                host: app.dir.clone(),
+                container: APP_DIR,
+                read_only: true,
+            },
+            Mount {
+                host: output,
+                container: OUTPUT_DIR,
+                read_only: false,
+            },
+            Mount {
+                host: input,
+                container: INPUT_DIR,
+                read_only: true,
+            },
+        ];
+        if let Some(deps) = dependencies {
+            // The mount point must exist in the (read-only) app directory.
+            tokio::fs::create_dir_all(app.dir.join("node_modules")).await?;
+            mounts.push(Mount {
+                host: deps.node_modules.clone(),
+                container: "/app/node_modules",
+                read_only: true,
+            });
+        }
+        let network_granted = app
+            .granted
+            .iter()
+            .any(|(kind, _)| *kind == PermissionType::Network);
+        Ok(ContainerSpec {
+            name: container_name(run, "run"),
+            image: image.to_owned(),
+            cmd: vec!["node".into(), entrypoint.to_owned()],
+            working_dir: APP_DIR,
+            env: app_environment(run, &app.version, &input_json),
+            mounts,
+            memory_bytes: app.manifest.limits.memory_bytes,
+            cpu: app.manifest.limits.cpu,
+            tmp_size_bytes: self.settings.tmp_size_bytes,
+            network: if network_granted {
+                self.settings.app_network.clone()
+            } else {
+                "none".into()
+            },
+            labels: self.labels(run, "run"),
+        })
+    }
+
+    fn labels(&self, run: &ClaimedRun, phase: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_EXECUTOR.to_owned(), self.executor_id.clone()),
+            (LABEL_RUN.to_owned(), run.id.to_string()),
+            (LABEL_ATTEMPT.to_owned(), run.attempt.to_string()),
+            (LABEL_PHASE.to_owned(), phase.to_owned()),
+        ])
+    }
+
+    /// Removes containers whose daemon is gone and hands that daemon's runs back to the queue.
+    /// On start (`host` given) a daemon also retires earlier instances on the same host whose
+    /// process no longer exists, without waiting for their heartbeat to go stale.
+    pub async fn sweep_orphans(&self, stale_after: Duration, host: Option<&str>) {
+        let pool = &self.resolver.pool;
+        if let Some(host) = host {
+            match queue::executors_on_host(pool, host, &self.executor_id).await {
+                Ok(ids) => {
+                    for id in ids.iter().filter(|id| !process_alive(id)) {
+                        match queue::retire_executor(pool, id).await {
+                            Ok(runs) => {
+                                tracing::warn!(executor = %id, runs, "a previous instance on this host is gone; its runs go back to the queue")
+                            }
+                            Err(e) => {
+                                tracing::warn!(executor = %id, error = %e, "could not retire a dead executor")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look up earlier executors of this host")
+                }
+            }
+        }
+        let containers = match self.engine.managed_containers().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list containers for the orphan sweep");
+                return;
+            }
+        };
+        let executors: Vec<String> = containers
+            .iter()
+            .map(|(_, executor, _)| executor.clone())
+            .filter(|e| *e != self.executor_id)
+            .collect();
+        if executors.is_empty() {
+            return;
+        }
+        let dead = match queue::dead_executors(pool, &executors, stale_after).await {
+            Ok(dead) => dead,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check container owners for the orphan sweep");
+                return;
+            }
+        };
+        for (container, executor, run) in containers {
+            if dead.contains(&executor) {
+                tracing::warn!(%container, %executor, run_id = %run, "removing a container left by a daemon that is gone");
+                self.engine.remove(&container).await;
+                if let Err(e) = queue::retire_executor(pool, &executor).await {
+                    tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
+                }
+            }
+        }
+    }
+}
+
+/// Whether the process named in an executor id (`<host>-<pid>-<suffix>`) still exists here.
+fn process_alive(executor_id: &str) -> bool {
+    let mut parts = executor_id.rsplitn(3, '-');
+    let _suffix = parts.next();
+    match parts.next().and_then(|pid| pid.parse::<u32>().ok()) {
+        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        // Not an id this daemon makes: leave it to the heartbeat check.
+        None => true,
+    }
+}
+
+fn infra(error_kind: &str, message: String) -> Outcome {
+    Outcome::InfraFailure {
+        error_kind: error_kind.to_owned(),
+        message,
+    }
+}
+
+fn container_name(run: &ClaimedRun, phase: &str) -> String {
+    format!(
+        "app-executor-{}-{}-{phase}-{}",
+        run.id.simple(),
+        run.attempt,
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// The only environment a container gets: an allow-list built from the run.
+fn app_environment(run: &ClaimedRun, version: &str, input_json: &[u8]) -> Vec<String> {
+    let mut env = vec![
+        format!("APP_ID={}", run.app_id),
+        format!("RUN_ID={}", run.id),
+        format!("RUN_TYPE={}", run.run_type),
+        format!("APP_VERSION={version}"),
+        format!("APP_INPUT_FILE={INPUT_DIR}/input.json"),
+        format!("APP_OUTPUT_DIR={OUTPUT_DIR}"),
+        "HOME=/tmp".to_owned(),
+        "NODE_ENV=production".to_owned(),
+    ];
+    // Small inputs also come inline; large ones only as the file (the kernel caps one
+    // environment string at 128 KiB).
+    if input_json.len() <= 64 * 1024 {
+        env.push(format!("APP_INPUT={}", String::from_utf8_lossy(input_json)));
+    }
+    env
+}
+
+/// What a finished container means for the run.
+fn run_outcome(
+    exit: &ContainerExit,
+    app: &PreparedApp,
+    settings: &SandboxSettings,
+    stderr_tail: &str,
+) -> Outcome {
+    let limits = &app.manifest.limits;
+    let exit_code = exit.exit_code.map(|c| c as i32);
+    let finished = |status, kind: &str, message: String| Outcome::Finished {
+        status,
+        error_kind: Some(kind.to_owned()),
+        error_message: Some(message),
+        exit_code,
+    };
+    match exit.ended {
+        Ended::Stopped => Outcome::Stopped,
+        Ended::TimedOut => finished(
+            FinalStatus::Timeout,
+            "timeout",
+            format!(
+                "the app ran longer than its time limit of {} and was killed",
+                humantime::format_duration(limits.timeout)
+            ),
+        ),
+        Ended::OutputTooLarge => finished(
+            FinalStatus::Failed,
+            "output_too_large",
+            format!(
+                "the app wrote more than {} or {} files to /output and was killed",
+                bytesize::ByteSize::b(settings.output_max_bytes),
+                settings.output_max_files
+            ),
+        ),
+        Ended::Exited if exit.oom_killed => finished(
+            FinalStatus::Failed,
+            "oom_killed",
+            format!(
+                "the app exceeded its memory limit of {} and was killed; last lines of stderr:\n{stderr_tail}",
+                bytesize::ByteSize::b(limits.memory_bytes)
+            ),
+        ),
+        Ended::Exited => match exit_code {
+            Some(0) => Outcome::success(),
+            Some(code) => finished(
+                FinalStatus::Failed,
+                "nonzero_exit",
+                format!("the app exited with code {code}; last lines of stderr:\n{stderr_tail}"),
+            ),
+            None => finished(
+                FinalStatus::Failed,
+                "nonzero_exit",
+                format!("the app stopped without an exit code; last lines of stderr:\n{stderr_tail}"),
+            ),
+        },
+    }
+}
+
+/// The run container's output: the stderr tail for a failure message.
+#[derive(Default)]
+struct RunSink {
+    stderr_tail: Tail,
+}
+
+impl OutputSink for RunSink {
+    fn output<'a>(&'a mut self, stream: OutputStream, bytes: Bytes) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if stream == OutputStream::Stderr {
+                self.stderr_tail.push(&bytes);
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_ids_name_a_process() {
+        let me = format!("host-name-{}-abc123", std::process::id());
+        assert!(process_alive(&me));
+        assert!(!process_alive("host-name-4000000-abc123"));
+        assert!(process_alive("not an id"));
+    }
+
+    #[test]
+    fn the_environment_is_the_allow_list() {
+        let run = ClaimedRun {
+            id: uuid::Uuid::nil(),
+            app_id: uuid::Uuid::nil(),
+            company_id: uuid::Uuid::nil(),
+            build_id: None,
+            run_type: "manual".into(),
+            attempt: 1,
+            max_attempts: 3,
+            input_data: serde_json::json!({"a": 1}),
+            metadata: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+            started_at: chrono::Utc::now(),
+        };
+        let env = app_environment(&run, "1.0.0", br#"{"a":1}"#);
+        let names: Vec<&str> = env.iter().map(|e| e.split('=').next().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "APP_ID",
+                "RUN_ID",
+                "RUN_TYPE",
+                "APP_VERSION",
+                "APP_INPUT_FILE",
+                "APP_OUTPUT_DIR",
+                "HOME",
+                "NODE_ENV",
+                "APP_INPUT"
+            ]
+        );
+        let big = vec![b'1'; 100_000];
+        assert!(!app_environment(&run, "1", &big)
+            .iter()
+            .any(|e| e.starts_with("APP_INPUT=")));
+    }
+}
