@@ -681,3 +681,65 @@ async fn readyz_turns_unready_while_the_database_is_down_and_ready_again_after()
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxed_run_shows_its_phases_and_cache_use_and_readyz_pings_docker() {
+    use crate::harness::apps::{self, publish_ok, run_record};
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), std::path::Path::new(apps::HELLO), app);
+    let mut daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()));
+    let addr = daemon.ops_addr();
+
+    let body = wait_for_status(addr, "/readyz", 200, Duration::from_secs(30)).await;
+    assert!(body.contains("engine answers"), "{body}");
+
+    let mut finished = 0.0;
+    for round in 1..=2 {
+        let run = apps::enqueue(&client, app, company, serde_json::json!({})).await;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !run_record(&client, run).await.completed {
+            assert!(Instant::now() < deadline, "{}", daemon.log_text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            run_record(&client, run).await.summary(),
+            "success/-",
+            "{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let samples = scrape(addr).await;
+        let phases = |phase| {
+            value(
+                &samples,
+                "app_executor_phase_duration_seconds_count",
+                &[("phase", phase)],
+            )
+        };
+        assert_eq!(phases("prepare"), f64::from(round), "round {round}");
+        assert_eq!(phases("run"), f64::from(round), "round {round}");
+        // Installed once; the second run mounts the cached tree.
+        assert_eq!(phases("install"), 1.0, "round {round}");
+        let success = [("status", "success"), ("error_kind", "none")];
+        assert!(value(&samples, "app_executor_runs_finished_total", &success) > finished);
+        finished = value(&samples, "app_executor_runs_finished_total", &success);
+        assert!(value(&samples, "app_executor_blob_cache_misses_total", &[]) >= 1.0);
+        assert!(value(&samples, "app_executor_blob_downloaded_bytes_total", &[]) > 0.0);
+        if round == 2 {
+            assert!(
+                value(&samples, "app_executor_blob_cache_hits_total", &[]) >= 1.0,
+                "the second run downloaded its files again"
+            );
+        }
+    }
+    daemon.signal("TERM");
+    assert!(
+        daemon.wait(Duration::from_secs(60)).success(),
+        "{}",
+        daemon.log_text()
+    );
+    crate::harness::docker::assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
