@@ -70,6 +70,7 @@ impl RunExecutor for DockerExecution {
 impl DockerExecution {
     async fn attempt(&self, run: &ClaimedRun, stop: &CancellationToken) -> Outcome {
         let preparing = std::time::Instant::now();
+        let mut phases = Phases::start(run.id);
         let prepared = tokio::select! {
             biased;
             _ = stop.cancelled() => return Outcome::Stopped,
@@ -81,6 +82,7 @@ impl DockerExecution {
             Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
             Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
         };
+        phases.done("prepare");
         let recorded = crate::db::artifact::record_artifact_digest(
             &self.resolver.pool,
             run.id,
@@ -111,6 +113,7 @@ impl DockerExecution {
                 Err(e) => return infra(e.error_kind(), e.to_string()),
             },
         };
+        phases.done("image");
 
         let install = InstallRequest {
             app_dir: &app.dir,
@@ -128,6 +131,7 @@ impl DockerExecution {
             Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
             Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
         };
+        phases.done("install");
         if let Some(deps) = &dependencies {
             match deps.installed_in {
                 Some(took) => {
@@ -165,6 +169,7 @@ impl DockerExecution {
             max_bytes: self.settings.output_max_bytes,
             max_files: self.settings.output_max_files,
         };
+        phases.done("setup");
         let mut sink = RunSink::default();
         let exit = self
             .engine
@@ -177,6 +182,8 @@ impl DockerExecution {
                 Some(&watch),
             )
             .await;
+        phases.done("container");
+        phases.report();
         match exit {
             Ok(exit) => {
                 metrics::phase_finished(metrics::Phase::Run, exit.duration);
@@ -332,6 +339,43 @@ impl DockerExecution {
                 }
             }
         }
+    }
+}
+
+/// Wall-clock time of each phase of an attempt, logged once at its end (`run phases`).
+struct Phases {
+    run_id: uuid::Uuid,
+    last: std::time::Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start(run_id: uuid::Uuid) -> Self {
+        Self {
+            run_id,
+            last: std::time::Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.took.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self) {
+        let ms: serde_json::Map<String, serde_json::Value> = self
+            .took
+            .iter()
+            .map(|(phase, d)| {
+                (
+                    (*phase).to_owned(),
+                    (d.as_secs_f64() * 1000.0).round().into(),
+                )
+            })
+            .collect();
+        tracing::info!(run_id = %self.run_id, phases_ms = %serde_json::Value::Object(ms), "run phases");
     }
 }
 
