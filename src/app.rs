@@ -1,5 +1,5 @@
-//! The composition root: builds the clients (database, storage, and later Docker) from the
-//! validated config and runs the operations the CLI asks for. Nothing else constructs clients.
+//! The composition root: builds the clients (database, storage, Docker) from the validated
+//! config and runs the operations the CLI asks for. Nothing else constructs clients.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
+use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
 use crate::runner::execution::{RunExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::sandbox::install::Installer;
@@ -89,6 +90,18 @@ pub async fn run(
         options.test_execution.as_deref(),
     )
     .await?;
+    let status = Arc::new(DaemonStatus::new(config.queue.max_concurrent_runs));
+    let ops = Ops::start(
+        &config.ops,
+        Arc::new(Systemd::from_env()),
+        Readiness {
+            pool: pool.clone(),
+            docker: docker_check(docker.as_deref()),
+            status: status.clone(),
+            timeout: config.ops.probe_timeout,
+        },
+    )
+    .await?;
     let capacity = i32::try_from(config.queue.max_concurrent_runs).unwrap_or(i32::MAX);
     db::queue::register_executor(
         &pool,
@@ -99,6 +112,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
+    ops.ready(pool.clone(), &shutdown);
     let sweeper_stop = CancellationToken::new();
     let sweeper = docker.map(|docker| {
         let (stop, queue) = (sweeper_stop.clone(), config.queue.clone());
@@ -140,6 +154,7 @@ pub async fn run(
         run_pending: wakeups.run_pending.clone(),
         run_cancelled: cancelled_rx,
         until_idle: options.until_idle,
+        status,
     };
     let scheduler_stop = CancellationToken::new();
     let scheduler = tokio::spawn(
@@ -160,8 +175,28 @@ pub async fn run(
     let _ = scheduler.await;
     listener_stop.cancel();
     let _ = listener.await;
+    ops.stop().await;
     tracing::info!(%executor_id, "executor stopped");
     Ok(())
+}
+
+/// What `/readyz` asks Docker: the sandbox's engine, or nothing when the test execution (which
+/// starts no containers) was selected.
+fn docker_check(docker: Option<&DockerExecution>) -> DockerCheck {
+    let Some(docker) = docker else {
+        return DockerCheck::NotUsed("the test execution (--test-execution) starts no containers");
+    };
+    let engine = docker.engine.clone();
+    DockerCheck::Probe(Arc::new(move || {
+        let engine = engine.clone();
+        async move {
+            engine
+                .ping()
+                .await
+                .map(|()| "engine answers".to_owned())
+                .map_err(|e| e.to_string())
+        }
+    }))
 }
 
 /// The execution this daemon uses: sandboxed Docker execution, or (debug and benchmark builds

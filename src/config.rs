@@ -62,7 +62,22 @@ pub struct Config {
     pub cron: CronSettings,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub ops: OpsConfig,
     pub sandbox: crate::sandbox::SandboxSettings,
+}
+
+/// `[ops]`: the loopback HTTP endpoints (`/metrics`, `/healthz`, `/readyz`) and the periodic
+/// `STATUS=` / queue-depth refresh.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// Where the endpoints listen; `None` when disabled (`listen = ""`). Loopback unless
+    /// `allow_non_loopback` was set (validated here).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Longest a `/readyz` check of the database or Docker may take before it counts as down.
+    pub probe_timeout: Duration,
+    /// How often the queue depth gauge and the systemd `STATUS=` line are refreshed (one
+    /// `count(*)` of pending runs each time).
+    pub status_interval: Duration,
 }
 
 /// `[storage]`: which backend `app::storage` builds. The service key never comes from the file.
@@ -247,7 +262,28 @@ struct RawConfig {
     cron: RawCron,
     limits: RawLimits,
     storage: RawStorage,
+    ops: RawOps,
     sandbox: crate::sandbox::RawSandbox,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOps {
+    listen: String,
+    allow_non_loopback: bool,
+    probe_timeout: String,
+    status_interval: String,
+}
+
+impl Default for RawOps {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            allow_non_loopback: false,
+            probe_timeout: "2s".into(),
+            status_interval: "5s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -527,6 +563,7 @@ impl Config {
         }
         let limits = limits_from_raw(&raw.limits, &mut violations);
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
+        let ops = ops_from_raw(&raw.ops, &mut violations);
         let sandbox = crate::sandbox::SandboxSettings::from_raw(&raw.sandbox, &mut violations);
         let blob_cache_max_bytes =
             parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
@@ -560,6 +597,7 @@ impl Config {
                 batch_size: raw.cron.batch_size,
             },
             limits: limits.expect("violations were reported above"),
+            ops: ops.expect("violations were reported above"),
             sandbox: sandbox.expect("violations were reported above"),
         })
     }
@@ -622,6 +660,11 @@ impl Config {
                 "connect_timeout": human(self.storage.connect_timeout),
                 "read_timeout": human(self.storage.read_timeout),
                 "max_retries": self.storage.max_retries,
+            },
+            "ops": {
+                "listen": self.ops.listen.map(|a| a.to_string()).unwrap_or_default(),
+                "probe_timeout": human(self.ops.probe_timeout),
+                "status_interval": human(self.ops.status_interval),
             },
         })
     }
@@ -936,6 +979,37 @@ fn storage_from_raw(
         connect_timeout: connect_timeout.unwrap_or_default(),
         read_timeout: read_timeout.unwrap_or_default(),
         max_retries: raw.max_retries,
+    })
+}
+
+/// Validates `[ops]`; `None` when a violation was recorded.
+fn ops_from_raw(raw: &RawOps, violations: &mut Vec<String>) -> Option<OpsConfig> {
+    let before = violations.len();
+    let probe_timeout = parse_duration("ops.probe_timeout", &raw.probe_timeout, violations);
+    let status_interval = parse_duration("ops.status_interval", &raw.status_interval, violations);
+    let listen = match raw.listen.trim() {
+        "" => None,
+        text => match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() || raw.allow_non_loopback => Some(addr),
+            Ok(addr) => {
+                violations.push(format!(
+                    "ops.listen = {text:?}: {} is not a loopback address; the endpoints have no authentication, so they listen on 127.0.0.1 or [::1] unless ops.allow_non_loopback = true",
+                    addr.ip()
+                ));
+                None
+            }
+            Err(_) => {
+                violations.push(format!(
+                    "ops.listen = {text:?}: not an address and port; use e.g. \"127.0.0.1:9464\", or \"\" to disable the endpoints"
+                ));
+                None
+            }
+        },
+    };
+    (violations.len() == before).then(|| OpsConfig {
+        listen,
+        probe_timeout: probe_timeout.unwrap_or_default(),
+        status_interval: status_interval.unwrap_or_default(),
     })
 }
 
@@ -1314,6 +1388,39 @@ mod tests {
             err.contains("limits.default_timeout = \"2h\": above"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ops_listens_on_loopback_by_default_and_refuses_other_addresses() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.ops.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = load_error("[ops]\nlisten = \"0.0.0.0:9464\"\n", &[]);
+        assert!(err.contains("ops.listen = \"0.0.0.0:9464\""), "{err}");
+        assert!(err.contains("ops.allow_non_loopback"), "{err}");
+        let err = load_error(
+            "[ops]\nlisten = \"localhost\"\nprobe_timeout = \"soon\"\n",
+            &[],
+        );
+        assert!(err.contains("ops.listen = \"localhost\""), "{err}");
+        assert!(err.contains("ops.probe_timeout"), "{err}");
+        let (_dir, overrides) =
+            write_config("[ops]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert!(config.ops.listen.unwrap().ip().is_unspecified());
+        let (_dir, overrides) = write_config("");
+        let config =
+            Config::load_from(&overrides, &env(&[("APP_EXECUTOR_OPS__LISTEN", "")])).unwrap();
+        assert_eq!(
+            config.ops.listen, None,
+            "an empty listen disables the endpoints"
+        );
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("APP_EXECUTOR_OPS__LISTEN", "[::1]:9000")]),
+        )
+        .unwrap();
+        assert_eq!(config.ops.listen, Some("[::1]:9000".parse().unwrap()));
     }
 
     #[test]

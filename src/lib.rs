@@ -26,6 +26,9 @@
 //!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
 //! - [`demo`]: `app-executor demo`, the whole system once on an embedded database.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
+//! - [`ops`]: how systemd and Prometheus see the daemon: `READY`/`STATUS`/`WATCHDOG`/`STOPPING`
+//!   notifications, metrics with the helpers every component records through, and the
+//!   loopback `/metrics`, `/healthz`, `/readyz` endpoints.
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
 //! constructs clients. Pure logic is unit-tested next to its code; behaviour against real
@@ -40,6 +43,7 @@ pub mod db;
 pub mod demo;
 pub mod embedded_postgres;
 pub mod model;
+pub mod ops;
 pub mod runner;
 pub mod sandbox;
 pub mod shutdown;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::version::hex;
+use crate::ops::metrics;
 
 /// Blobs used this recently are never evicted.
 const EVICTION_GRACE: Duration = Duration::from_secs(60);
@@ -99,11 +100,13 @@ impl BlobCache {
             .clone();
         let _guard = lock.lock().await;
         if touch(&path).await {
+            metrics::blob_cache_hit();
             return Ok(Blob {
                 path,
                 downloaded: 0,
             });
         }
+        metrics::blob_cache_miss();
         let result = match fetch().await {
             Ok(reader) => {
                 self.verify_into_place(reader, expected_hex, expected_size, &path)
@@ -113,6 +116,7 @@ impl BlobCache {
         };
         self.fetching.lock().unwrap().remove(expected_hex);
         let downloaded = result?;
+        metrics::blob_downloaded(downloaded);
         self.evict_over_cap().await;
         Ok(Blob { path, downloaded })
     }

@@ -14,7 +14,7 @@
 //! mid-transaction loses nothing: its transaction rolls back and `next_run_at` stays due.
 //! One bad schedule is disabled and never stops the loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ use super::policy::{plan, CatchUp, Overlap, Plan, Policy, SkipReason};
 use super::schedule::Schedule;
 use crate::config::CronSettings;
 use crate::db::schedule::{self as sql, DueSchedule};
+use crate::ops::metrics;
 
 /// Due ticks enumerated for one schedule in one pass at most; a longer backlog (a per-second
 /// schedule after a day of downtime) is worked off over the following passes.
@@ -82,6 +83,10 @@ pub struct PassReport {
     pub failed: usize,
     /// A batch limit was reached: run another pass at once.
     pub more: bool,
+    /// `skipped`, by reason (`SkipReason::as_str`).
+    pub skipped_by_reason: BTreeMap<&'static str, usize>,
+    /// For each fired tick, how long after its nominal time it fired (as of the pass's `now`).
+    pub fire_lags: Vec<chrono::Duration>,
 }
 
 impl PassReport {
@@ -92,6 +97,32 @@ impl PassReport {
         self.skipped += other.skipped;
         self.failed += other.failed;
         self.more |= other.more;
+        for (reason, n) in other.skipped_by_reason {
+            *self.skipped_by_reason.entry(reason).or_default() += n;
+        }
+        self.fire_lags.extend(other.fire_lags);
+    }
+
+    fn skip(&mut self, reason: &'static str, ticks: usize) {
+        self.skipped += ticks;
+        *self.skipped_by_reason.entry(reason).or_default() += ticks;
+    }
+
+    fn fired(&mut self, now: DateTime<Utc>, scheduled_for: DateTime<Utc>) {
+        self.fired += 1;
+        self.fire_lags.push(now - scheduled_for);
+    }
+
+    /// Records what a committed transaction did in the metrics (never before the commit: a
+    /// rolled-back batch is redone and must not count twice).
+    fn record_metrics(&self) {
+        for (reason, n) in &self.skipped_by_reason {
+            metrics::cron_skipped(reason, *n as u64);
+        }
+        metrics::cron_skipped(SkipReason::InvalidSchedule.as_str(), self.disabled as u64);
+        for lag in &self.fire_lags {
+            metrics::cron_fired(lag.to_std().unwrap_or_default());
+        }
     }
 }
 
@@ -246,22 +277,25 @@ impl Scheduler {
                 .await
                 .map_err(SchedulerError::Commit)?;
             let mut batch_report = PassReport::default();
+            let mut committed = PassReport::default();
             match self
                 .fire_batch(&savepoint, &rows, now, &mut batch_report)
                 .await
             {
                 Ok(()) => {
                     savepoint.commit().await.map_err(SchedulerError::Commit)?;
-                    report.absorb(batch_report);
+                    committed.absorb(batch_report);
                 }
                 Err(e) => {
                     savepoint.rollback().await.map_err(SchedulerError::Commit)?;
                     tracing::warn!(error = %e, schedules = rows.len(), "cron batch failed; firing its schedules one by one");
-                    self.fire_one_by_one(&mut tx, &rows, now, &mut report)
+                    self.fire_one_by_one(&mut tx, &rows, now, &mut committed)
                         .await?;
                 }
             }
             tx.commit().await.map_err(SchedulerError::Commit)?;
+            committed.record_metrics();
+            report.absorb(committed);
             if rows.len() < take {
                 return Ok(report);
             }
@@ -279,8 +313,13 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         for row in rows {
             let savepoint = tx.savepoint("fire").await.map_err(SchedulerError::Commit)?;
-            match self.fire_schedule(&savepoint, row.id, now, report).await {
-                Ok(()) => savepoint.commit().await.map_err(SchedulerError::Commit)?,
+            // Counted only once its savepoint is kept.
+            let mut one = PassReport::default();
+            match self.fire_schedule(&savepoint, row.id, now, &mut one).await {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(SchedulerError::Commit)?;
+                    report.absorb(one);
+                }
                 Err(e) => {
                     savepoint.rollback().await.map_err(SchedulerError::Commit)?;
                     report.failed += 1;
@@ -378,8 +417,12 @@ impl Scheduler {
         for (id, at, reason) in &disables {
             disable(tx, *id, *at, reason).await?;
         }
-        report.skipped += skipped.len();
-        report.fired += fired.len();
+        for reason in &skipped.reasons {
+            report.skip(reason, 1);
+        }
+        for run in &fired {
+            report.fired(now, run.scheduled_for);
+        }
         report.disabled += disables.len();
         Ok(())
     }
@@ -455,6 +498,7 @@ impl Scheduler {
         let rows = sql::claim_unplanned_schedules(&tx, self.batch_size())
             .await
             .map_err(SchedulerError::Plan)?;
+        let mut disabled = 0;
         report.more |= rows.len() as i64 >= self.batch_size();
         for row in rows {
             // The policies are checked now too, so a typo is reported before the first tick.
@@ -476,11 +520,14 @@ impl Scheduler {
                     disable(&tx, row.id, now, &reason)
                         .await
                         .map_err(SchedulerError::Plan)?;
-                    report.disabled += 1;
+                    disabled += 1;
                 }
             }
         }
-        tx.commit().await.map_err(SchedulerError::Plan)
+        tx.commit().await.map_err(SchedulerError::Plan)?;
+        report.disabled += disabled;
+        metrics::cron_skipped(SkipReason::InvalidSchedule.as_str(), disabled as u64);
+        Ok(())
     }
 
     /// Fires one due schedule inside `tx` (a savepoint), statement by statement: the fallback
@@ -526,7 +573,7 @@ impl Scheduler {
                 .filter(|(_, r)| *r == reason)
                 .map(|(t, _)| *t)
                 .collect();
-            report.skipped += ticks.len();
+            report.skip(reason.as_str(), ticks.len());
             sql::record_skipped_ticks(tx, row.id, &ticks, reason.as_str(), None)
                 .await
                 .map_err(err)?;
@@ -540,7 +587,7 @@ impl Scheduler {
                 .map(|a| format!("previous run {} was {}", a.id, a.status));
             match (policy.overlap, &detail) {
                 (Overlap::Skip, Some(detail)) => {
-                    report.skipped += plan.fire.len();
+                    report.skip(SkipReason::Overlap.as_str(), plan.fire.len());
                     sql::record_skipped_ticks(
                         tx,
                         row.id,
@@ -561,7 +608,7 @@ impl Scheduler {
                             .await
                             .map_err(err)?
                         {
-                            report.fired += 1;
+                            report.fired(now, tick);
                             last_run = Some((tick, run_id));
                         }
                     }

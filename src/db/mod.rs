@@ -38,6 +38,8 @@ pub enum DbError {
     },
     #[error("cannot build the connection pool for {url}: {message}")]
     Pool { url: String, message: String },
+    #[error("the database does not answer: {0}")]
+    Ping(String),
 }
 
 fn pg_config(
@@ -96,6 +98,16 @@ pub fn pool(url: &DatabaseUrl, connect_timeout: Duration, size: usize) -> Result
             url: url.redacted(),
             message: e.to_string(),
         })
+}
+
+/// `select 1` on a pooled connection: the database is reachable and answering (readiness).
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await.map_err(|e| DbError::Ping(e.to_string()))?;
+    client
+        .query_one("select 1", &[])
+        .await
+        .map_err(|e| DbError::Ping(e.to_string()))?;
+    Ok(())
 }
 
 /// The newest of this binary's migrations recorded in the database, `None` when none is.

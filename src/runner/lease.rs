@@ -16,6 +16,7 @@ use super::InFlight;
 use crate::config::QueueConfig;
 use crate::db::queue::{self, Completion, LeaseState, QueueError};
 use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
+use crate::ops::metrics;
 
 /// Renews the lease every heartbeat interval until aborted or the lease is gone.
 pub(super) async fn keep(
@@ -64,13 +65,18 @@ pub(super) async fn record_outcome(
     let attempt = run.attempt;
     match (reason, outcome) {
         (Some(StopReason::LeaseLost), _) => {
+            metrics::lease_lost();
             tracing::warn!(%run_id, attempt, "lease lost: the result of this attempt is discarded");
         }
         (Some(StopReason::Cancelled), _) => {
+            metrics::run_cancelled();
             let written = retry_write("record a cancellation", run_id, || {
                 queue::record_cancellation(pool, run_id, executor_id, attempt)
             })
             .await;
+            if written {
+                metrics::run_finished("cancelled", None);
+            }
             tracing::info!(%run_id, recorded = written, "run cancelled");
         }
         (Some(StopReason::Shutdown), _) => {
@@ -86,6 +92,9 @@ pub(super) async fn record_outcome(
                 )
             })
             .await;
+            if released {
+                metrics::run_released("shutdown");
+            }
             tracing::info!(%run_id, released, "run interrupted by shutdown and returned to the queue (attempt not charged)");
         }
         (
@@ -108,6 +117,7 @@ pub(super) async fn record_outcome(
             })
             .await;
             if written {
+                metrics::run_finished(status.as_str(), completion.error_kind);
                 tracing::info!(%run_id, status = status.as_str(), error_kind = ?completion.error_kind, "run finished");
             } else {
                 settle_unwritten_finish(pool, executor_id, run).await;
@@ -135,6 +145,9 @@ pub(super) async fn record_outcome(
                     )
                 })
                 .await;
+                if released {
+                    metrics::run_released("retry");
+                }
                 tracing::warn!(%run_id, attempt, %error_kind, error = %message, retry_in = ?delay, released, "infrastructure failure; the run will be retried");
             } else {
                 let completion = Completion {
@@ -147,6 +160,9 @@ pub(super) async fn record_outcome(
                     queue::finish_run(pool, run_id, executor_id, attempt, &completion)
                 })
                 .await;
+                if written {
+                    metrics::run_finished("failed", Some(&error_kind));
+                }
                 tracing::warn!(%run_id, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; run failed");
             }
         }
@@ -167,6 +183,9 @@ pub(super) async fn record_outcome(
                 )
             })
             .await;
+            if released {
+                metrics::run_released("stopped");
+            }
             tracing::warn!(%run_id, released, "execution stopped unexpectedly; run released for retry");
         }
     }
@@ -180,8 +199,11 @@ async fn settle_unwritten_finish(pool: &Pool, executor_id: &str, run: &ClaimedRu
     })
     .await;
     if cancelled {
+        metrics::run_cancelled();
+        metrics::run_finished("cancelled", None);
         tracing::info!(run_id = %run.id, "run was cancelled as it finished; cancellation kept");
     } else {
+        metrics::lease_lost();
         tracing::warn!(run_id = %run.id, attempt = run.attempt, "final status not written: the lease was lost; result discarded");
     }
 }

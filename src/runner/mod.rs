@@ -27,6 +27,8 @@ use uuid::Uuid;
 use crate::config::QueueConfig;
 use crate::db::queue::{self, ClaimLimits};
 use crate::model::{ClaimedRun, StopReason};
+use crate::ops::metrics;
+use crate::ops::DaemonStatus;
 pub use execution::RunExecutor;
 
 /// How a run in flight can be stopped from outside its task.
@@ -58,6 +60,9 @@ pub struct Runner {
     pub run_cancelled: mpsc::UnboundedReceiver<Uuid>,
     /// Exit once no run is pending and none is in flight (`run --until-idle`).
     pub until_idle: bool,
+    /// Shared with the ops side: the loop ticks it (watchdog), run tasks count themselves in
+    /// and out; its idle cap bounds the loop's wait so a watchdog sees it alive.
+    pub status: Arc<DaemonStatus>,
 }
 
 impl Runner {
@@ -72,6 +77,7 @@ impl Runner {
             run_pending,
             run_cancelled,
             until_idle,
+            status,
         } = self;
         let registry: Registry = Arc::default();
         let tracker = TaskTracker::new();
@@ -115,6 +121,7 @@ impl Runner {
         ));
 
         loop {
+            status.loop_ticked();
             // Register interest before looking, so a NOTIFY between the claim and the wait is
             // not lost.
             let pending = run_pending.notified();
@@ -129,15 +136,22 @@ impl Runner {
                 if shutdown.is_cancelled() {
                     break;
                 }
+                status.loop_ticked();
                 match queue::claim_next_run(&pool, &executor_id, &limits).await {
                     Ok(Some(run)) => {
                         tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
+                        metrics::run_claimed(
+                            (run.started_at - run.created_at)
+                                .to_std()
+                                .unwrap_or_default(),
+                        );
                         let task = RunTask {
                             pool: pool.clone(),
                             executor_id: executor_id.clone(),
                             settings: settings.clone(),
                             execution: execution.clone(),
                             registry: registry.clone(),
+                            status: status.clone(),
                         };
                         let freed_signal = slot_freed.clone();
                         tracker.spawn(async move {
@@ -170,7 +184,7 @@ impl Runner {
                 _ = shutdown.cancelled() => break,
                 _ = &mut pending => {}
                 _ = &mut freed => {}
-                _ = tokio::time::sleep(settings.poll_interval) => {}
+                _ = tokio::time::sleep(status.idle_wait(settings.poll_interval)) => {}
             }
         }
 
@@ -264,6 +278,8 @@ async fn rescue_loop(
         }
         match queue::rescue_expired_leases(&pool, 100, Duration::ZERO, settings.lease * 3).await {
             Ok(rescued) => {
+                let failed = rescued.iter().filter(|r| r.status == "failed").count() as u64;
+                metrics::runs_rescued(rescued.len() as u64 - failed, failed);
                 for run in &rescued {
                     tracing::warn!(run_id = %run.run_id, previous_executor = ?run.previous_executor, status = %run.status, "rescued run with an expired lease");
                 }
@@ -306,10 +322,13 @@ struct RunTask {
     settings: QueueConfig,
     execution: Arc<dyn RunExecutor>,
     registry: Registry,
+    status: Arc<DaemonStatus>,
 }
 
 impl RunTask {
     async fn execute(self, run: ClaimedRun) {
+        let started = std::time::Instant::now();
+        self.status.run_started();
         let in_flight = InFlight {
             stop: CancellationToken::new(),
             reason: Arc::default(),
@@ -339,5 +358,7 @@ impl RunTask {
         )
         .await;
         self.registry.lock().unwrap().remove(&run.id);
+        self.status.run_ended();
+        metrics::phase_finished(metrics::Phase::Total, started.elapsed());
     }
 }

@@ -31,6 +31,7 @@ use crate::artifact::manifest::PermissionType;
 use crate::artifact::resolve::{PreparedApp, Resolver};
 use crate::db::queue;
 use crate::model::{ClaimedRun, FinalStatus, Outcome};
+use crate::ops::metrics;
 use crate::runner::RunExecutor;
 pub use engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream};
 use install::{InstallError, InstallRequest, Installer};
@@ -68,12 +69,14 @@ impl RunExecutor for DockerExecution {
 
 impl DockerExecution {
     async fn attempt(&self, run: &ClaimedRun, stop: &CancellationToken) -> Outcome {
+        let preparing = std::time::Instant::now();
         let mut phases = Phases::start(run.id);
         let prepared = tokio::select! {
             biased;
             _ = stop.cancelled() => return Outcome::Stopped,
             prepared = self.resolver.prepare(run) => prepared,
         };
+        metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
         let app = match prepared {
             Ok(app) => app,
             Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
@@ -132,6 +135,7 @@ impl DockerExecution {
         if let Some(deps) = &dependencies {
             match deps.installed_in {
                 Some(took) => {
+                    metrics::phase_finished(metrics::Phase::Install, took);
                     tracing::info!(run_id = %run.id, key = %deps.key, took = ?took, "dependencies installed")
                 }
                 None => {
@@ -182,6 +186,10 @@ impl DockerExecution {
         phases.report();
         match exit {
             Ok(exit) => {
+                metrics::phase_finished(metrics::Phase::Run, exit.duration);
+                if exit.oom_killed {
+                    metrics::oom_killed();
+                }
                 tracing::info!(
                     run_id = %run.id,
                     ended = ?exit.ended,

@@ -10,6 +10,7 @@ mod cli;
 mod cron;
 mod docker;
 mod migrate;
+mod ops;
 mod publish;
 mod queue;
 mod rls;

@@ -101,6 +101,8 @@ impl Daemon {
             .env("APP_EXECUTOR_QUEUE__POLL_INTERVAL", "1s")
             .env("APP_EXECUTOR_QUEUE__RESCUE_INTERVAL", "500ms")
             .env("APP_EXECUTOR_QUEUE__RETRY_BACKOFF", "100ms")
+            // Several daemons per test and tests in parallel: any free port (see `ops_addr`).
+            .env("APP_EXECUTOR_OPS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -151,6 +153,30 @@ impl Daemon {
                     self.log_text()
                 );
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The address of the ops endpoints (`/metrics`, `/healthz`, `/readyz`), from the line the
+    /// daemon logs once it listens; panics with the log if that does not happen within 30 s.
+    pub fn ops_addr(&mut self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains("ops endpoints listening")) {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("local_addr="))
+                    .unwrap_or_else(|| panic!("no local_addr in {line:?}"));
+                return addr.parse().unwrap();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}) before listening; log:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not start its ops endpoints within 30 s; log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,341 @@
+//! The daemon's Prometheus metrics: names, buckets, and one small function per event, so the
+//! components that observe something (runner, blob cache, cron, sandbox, logs) record it without
+//! knowing the exporter.
+//!
+//! Recording goes through the `metrics` facade: until [`install`] sets the global recorder (the
+//! daemon does, other subcommands and unit tests do not) every function here is a no-op. Label
+//! values are bounded sets (statuses, stable `error_kind` codes, phase and reason names), never
+//! ids. Counters end in `_total`, durations are in seconds, sizes in bytes.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const RUNS_FINISHED: &str = "app_executor_runs_finished_total";
+pub const RUNS_CLAIMED: &str = "app_executor_runs_claimed_total";
+pub const RUNS_RESCUED: &str = "app_executor_runs_rescued_total";
+pub const RUNS_RELEASED: &str = "app_executor_runs_released_total";
+pub const LEASE_LOSSES: &str = "app_executor_lease_losses_total";
+pub const CANCELLATIONS: &str = "app_executor_cancellations_total";
+pub const PHASE_DURATION: &str = "app_executor_phase_duration_seconds";
+pub const QUEUE_DEPTH: &str = "app_executor_queue_depth";
+pub const RUNS_RUNNING: &str = "app_executor_runs_running";
+pub const RUN_SLOTS: &str = "app_executor_run_slots";
+pub const BLOB_CACHE_HITS: &str = "app_executor_blob_cache_hits_total";
+pub const BLOB_CACHE_MISSES: &str = "app_executor_blob_cache_misses_total";
+pub const BLOB_DOWNLOADED_BYTES: &str = "app_executor_blob_downloaded_bytes_total";
+pub const LOG_BYTES: &str = "app_executor_log_bytes_total";
+pub const OOM_KILLS: &str = "app_executor_oom_kills_total";
+pub const CRON_FIRES: &str = "app_executor_cron_fires_total";
+pub const CRON_SKIPS: &str = "app_executor_cron_skips_total";
+pub const CRON_LAG: &str = "app_executor_cron_fire_lag_seconds";
+pub const BUILD_INFO: &str = "app_executor_build_info";
+
+/// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
+/// to the longest run a host allows (30 minutes by default).
+pub const PHASE_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+/// Upper bounds of the cron lag buckets, in seconds: on time is well under a second; catch-up
+/// after downtime shows as minutes to a day.
+pub const CRON_LAG_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// A phase of a run, the `phase` label of [`PHASE_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// From the run's creation to its claim (`started_at - created_at`; a retry's wait includes
+    /// its earlier attempts and backoff).
+    ClaimWait,
+    /// Resolving, downloading, verifying and laying out the app's files.
+    Prepare,
+    /// Installing dependencies (`pnpm install`) in the install container.
+    Install,
+    /// The app's own container, from start to exit.
+    Run,
+    /// From the claim to the outcome written, on this daemon.
+    Total,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::ClaimWait => "claim_wait",
+            Phase::Prepare => "prepare",
+            Phase::Install => "install",
+            Phase::Run => "run",
+            Phase::Total => "total",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Install(String),
+}
+
+/// Installs the Prometheus recorder as the process's global recorder (once; later calls return
+/// the same handle) and describes every metric. The handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = builder()
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Ok(handle)
+        })
+        .clone()
+        .map_err(MetricsError::Install)
+}
+
+/// The exporter configuration: true histograms (not summaries) with explicit buckets.
+pub fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PHASE_DURATION.into()), PHASE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(CRON_LAG.into()), CRON_LAG_BUCKETS)
+}
+
+fn describe() {
+    describe_counter!(
+        RUNS_FINISHED,
+        "Runs this daemon brought to a terminal status, by status and error_kind"
+    );
+    describe_counter!(RUNS_CLAIMED, "Runs claimed from the queue");
+    describe_counter!(
+        RUNS_RESCUED,
+        "Runs with an expired lease (any daemon's) rescued by this daemon, by outcome (requeued or failed)"
+    );
+    describe_counter!(
+        RUNS_RELEASED,
+        "Runs given back to the queue unfinished, by reason (retry, shutdown, stopped)"
+    );
+    describe_counter!(
+        LEASE_LOSSES,
+        "Runs abandoned because this daemon's lease on them was lost"
+    );
+    describe_counter!(
+        CANCELLATIONS,
+        "Runs stopped because a client cancelled them"
+    );
+    describe_histogram!(
+        PHASE_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of a run's phases (claim_wait, prepare, install, run, total)"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Pending runs in the queue (all daemons), refreshed every ops.status_interval"
+    );
+    describe_gauge!(RUNS_RUNNING, "Runs in flight on this daemon");
+    describe_gauge!(
+        RUN_SLOTS,
+        "Runs this daemon executes at once (queue.max_concurrent_runs)"
+    );
+    describe_counter!(BLOB_CACHE_HITS, "App files served from the blob cache");
+    describe_counter!(
+        BLOB_CACHE_MISSES,
+        "App files not in the blob cache (downloaded)"
+    );
+    describe_counter!(
+        BLOB_DOWNLOADED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of app files downloaded and verified into the blob cache"
+    );
+    describe_counter!(
+        LOG_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of run logs captured, by stream"
+    );
+    describe_counter!(
+        OOM_KILLS,
+        "Run containers killed for exceeding their memory limit"
+    );
+    describe_counter!(CRON_FIRES, "Cron ticks fired as runs");
+    describe_counter!(CRON_SKIPS, "Cron ticks skipped, by reason");
+    describe_histogram!(
+        CRON_LAG,
+        metrics::Unit::Seconds,
+        "How late a cron tick fired after its nominal time"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names this build");
+}
+
+/// A run reached a terminal status on this daemon (`success`, `failed`, `timeout`,
+/// `cancelled`); `error_kind` is `None` on success.
+pub fn run_finished(status: &str, error_kind: Option<&str>) {
+    counter!(
+        RUNS_FINISHED,
+        "status" => status.to_owned(),
+        "error_kind" => error_kind.unwrap_or("none").to_owned()
+    )
+    .increment(1);
+}
+
+/// A run was claimed; `queue_wait` is `started_at - created_at`.
+pub fn run_claimed(queue_wait: Duration) {
+    counter!(RUNS_CLAIMED).increment(1);
+    phase_finished(Phase::ClaimWait, queue_wait);
+}
+
+/// Runs with expired leases were rescued: `requeued` back to pending, `failed` out of attempts.
+pub fn runs_rescued(requeued: u64, failed: u64) {
+    if requeued > 0 {
+        counter!(RUNS_RESCUED, "outcome" => "requeued").increment(requeued);
+    }
+    if failed > 0 {
+        counter!(RUNS_RESCUED, "outcome" => "failed").increment(failed);
+    }
+}
+
+/// A run went back to the queue unfinished: `retry` (infrastructure failure), `shutdown`
+/// (drain grace over) or `stopped` (the execution stopped by itself).
+pub fn run_released(reason: &'static str) {
+    counter!(RUNS_RELEASED, "reason" => reason).increment(1);
+}
+
+/// This daemon's lease on a run was lost; the run's result is discarded.
+pub fn lease_lost() {
+    counter!(LEASE_LOSSES).increment(1);
+}
+
+/// A running run was stopped because a client cancelled it.
+pub fn run_cancelled() {
+    counter!(CANCELLATIONS).increment(1);
+}
+
+/// One phase of a run took `duration`. The sandbox records [`Phase::Install`] and
+/// [`Phase::Run`]; the runner records the others.
+pub fn phase_finished(phase: Phase, duration: Duration) {
+    histogram!(PHASE_DURATION, "phase" => phase.as_str()).record(duration.as_secs_f64());
+}
+
+/// Pending runs in the queue.
+pub fn set_queue_depth(pending: i64) {
+    gauge!(QUEUE_DEPTH).set(pending as f64);
+}
+
+/// Runs in flight on this daemon, and its capacity.
+pub fn set_running(running: usize, slots: usize) {
+    gauge!(RUNS_RUNNING).set(running as f64);
+    gauge!(RUN_SLOTS).set(slots as f64);
+}
+
+/// An app file was found in the blob cache.
+pub fn blob_cache_hit() {
+    counter!(BLOB_CACHE_HITS).increment(1);
+}
+
+/// An app file was not cached and had to be fetched.
+pub fn blob_cache_miss() {
+    counter!(BLOB_CACHE_MISSES).increment(1);
+}
+
+/// `bytes` of an app file were downloaded and verified into the cache.
+pub fn blob_downloaded(bytes: u64) {
+    counter!(BLOB_DOWNLOADED_BYTES).increment(bytes);
+}
+
+/// `bytes` of a run's log were captured on `stream` (`stdout`, `stderr`, `install`).
+pub fn log_bytes(stream: &'static str, bytes: u64) {
+    counter!(LOG_BYTES, "stream" => stream).increment(bytes);
+}
+
+/// A run's container was killed by the kernel for exceeding its memory limit.
+pub fn oom_killed() {
+    counter!(OOM_KILLS).increment(1);
+}
+
+/// A cron tick fired as a run, `lag` after its nominal time.
+pub fn cron_fired(lag: Duration) {
+    counter!(CRON_FIRES).increment(1);
+    histogram!(CRON_LAG).record(lag.as_secs_f64());
+}
+
+/// `count` cron ticks were skipped for `reason` (`overlap`, `downtime`, `catch_up_cap`,
+/// `invalid_schedule`).
+pub fn cron_skipped(reason: &'static str, count: u64) {
+    if count > 0 {
+        counter!(CRON_SKIPS, "reason" => reason).increment(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_with(record: impl FnOnce()) -> String {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, record);
+        handle.render()
+    }
+
+    #[test]
+    fn phase_durations_render_as_histograms_with_the_configured_buckets() {
+        let text = render_with(|| {
+            phase_finished(Phase::Prepare, Duration::from_millis(300));
+            run_claimed(Duration::from_secs(2));
+        });
+        assert!(
+            text.contains("# TYPE app_executor_phase_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.5"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"app_executor_phase_duration_seconds_bucket{phase="prepare",le="0.25"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"app_executor_phase_duration_seconds_count{phase="claim_wait"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("app_executor_runs_claimed_total 1"), "{text}");
+    }
+
+    #[test]
+    fn outcomes_are_counted_by_status_and_error_kind() {
+        let text = render_with(|| {
+            run_finished("success", None);
+            run_finished("failed", Some("oom_killed"));
+            run_finished("failed", Some("oom_killed"));
+            cron_skipped("overlap", 0);
+            cron_fired(Duration::from_millis(40));
+        });
+        assert!(
+            text.contains(
+                r#"app_executor_runs_finished_total{status="failed",error_kind="oom_killed"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"app_executor_runs_finished_total{status="success",error_kind="none"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cron_skips"),
+            "a zero skip count created a series: {text}"
+        );
+        assert!(
+            text.contains(r#"app_executor_cron_fire_lag_seconds_bucket{le="0.1"} 1"#),
+            "{text}"
+        );
+    }
+}
