@@ -22,6 +22,10 @@
 //!   the scheduler loop that fires due schedules as runs.
 //! - [`storage`]: the `Storage` trait over Supabase Storage (HTTP) and a local directory
 //!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
+//! - [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered chunks,
+//!   capped and compacted; `app-executor logs` reads them back.
+//! - [`outputs`]: the `/output` contract (result, metrics, files) read back with an archive
+//!   reader's care, and the fenced recording of a run's `app_outputs` rows.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
@@ -35,6 +39,7 @@ pub mod config;
 pub mod cron;
 pub mod db;
 pub mod embedded_postgres;
+pub mod logs;
 pub mod model;
 pub mod runner;
 pub mod shutdown;
