@@ -41,6 +41,7 @@ pub mod db;
 pub mod embedded_postgres;
 pub mod logs;
 pub mod model;
+pub mod outputs;
 pub mod runner;
 pub mod shutdown;
 pub mod storage;
