@@ -296,6 +296,17 @@ async fn check_database(config: &Config) -> Check {
     }
 }
 
+/// `app-executor logs`: prints a run's logs from storage; with `follow`, until the run ends.
+pub async fn logs(config: &Config, run: &str, follow: bool) -> anyhow::Result<()> {
+    let url = database_url(config)?;
+    let pool = db::pool(url, config.database.connect_timeout, 1)?;
+    let storage = storage(config)?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    crate::logs::reader::print_run_logs(&pool, storage.as_ref(), run, follow, &mut out, &mut err)
+        .await?;
+    Ok(())
+}
+
 /// `app-executor publish`: validates `dir`, uploads its files and records them.
 pub async fn publish(
     config: &Config,

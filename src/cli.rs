@@ -109,10 +109,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a run's logs from storage
+    /// Print a run's logs from storage (the app's stdout to stdout, its stderr to stderr)
+    #[command(
+        after_help = "Examples:\n  app-executor logs 0b6c1a1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b\n  app-executor logs <run-id> --follow   # until the run ends"
+    )]
     Logs {
+        /// The run's id
         run: String,
-        #[arg(long)]
+        /// Keep printing new output until the run ends
+        #[arg(long, short = 'f')]
         follow: bool,
     },
     /// Cron tools
@@ -247,7 +252,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Enqueue { .. } => Err(not_implemented("enqueue", 8)),
-        Command::Logs { .. } => Err(not_implemented("logs", 6)),
+        Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
         Command::Cron(CronCommand::Next {
             expression,
             tz,

@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_line_longer_than_the_buffer_comes_out_in_pieces() {
-        let long = vec![b'x'; 25];
+        let long = [b'x'; 25];
         let out = lines(10, &[&long[..7], &long[7..], b"\nend\n"]);
         let sizes: Vec<usize> = out.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5, 3]);

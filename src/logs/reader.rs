@@ -179,46 +179,36 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Prints the chunks of the current folder not printed yet, in order, per stream.
+    /// Prints the chunks of the current folder not printed yet, in order, per stream. Chunk
+    /// names are fixed by their sequence number, so this asks for the next one until storage
+    /// has no more (no listing: two requests per poll when nothing is new).
     async fn print_new_chunks(&mut self) -> Result<(), LogError> {
         let Some(folder) = self.folder.clone() else {
             return Ok(());
         };
-        let folder_prefix = format!("{}{folder}/", self.prefix);
-        let entries = self
-            .storage
-            .list(APP_LOGS_BUCKET, &folder_prefix)
-            .await
-            .map_err(|e| self.storage_error(e))?;
-        let mut chunks: Vec<(LogStream, u32)> = entries
-            .iter()
-            .filter(|e| matches!(e, ListEntry::Object { .. }))
-            .filter_map(|e| layout::parse_chunk_name(e.name()))
-            .collect();
-        chunks.sort_by_key(|(stream, seq)| (stream.as_str(), *seq));
-        for (stream, seq) in chunks {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
             let i = stream.index();
-            if seq < self.next_seq[i] {
-                continue;
+            loop {
+                let key = format!(
+                    "{}{folder}/{}",
+                    self.prefix,
+                    layout::chunk_name(stream, self.next_seq[i])
+                );
+                let bytes = match self.storage.download(APP_LOGS_BUCKET, &key).await {
+                    Ok(download) => download.bytes().await,
+                    Err(e) => Err(e),
+                };
+                let bytes = match bytes {
+                    Ok(bytes) => bytes,
+                    // Not uploaded yet, or deleted after compaction: the rest comes later, or
+                    // from the compacted object once the run settles.
+                    Err(StorageError::NotFound { .. }) => break,
+                    Err(e) => return Err(self.storage_error(e)),
+                };
+                self.write(stream, &bytes)?;
+                self.printed[i] += bytes.len() as u64;
+                self.next_seq[i] += 1;
             }
-            if seq > self.next_seq[i] {
-                // A gap: the chunks are being deleted after compaction; the rest comes from
-                // the compacted object once the run settles.
-                continue;
-            }
-            let key = format!("{folder_prefix}{}", layout::chunk_name(stream, seq));
-            let bytes = match self.storage.download(APP_LOGS_BUCKET, &key).await {
-                Ok(download) => download.bytes().await,
-                Err(e) => Err(e),
-            };
-            let bytes = match bytes {
-                Ok(bytes) => bytes,
-                Err(StorageError::NotFound { .. }) => continue,
-                Err(e) => return Err(self.storage_error(e)),
-            };
-            self.write(stream, &bytes)?;
-            self.printed[i] += bytes.len() as u64;
-            self.next_seq[i] = seq + 1;
         }
         self.flush()
     }

@@ -81,8 +81,12 @@ impl RunLog {
         storage: Arc<dyn Storage>,
         spool_dir: &Path,
         target: LogTarget,
-        settings: LogSettings,
+        mut settings: LogSettings,
     ) -> Result<Self, LogError> {
+        // The config validates these; a hand-built value must not make empty chunks forever
+        // or a cap the marker alone exceeds.
+        settings.chunk_bytes = settings.chunk_bytes.max(1);
+        settings.stream_cap = settings.stream_cap.max(2 * super::layout::MARKER_RESERVE);
         let spool_error = |source| LogError::Spool {
             run_id: target.run_id,
             path: spool_dir.to_owned(),

@@ -73,7 +73,7 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
 
 #[test]
 fn subcommands_not_built_yet_fail_instead_of_pretending() {
-    for args in [vec!["demo"], vec!["logs", "some-run"]] {
+    for args in [vec!["demo"], vec!["enqueue", "--app", "x"]] {
         let out = run(&args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(
