@@ -222,10 +222,13 @@ impl Reader<'_> {
         let mut compacted = Vec::new();
         for stream in [LogStream::Stdout, LogStream::Stderr] {
             let key = layout::compacted_key(self.app_id, self.run_id, stream);
-            match self.storage.download(APP_LOGS_BUCKET, &key).await {
-                Ok(download) => compacted.push((stream, download)),
-                Err(StorageError::NotFound { .. }) => {}
-                Err(e) => return Err(self.storage_error(e)),
+            let found = self
+                .storage
+                .head(APP_LOGS_BUCKET, &key)
+                .await
+                .map_err(|e| self.storage_error(e))?;
+            if found.is_some() {
+                compacted.push((stream, key));
             }
         }
         if compacted.len() == 2 {
@@ -236,12 +239,18 @@ impl Reader<'_> {
                     self.run_id
                 ))?;
             }
-            for (stream, download) in compacted {
+            // One download at a time: a body left waiting while the other prints could time out.
+            for (stream, key) in compacted {
                 let mut skip = if same_claim {
                     self.printed[stream.index()]
                 } else {
                     0
                 };
+                let download = self
+                    .storage
+                    .download(APP_LOGS_BUCKET, &key)
+                    .await
+                    .map_err(|e| self.storage_error(e))?;
                 let mut body = download.body;
                 while let Some(piece) = body.next().await {
                     let piece = piece.map_err(|e| self.storage_error(e))?;

@@ -553,8 +553,17 @@ async fn end_run(
 ) {
     let summary = log.finish().await;
     assert_durable(&summary);
+    record_end(pool, storage, run, &summary).await;
+}
+
+async fn record_end(
+    pool: &deadpool_postgres::Pool,
+    storage: &dyn Storage,
+    run: &ClaimedRun,
+    summary: &LogSummary,
+) {
     let record = app_executor::outputs::RunRecord {
-        logs: Some(&summary),
+        logs: Some(summary),
         ..Default::default()
     };
     let recorded = app_executor::outputs::record(pool, storage, run, EXECUTOR, &record)
@@ -662,6 +671,48 @@ async fn the_logs_command_prints_a_finished_runs_stdout_and_stderr_apart() {
         String::from_utf8_lossy(&out.stderr).contains("\"not-a-run\" is not a run id"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_logs_command_falls_back_to_the_chunks_when_the_logs_are_incomplete() {
+    let db = TestDb::migrated().await;
+    let (pool, run) = claim_run(&db).await;
+    let backend = Backend::supabase().await;
+    let double = backend.double.as_ref().unwrap();
+    let settings = LogSettings {
+        chunk_interval: Duration::from_millis(100),
+        durable_retry_window: Duration::from_secs(1),
+        ..LogSettings::default()
+    };
+    let target = LogTarget::of(&run);
+    let mut log = backend.start(&target, settings);
+    log.append(LogStream::Stdout, b"reached storage\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chunk_names(backend.storage.as_ref(), &target)
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the chunk never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    double.fail_for(Duration::from_secs(3));
+    log.append(LogStream::Stdout, b"lost in the outage\n");
+    let summary = log.finish().await;
+    assert!(!summary.durable);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    record_end(&pool, backend.storage.as_ref(), &run, &summary).await;
+
+    let out = logs_command(&db, &supabase_env(double), &[&run.id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.stdout, b"reached storage\n");
+    assert!(
+        stderr.contains("its compacted logs are missing (logs_incomplete)"),
+        "{stderr}"
     );
 }
 
