@@ -7,6 +7,10 @@
 //! `metrics.json` number and per daemon metric (`duration_ms`, `peak_memory_bytes`,
 //! `exit_code`), a `file` per uploaded file, an `error` named after the run's `error_kind`
 //! when it failed, and an `error` named `invalid_output` per [`OutputProblem`].
+//!
+//! A retried run's outputs are those of the attempt that finishes it: its rows replace any an
+//! earlier attempt recorded, and (from attempt 2 on) objects an earlier attempt left under
+//! `output/` that this one did not upload are deleted.
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -16,7 +20,7 @@ use super::{Collected, OutputError, OutputFile, OutputProblem};
 use crate::db::output::{record_outputs, run_is_ours, OutputRow, RunPointers};
 use crate::logs::{layout, LogSummary, StreamSummary};
 use crate::model::ClaimedRun;
-use crate::storage::{Storage, UploadBody, APP_LOGS_BUCKET};
+use crate::storage::{ListEntry, Storage, UploadBody, APP_LOGS_BUCKET};
 
 /// Files uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
@@ -104,6 +108,13 @@ pub async fn record(
             }
         }
     }
+    if run.attempt > 1 {
+        let keep: Vec<String> = uploaded
+            .iter()
+            .map(|f| format!("{prefix}{}", f.relative))
+            .collect();
+        sweep_earlier_outputs(storage, run, &prefix, &keep).await;
+    }
     let rows = rows(run, what, &prefix, &uploaded, &failed);
     let logs_incomplete = what.logs.is_some_and(|l| !l.durable);
     let pointers = RunPointers {
@@ -127,6 +138,58 @@ pub async fn record(
         upload_failures: failed.len(),
         rows: if fence_held { rows.len() } else { 0 },
     })
+}
+
+/// Objects examined at most when sweeping an earlier attempt's outputs.
+const SWEEP_LIMIT: usize = 10_000;
+
+/// Deletes objects under the output prefix that this attempt did not upload: files an earlier
+/// attempt uploaded before it lost its claim. Best effort: the rows name exactly this attempt's
+/// files whether or not the sweep succeeds.
+async fn sweep_earlier_outputs(
+    storage: &dyn Storage,
+    run: &ClaimedRun,
+    prefix: &str,
+    keep: &[String],
+) {
+    let mut stale = Vec::new();
+    let mut folders = vec![prefix.to_owned()];
+    let mut examined = 0;
+    while let Some(folder) = folders.pop() {
+        let entries = match storage.list(APP_LOGS_BUCKET, &folder).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot list an earlier attempt's outputs; they stay");
+                return;
+            }
+        };
+        for entry in entries {
+            examined += 1;
+            if examined > SWEEP_LIMIT {
+                break;
+            }
+            match entry {
+                ListEntry::Folder { name } => folders.push(format!("{folder}{name}/")),
+                ListEntry::Object { name, .. } => {
+                    let key = format!("{folder}{name}");
+                    if !keep.contains(&key) {
+                        stale.push(key);
+                    }
+                }
+            }
+        }
+    }
+    if stale.is_empty() {
+        return;
+    }
+    match storage.delete_many(APP_LOGS_BUCKET, &stale).await {
+        Ok(deleted) => {
+            tracing::info!(run_id = %run.id, attempt = run.attempt, deleted = deleted.len(), "removed outputs an earlier attempt left");
+        }
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "cannot remove outputs an earlier attempt left; they stay");
+        }
+    }
 }
 
 /// Uploads one file (streamed from disk), after checking it is still the regular file listed.

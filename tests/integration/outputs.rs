@@ -540,3 +540,59 @@ async fn logs_that_are_not_durable_flag_the_run_logs_incomplete() {
     assert_eq!(stdout[0].3, None, "no compacted object to point at");
     assert_eq!(stdout[0].2.as_ref().unwrap()["complete"], json!(false));
 }
+
+#[tokio::test]
+async fn a_retried_run_keeps_only_the_outputs_of_the_attempt_that_finishes_it() {
+    let mut fixture = Fixture::local().await;
+    fixture.write("a.txt", "from attempt one");
+    fixture.write("b.txt", "from attempt one");
+    let (_, recorded, _) = fixture.collect_and_record().await;
+    assert_eq!(recorded.files_uploaded, 2);
+    let first = fixture.run.clone();
+
+    // Attempt 1 loses its lease before finishing; the run is requeued and claimed again.
+    fixture
+        .db
+        .client()
+        .await
+        .execute(
+            "update public.app_runs set status = 'pending', executor_id = null,
+                    lease_expires_at = null, started_at = null where id = $1",
+            &[&first.id],
+        )
+        .await
+        .unwrap();
+    fixture.run = crate::harness::run::claim(&fixture.pool).await.unwrap();
+    assert_eq!((fixture.run.id, fixture.run.attempt), (first.id, 2));
+    std::fs::remove_dir_all(fixture.output()).unwrap();
+    fixture.write("b.txt", "from attempt two");
+    fixture.write("c.txt", "from attempt two");
+    let (_, recorded, rows) = fixture.collect_and_record().await;
+    assert_eq!(recorded.files_uploaded, 2);
+
+    let files: Vec<&str> = of_type(&rows, "file")
+        .iter()
+        .map(|r| r.1.as_deref().unwrap())
+        .collect();
+    assert_eq!(files, vec!["b.txt", "c.txt"]);
+    assert_eq!(fixture.stored(&fixture.output_key("a.txt")).await, None);
+    assert_eq!(
+        fixture.stored(&fixture.output_key("b.txt")).await.unwrap(),
+        b"from attempt two"
+    );
+    // The stale attempt can no longer record anything.
+    let late = app_executor::outputs::record(
+        &fixture.pool,
+        fixture.storage.as_ref(),
+        &first,
+        EXECUTOR,
+        &RunRecord::default(),
+    )
+    .await
+    .unwrap();
+    assert!(!late.fence_held);
+    assert_eq!(
+        of_type(&output_rows(&fixture.db, &fixture.run).await, "file").len(),
+        2
+    );
+}
