@@ -4,6 +4,7 @@
 //! [`RunLog::abandon`] at the end; the uploader task (see `upload`) does the network work.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
@@ -61,6 +62,8 @@ pub struct RunLog {
     wake: Arc<Notify>,
     /// Tells the uploader how to end; dropping it abandons the upload.
     ending: Option<oneshot::Sender<Ending>>,
+    /// Set just before `ending` is sent, so a live upload backlog yields to the final phase.
+    ending_flag: Arc<AtomicBool>,
     uploader: Option<JoinHandle<UploadReport>>,
 }
 
@@ -98,6 +101,7 @@ impl RunLog {
         let stderr = StreamSpool::create(spool_dir, LogStream::Stderr, settings.stream_cap)
             .map_err(spool_error)?;
         let wake = Arc::new(Notify::new());
+        let ending_flag = Arc::new(AtomicBool::new(false));
         let uploader = Uploader {
             storage,
             target: target.clone(),
@@ -105,6 +109,7 @@ impl RunLog {
             streams: [&stdout, &stderr]
                 .map(|s| StreamUpload::new(s.stream(), s.path().to_owned(), s.published())),
             wake: wake.clone(),
+            ending: ending_flag.clone(),
         };
         let (ending, receiver) = oneshot::channel();
         let uploader = tokio::spawn(uploader.run(receiver));
@@ -117,6 +122,7 @@ impl RunLog {
             woken_at: [0, 0],
             wake,
             ending: Some(ending),
+            ending_flag,
             uploader: Some(uploader),
         })
     }
@@ -179,6 +185,7 @@ impl RunLog {
         }
         let report = match (self.ending.take(), self.uploader.take()) {
             (Some(sender), Some(uploader)) => {
+                self.ending_flag.store(true, Ordering::Release);
                 let _ = sender.send(ending);
                 uploader.await.unwrap_or_else(|e| {
                     tracing::error!(%run_id, error = %e, "the log uploader failed");

@@ -13,7 +13,7 @@
 //! logs are reported not durable and the chunks are left in place.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +95,9 @@ pub(super) struct Uploader {
     pub streams: [StreamUpload; 2],
     /// Notified by `append` when a full chunk is pending.
     pub wake: Arc<Notify>,
+    /// Set (before the `Ending` is sent) when the run's logging ends: the live phase yields to
+    /// the final one, whose deadline bounds the remaining work.
+    pub ending: Arc<AtomicBool>,
 }
 
 impl Uploader {
@@ -157,7 +160,10 @@ impl Uploader {
         )
     }
 
-    /// Uploads pending chunks, one per stream in turn: full ones only unless `partial`.
+    /// Uploads pending chunks, one per stream in turn: every full chunk, and with `partial`
+    /// also what was pending when called (so steady small output is not sent as a stream of
+    /// tiny chunks). In the live phase it stops early once the run is ending, so the final
+    /// phase's deadline bounds the rest.
     async fn upload_pending(
         &mut self,
         partial: bool,
@@ -165,14 +171,24 @@ impl Uploader {
     ) -> Result<(), ChunkError> {
         let chunk_bytes = self.settings.chunk_bytes;
         let folder = self.folder();
+        let due = self.streams.each_ref().map(|s| {
+            if partial {
+                s.published.load(Ordering::Acquire)
+            } else {
+                0
+            }
+        });
         loop {
             let mut progressed = false;
-            for i in 0..self.streams.len() {
-                let pending = self.streams[i].pending();
-                if pending == 0 || (!partial && pending < chunk_bytes) {
-                    continue;
+            for (i, due) in due.into_iter().enumerate() {
+                if deadline.is_none() && self.ending.load(Ordering::Acquire) {
+                    return Ok(());
                 }
                 let s = &self.streams[i];
+                let pending = s.pending();
+                if pending == 0 || (pending < chunk_bytes && s.uploaded >= due) {
+                    continue;
+                }
                 let len = pending.min(chunk_bytes);
                 let bytes = read_range(s.spool.clone(), s.uploaded, len).await?;
                 let key = format!("{folder}{}", layout::chunk_name(s.stream, s.next_seq));

@@ -345,6 +345,38 @@ async fn a_second_attempt_never_touches_the_first_attempts_chunks(backend: Backe
     );
 }
 
+async fn steady_small_output_goes_out_once_per_interval_not_in_tiny_chunks(backend: Backend) {
+    let storage = backend.storage.as_ref();
+    let target = target(1);
+    let settings = LogSettings {
+        chunk_interval: Duration::from_millis(200),
+        ..LogSettings::default()
+    };
+    let mut log = backend.start(&target, settings);
+    let mut written = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let line = format!("tick {i}\n");
+        log.append(LogStream::Stdout, line.as_bytes());
+        written.extend_from_slice(line.as_bytes());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let summary = log.finish().await;
+    assert_durable(&summary);
+    // About one chunk per 200 ms interval (and the tail), however often the app writes.
+    assert!(
+        (5..=20).contains(&summary.stdout.chunks),
+        "{} chunks for {i} writes in 2 s",
+        summary.stdout.chunks
+    );
+    assert_eq!(
+        compacted(storage, &target, LogStream::Stdout).await,
+        written
+    );
+}
+
 macro_rules! for_both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod supabase_backend {
@@ -368,6 +400,7 @@ for_both_backends!(
     binary_output_is_stored_byte_for_byte,
     a_twenty_megabyte_line_without_a_newline_is_stored_whole,
     a_second_attempt_never_touches_the_first_attempts_chunks,
+    steady_small_output_goes_out_once_per_interval_not_in_tiny_chunks,
 );
 
 // ---- caps and memory ------------------------------------------------------------------------
