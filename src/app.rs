@@ -225,6 +225,8 @@ async fn select_execution(
             let engine = Engine::connect(&config.sandbox).await?;
             let docker = Arc::new(DockerExecution {
                 resolver,
+                logs: config.logs.clone(),
+                outputs: config.outputs.clone(),
                 installer: Installer {
                     engine: engine.clone(),
                     settings: config.sandbox.clone(),
@@ -471,6 +473,17 @@ pub async fn enqueue(
     }
     let run = db::runs::insert_run(&pool, app, company, "manual", input).await?;
     Ok((pool, run))
+}
+
+/// `app-executor logs`: prints a run's logs from storage; with `follow`, until the run ends.
+pub async fn logs(config: &Config, run: &str, follow: bool) -> anyhow::Result<()> {
+    let url = database_url(config)?;
+    let pool = db::pool(url, config.database.connect_timeout, 1)?;
+    let storage = storage(config)?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    crate::logs::reader::print_run_logs(&pool, storage.as_ref(), run, follow, &mut out, &mut err)
+        .await?;
+    Ok(())
 }
 
 /// `app-executor publish`: validates `dir`, uploads its files and records them.

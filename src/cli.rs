@@ -109,10 +109,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a run's logs from storage
+    /// Print a run's logs from storage (the app's stdout to stdout, its stderr to stderr)
+    #[command(
+        after_help = "Examples:\n  app-executor logs 0b6c1a1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b\n  app-executor logs <run-id> --follow   # until the run ends"
+    )]
     Logs {
+        /// The run's id
         run: String,
-        #[arg(long)]
+        /// Keep printing new output until the run ends
+        #[arg(long, short = 'f')]
         follow: bool,
     },
     /// Cron tools
@@ -230,14 +235,6 @@ async fn enqueue(
     .into())
 }
 
-/// A subcommand whose capability has not landed yet.
-#[derive(Debug, thiserror::Error)]
-#[error("`app-executor {command}` is not implemented yet (tracked in issue #{issue})")]
-pub struct NotImplemented {
-    command: &'static str,
-    issue: u32,
-}
-
 /// Parses the config, runs the subcommand and returns the process exit code. Errors are printed
 /// here, once, with their whole chain.
 pub fn main(cli: Cli) -> ExitCode {
@@ -349,7 +346,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Logs { .. } => Err(not_implemented("logs", 6)),
+        Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
         Command::Cron(CronCommand::Next {
             expression,
             tz,
@@ -493,10 +490,6 @@ fn error_chain(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn not_implemented(command: &'static str, issue: u32) -> anyhow::Error {
-    NotImplemented { command, issue }.into()
 }
 
 fn print_migrate_report(report: &crate::db::migration::MigrateReport) {

@@ -64,6 +64,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ops: OpsConfig,
     pub sandbox: crate::sandbox::SandboxSettings,
+    /// `[logs]`: live log streaming of each run (see `logs::RunLog`).
+    pub logs: crate::logs::LogSettings,
+    /// `[outputs]`: caps on what is read back from a run's `/output`.
+    pub outputs: crate::outputs::OutputLimits,
 }
 
 /// `[ops]`: the loopback HTTP endpoints (`/metrics`, `/healthz`, `/readyz`) and the periodic
@@ -264,6 +268,48 @@ struct RawConfig {
     storage: RawStorage,
     ops: RawOps,
     sandbox: crate::sandbox::RawSandbox,
+    logs: RawLogs,
+    outputs: RawOutputs,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogs {
+    chunk_interval: String,
+    chunk_bytes: String,
+    stream_cap: String,
+    durable_retry_window: String,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        Self {
+            chunk_interval: "2s".into(),
+            chunk_bytes: "256KiB".into(),
+            stream_cap: "50MiB".into(),
+            durable_retry_window: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOutputs {
+    max_files: usize,
+    max_bytes: String,
+    max_file_bytes: String,
+    max_result_bytes: String,
+}
+
+impl Default for RawOutputs {
+    fn default() -> Self {
+        Self {
+            max_files: 100,
+            max_bytes: "100MiB".into(),
+            max_file_bytes: "50MiB".into(),
+            max_result_bytes: "1MiB".into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -565,6 +611,8 @@ impl Config {
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
         let ops = ops_from_raw(&raw.ops, &mut violations);
         let sandbox = crate::sandbox::SandboxSettings::from_raw(&raw.sandbox, &mut violations);
+        let logs = logs_from_raw(&raw.logs, &mut violations);
+        let outputs = outputs_from_raw(&raw.outputs, &mut violations);
         let blob_cache_max_bytes =
             parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
                 .map_err(|e| violations.push(e))
@@ -599,6 +647,8 @@ impl Config {
             limits: limits.expect("violations were reported above"),
             ops: ops.expect("violations were reported above"),
             sandbox: sandbox.expect("violations were reported above"),
+            logs: logs.expect("violations were reported above"),
+            outputs: outputs.expect("violations were reported above"),
         })
     }
 
@@ -665,6 +715,18 @@ impl Config {
                 "listen": self.ops.listen.map(|a| a.to_string()).unwrap_or_default(),
                 "probe_timeout": human(self.ops.probe_timeout),
                 "status_interval": human(self.ops.status_interval),
+            },
+            "logs": {
+                "chunk_interval": human(self.logs.chunk_interval),
+                "chunk_bytes": self.logs.chunk_bytes,
+                "stream_cap": self.logs.stream_cap,
+                "durable_retry_window": human(self.logs.durable_retry_window),
+            },
+            "outputs": {
+                "max_files": self.outputs.max_files,
+                "max_bytes": self.outputs.max_bytes,
+                "max_file_bytes": self.outputs.max_file_bytes,
+                "max_result_bytes": self.outputs.max_result_bytes,
             },
         })
     }
@@ -920,6 +982,108 @@ fn limits_from_raw(raw: &RawLimits, violations: &mut Vec<String>) -> Option<Limi
             max_ratio: raw.archive_max_ratio,
             ..Default::default()
         },
+    })
+}
+
+/// The `app-logs` bucket's object size limit (the bucket migration): a compacted log or an
+/// output file is one object, so the caps on them cannot exceed it.
+const APP_LOGS_OBJECT_LIMIT: u64 = 52_428_800;
+
+/// A byte size of `section.key` that must lie in `min..=max`; records a violation otherwise.
+fn bounded_size(
+    section: &str,
+    key: &str,
+    value: &str,
+    (min, max): (u64, u64),
+    violations: &mut Vec<String>,
+) -> u64 {
+    let name = format!("{section}.{key}");
+    match parse_byte_size(&name, value) {
+        Ok(bytes) if (min..=max).contains(&bytes) => bytes,
+        Ok(bytes) => {
+            violations.push(format!(
+                "{name} = {value:?} ({bytes} bytes): must be between {} and {}",
+                crate::artifact::resource::format_bytes(min),
+                crate::artifact::resource::format_bytes(max)
+            ));
+            0
+        }
+        Err(e) => {
+            violations.push(e);
+            0
+        }
+    }
+}
+
+/// Validates `[logs]`; `None` when a violation was recorded.
+fn logs_from_raw(raw: &RawLogs, violations: &mut Vec<String>) -> Option<crate::logs::LogSettings> {
+    let before = violations.len();
+    let chunk_interval = parse_duration("logs.chunk_interval", &raw.chunk_interval, violations);
+    let durable_retry_window = parse_duration(
+        "logs.durable_retry_window",
+        &raw.durable_retry_window,
+        violations,
+    );
+    let stream_cap = bounded_size(
+        "logs",
+        "stream_cap",
+        &raw.stream_cap,
+        (4096, APP_LOGS_OBJECT_LIMIT),
+        violations,
+    );
+    let chunk_bytes = bounded_size(
+        "logs",
+        "chunk_bytes",
+        &raw.chunk_bytes,
+        (1024, 16 << 20),
+        violations,
+    );
+    (violations.len() == before).then(|| crate::logs::LogSettings {
+        chunk_interval: chunk_interval.unwrap_or_default(),
+        chunk_bytes,
+        stream_cap,
+        durable_retry_window: durable_retry_window.unwrap_or_default(),
+    })
+}
+
+/// Validates `[outputs]`; `None` when a violation was recorded.
+fn outputs_from_raw(
+    raw: &RawOutputs,
+    violations: &mut Vec<String>,
+) -> Option<crate::outputs::OutputLimits> {
+    let before = violations.len();
+    if !(1..=10_000).contains(&raw.max_files) {
+        violations.push(format!(
+            "outputs.max_files = {}: must be between 1 and 10000",
+            raw.max_files
+        ));
+    }
+    let max_bytes = bounded_size(
+        "outputs",
+        "max_bytes",
+        &raw.max_bytes,
+        (1, u64::MAX),
+        violations,
+    );
+    let max_file_bytes = bounded_size(
+        "outputs",
+        "max_file_bytes",
+        &raw.max_file_bytes,
+        (1, APP_LOGS_OBJECT_LIMIT),
+        violations,
+    );
+    let max_result_bytes = bounded_size(
+        "outputs",
+        "max_result_bytes",
+        &raw.max_result_bytes,
+        (2, 64 << 20),
+        violations,
+    );
+    (violations.len() == before).then_some(crate::outputs::OutputLimits {
+        max_files: raw.max_files,
+        max_bytes,
+        max_file_bytes,
+        max_result_bytes,
     })
 }
 
@@ -1421,6 +1585,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.ops.listen, Some("[::1]:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn logs_and_outputs_have_defaults_and_bad_values_are_named() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.logs, crate::logs::LogSettings::default());
+        assert_eq!(config.outputs, crate::outputs::OutputLimits::default());
+        let err = load_error(
+            "[logs]\nchunk_interval = \"often\"\nstream_cap = \"1GiB\"\nchunk_bytes = \"512\"\n[outputs]\nmax_files = 0\n",
+            &[("APP_EXECUTOR_OUTPUTS__MAX_RESULT_BYTES", "lots")],
+        );
+        assert!(err.contains("logs.chunk_interval = \"often\""), "{err}");
+        assert!(
+            err.contains(
+                "logs.stream_cap = \"1GiB\" (1073741824 bytes): must be between 4KiB and 50MiB"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("logs.chunk_bytes = \"512\" (512 bytes): must be between 1KiB"),
+            "{err}"
+        );
+        assert!(err.contains("outputs.max_files = 0"), "{err}");
+        assert!(err.contains("outputs.max_result_bytes = \"lots\""), "{err}");
     }
 
     #[test]

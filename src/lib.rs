@@ -25,6 +25,10 @@
 //! - [`storage`]: the `Storage` trait over Supabase Storage (HTTP) and a local directory
 //!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
 //! - [`demo`]: `app-executor demo`, the whole system once on an embedded database.
+//! - [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered chunks,
+//!   capped and compacted; `app-executor logs` reads them back.
+//! - [`outputs`]: the `/output` contract (result, metrics, files) read back with an archive
+//!   reader's care, and the fenced recording of a run's `app_outputs` rows.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
 //! - [`ops`]: how systemd and Prometheus see the daemon: `READY`/`STATUS`/`WATCHDOG`/`STOPPING`
 //!   notifications, metrics with the helpers every component records through, and the
@@ -42,8 +46,10 @@ pub mod cron;
 pub mod db;
 pub mod demo;
 pub mod embedded_postgres;
+pub mod logs;
 pub mod model;
 pub mod ops;
+pub mod outputs;
 pub mod runner;
 pub mod sandbox;
 pub mod shutdown;

@@ -2,6 +2,7 @@
 //!
 //! - [`statement`]: splitting migration files into statements (pure).
 //! - [`migration`]: the Supabase-compatible migration applier.
+//! - [`output`]: a run's `app_outputs` rows and log pointers (fenced), and its log lookup.
 //!
 //! Connections: [`connect`] opens one dedicated session (migrations, LISTEN); [`pool`] builds the
 //! deadpool pool every other component shares. Both use the same `tokio_postgres::Config`, so
@@ -10,6 +11,7 @@
 pub mod artifact;
 pub mod listener;
 pub mod migration;
+pub mod output;
 pub mod queue;
 pub mod runs;
 pub mod schedule;

@@ -12,15 +12,43 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{ClaimedRun, Outcome};
+use std::sync::{Arc, Mutex};
+
+use crate::model::{ClaimedRun, Outcome, StopReason};
+
+/// How a run in flight is stopped from outside its task (client cancel, lost lease, drain),
+/// and why: the reason is set before the token fires, so whoever sees the token can ask.
+#[derive(Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the run for `reason` (the first reason given wins).
+    pub fn stop_for(&self, reason: StopReason) {
+        self.reason.lock().unwrap().get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    /// Fires when the run must stop.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Why the run was stopped, once it was.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap()
+    }
+}
 
 /// Runs one claimed run to an outcome. Must return [`Outcome::Stopped`] soon after `stop` fires.
 pub trait RunExecutor: Send + Sync + 'static {
-    fn execute<'a>(
-        &'a self,
-        run: &'a ClaimedRun,
-        stop: CancellationToken,
-    ) -> BoxFuture<'a, Outcome>;
+    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome>;
 }
 
 /// A trivial execution for queue tests and benchmarks: optionally appends
@@ -55,11 +83,7 @@ impl TestExecution {
 }
 
 impl RunExecutor for TestExecution {
-    fn execute<'a>(
-        &'a self,
-        run: &'a ClaimedRun,
-        stop: CancellationToken,
-    ) -> BoxFuture<'a, Outcome> {
+    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             if let Some(path) = &self.record {
                 let line = format!("{} {}\n", run.id, run.attempt);
@@ -77,7 +101,7 @@ impl RunExecutor for TestExecution {
             }
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => Outcome::Stopped,
+                _ = stop.token().cancelled() => Outcome::Stopped,
                 _ = tokio::time::sleep(self.sleep) => Outcome::success(),
             }
         })

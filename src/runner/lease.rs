@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::InFlight;
+use super::Stop;
 use crate::config::QueueConfig;
 use crate::db::queue::{self, Completion, LeaseState, QueueError};
 use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
@@ -25,7 +25,7 @@ pub(super) async fn keep(
     run_id: Uuid,
     attempt: i32,
     settings: QueueConfig,
-    in_flight: InFlight,
+    in_flight: Stop,
 ) {
     let mut last_renewed = Instant::now();
     loop {

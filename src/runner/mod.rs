@@ -29,25 +29,10 @@ use crate::db::queue::{self, ClaimLimits};
 use crate::model::{ClaimedRun, StopReason};
 use crate::ops::metrics;
 use crate::ops::DaemonStatus;
-pub use execution::RunExecutor;
-
-/// How a run in flight can be stopped from outside its task.
-#[derive(Clone)]
-struct InFlight {
-    stop: CancellationToken,
-    /// Set before `stop` fires, so the run's task knows what to write afterwards.
-    reason: Arc<Mutex<Option<StopReason>>>,
-}
-
-impl InFlight {
-    fn stop_for(&self, reason: StopReason) {
-        self.reason.lock().unwrap().get_or_insert(reason);
-        self.stop.cancel();
-    }
-}
+pub use execution::{RunExecutor, Stop};
 
 /// Runs registered in this process, by id.
-type Registry = Arc<Mutex<HashMap<Uuid, InFlight>>>;
+type Registry = Arc<Mutex<HashMap<Uuid, Stop>>>;
 
 pub struct Runner {
     pub pool: Pool,
@@ -229,7 +214,7 @@ async fn drain(
     {
         return;
     }
-    let stopping: Vec<InFlight> = registry.lock().unwrap().values().cloned().collect();
+    let stopping: Vec<Stop> = registry.lock().unwrap().values().cloned().collect();
     tracing::warn!(
         runs = stopping.len(),
         "drain grace period over; stopping runs and returning them to the queue"
@@ -329,10 +314,7 @@ impl RunTask {
     async fn execute(self, run: ClaimedRun) {
         let started = std::time::Instant::now();
         self.status.run_started();
-        let in_flight = InFlight {
-            stop: CancellationToken::new(),
-            reason: Arc::default(),
-        };
+        let in_flight = Stop::new();
         self.registry
             .lock()
             .unwrap()
@@ -345,9 +327,9 @@ impl RunTask {
             self.settings.clone(),
             in_flight.clone(),
         ));
-        let outcome = self.execution.execute(&run, in_flight.stop.clone()).await;
+        let outcome = self.execution.execute(&run, in_flight.clone()).await;
         keeper.abort();
-        let reason = *in_flight.reason.lock().unwrap();
+        let reason = in_flight.reason();
         lease::record_outcome(
             &self.pool,
             &self.executor_id,

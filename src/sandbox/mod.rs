@@ -25,14 +25,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 
 use crate::artifact::manifest::PermissionType;
 use crate::artifact::resolve::{PreparedApp, Resolver};
 use crate::db::queue;
+use crate::logs::{LogSettings, LogStream, LogTarget, RunLog};
+use crate::model::StopReason;
 use crate::model::{ClaimedRun, FinalStatus, Outcome};
 use crate::ops::metrics;
-use crate::runner::RunExecutor;
+use crate::outputs::{self, DaemonMetrics, OutputLimits, RunFailure, RunRecord};
+use crate::runner::{RunExecutor, Stop};
 pub use engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream};
 use install::{InstallError, InstallRequest, Installer};
 use output::Tail;
@@ -47,6 +49,10 @@ const INPUT_DIR: &str = "/input";
 /// Runs apps in Docker containers.
 pub struct DockerExecution {
     pub resolver: Resolver,
+    /// `[logs]`: how the run's output is streamed to storage.
+    pub logs: LogSettings,
+    /// `[outputs]`: caps on what is read back from `/output`.
+    pub outputs: OutputLimits,
     pub engine: Engine,
     pub installer: Installer,
     pub settings: SandboxSettings,
@@ -54,13 +60,22 @@ pub struct DockerExecution {
 }
 
 impl RunExecutor for DockerExecution {
-    fn execute<'a>(
-        &'a self,
-        run: &'a ClaimedRun,
-        stop: CancellationToken,
-    ) -> BoxFuture<'a, Outcome> {
+    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let outcome = self.attempt(run, &stop).await;
+            let (outcome, recorded) = self.attempt(run, &stop).await;
+            if !recorded {
+                // Failed before the app ran (bad files, install): still an `error` output.
+                if let Some(failure) = failure_of(&outcome) {
+                    self.record(
+                        run,
+                        &RunRecord {
+                            failure: Some(&failure),
+                            ..RunRecord::default()
+                        },
+                    )
+                    .await;
+                }
+            }
             self.resolver.clean_up(run).await;
             outcome
         })
@@ -68,19 +83,23 @@ impl RunExecutor for DockerExecution {
 }
 
 impl DockerExecution {
-    async fn attempt(&self, run: &ClaimedRun, stop: &CancellationToken) -> Outcome {
+    /// Runs the attempt; returns its outcome and whether its outputs were recorded already.
+    async fn attempt(&self, run: &ClaimedRun, stop_signal: &Stop) -> (Outcome, bool) {
+        let stop = stop_signal.token();
         let preparing = std::time::Instant::now();
         let mut phases = Phases::start(run.id);
         let prepared = tokio::select! {
             biased;
-            _ = stop.cancelled() => return Outcome::Stopped,
+            _ = stop.cancelled() => return not_recorded(Outcome::Stopped),
             prepared = self.resolver.prepare(run) => prepared,
         };
         metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
         let app = match prepared {
             Ok(app) => app,
-            Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
-            Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
+            Err(e) if e.is_retryable() => {
+                return not_recorded(infra(e.error_kind(), e.to_string()))
+            }
+            Err(e) => return not_recorded(Outcome::failed(e.error_kind(), e.to_string())),
         };
         phases.done("prepare");
         let recorded = crate::db::artifact::record_artifact_digest(
@@ -95,22 +114,22 @@ impl DockerExecution {
             tracing::warn!(run_id = %run.id, error = %e, "could not record the artifact digest");
         }
         let Some(backend) = app.manifest.backend.clone() else {
-            return Outcome::failed(
+            return not_recorded(Outcome::failed(
                 "no_backend",
                 format!(
                     "version {} has no runtime.backend in manifest.json; only apps with a Node.js backend can run",
                     app.version
                 ),
-            );
+            ));
         };
         let image = self.settings.image_for(&backend.node_version);
         let image_id = tokio::select! {
             biased;
-            _ = stop.cancelled() => return Outcome::Stopped,
+            _ = stop.cancelled() => return not_recorded(Outcome::Stopped),
             id = self.engine.ensure_image(&image, self.settings.pull) => match id {
                 Ok(id) => id,
-                Err(e @ EngineError::ImageMissing { .. }) => return Outcome::failed(e.error_kind(), e.to_string()),
-                Err(e) => return infra(e.error_kind(), e.to_string()),
+                Err(e @ EngineError::ImageMissing { .. }) => return not_recorded(Outcome::failed(e.error_kind(), e.to_string())),
+                Err(e) => return not_recorded(infra(e.error_kind(), e.to_string())),
             },
         };
         phases.done("image");
@@ -127,9 +146,11 @@ impl DockerExecution {
         };
         let dependencies = match self.installer.ensure(&install, stop).await {
             Ok(deps) => deps,
-            Err(InstallError::Stopped) => return Outcome::Stopped,
-            Err(e) if e.is_retryable() => return infra(e.error_kind(), e.to_string()),
-            Err(e) => return Outcome::failed(e.error_kind(), e.to_string()),
+            Err(InstallError::Stopped) => return not_recorded(Outcome::Stopped),
+            Err(e) if e.is_retryable() => {
+                return not_recorded(infra(e.error_kind(), e.to_string()))
+            }
+            Err(e) => return not_recorded(Outcome::failed(e.error_kind(), e.to_string())),
         };
         phases.done("install");
         if let Some(deps) = &dependencies {
@@ -158,10 +179,10 @@ impl DockerExecution {
         {
             Ok(spec) => spec,
             Err(e) => {
-                return infra(
+                return not_recorded(infra(
                     "prepare_io",
                     format!("preparing the run directory {}: {e}", run_dir.display()),
-                )
+                ))
             }
         };
         let watch = engine::OutputWatch {
@@ -169,8 +190,21 @@ impl DockerExecution {
             max_bytes: self.settings.output_max_bytes,
             max_files: self.settings.output_max_files,
         };
+        let log = RunLog::start(
+            self.resolver.storage.clone(),
+            &run_dir.join("spool"),
+            LogTarget::of(run),
+            self.logs.clone(),
+        );
+        let log = match log {
+            Ok(log) => log,
+            Err(e) => return not_recorded(infra("log_spool", e.to_string())),
+        };
         phases.done("setup");
-        let mut sink = RunSink::default();
+        let mut sink = RunSink {
+            log,
+            stderr_tail: Tail::default(),
+        };
         let exit = self
             .engine
             .run_container(
@@ -183,25 +217,98 @@ impl DockerExecution {
             )
             .await;
         phases.done("container");
-        phases.report();
-        match exit {
-            Ok(exit) => {
-                metrics::phase_finished(metrics::Phase::Run, exit.duration);
-                if exit.oom_killed {
-                    metrics::oom_killed();
-                }
-                tracing::info!(
-                    run_id = %run.id,
-                    ended = ?exit.ended,
-                    exit_code = ?exit.exit_code,
-                    oom_killed = exit.oom_killed,
-                    peak_memory_bytes = ?exit.peak_memory_bytes,
-                    took = ?exit.duration,
-                    "container finished"
-                );
-                run_outcome(&exit, &app, &self.settings, &sink.stderr_tail.text())
+        let RunSink { log, stderr_tail } = sink;
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(e) => {
+                // Docker failed under the run: it goes back to the queue; keep the chunks.
+                log.interrupt().await;
+                return not_recorded(infra(e.error_kind(), e.to_string()));
             }
-            Err(e) => infra(e.error_kind(), e.to_string()),
+        };
+        metrics::phase_finished(metrics::Phase::Run, exit.duration);
+        if exit.oom_killed {
+            metrics::oom_killed();
+        }
+        tracing::info!(
+            run_id = %run.id,
+            ended = ?exit.ended,
+            exit_code = ?exit.exit_code,
+            oom_killed = exit.oom_killed,
+            peak_memory_bytes = ?exit.peak_memory_bytes,
+            took = ?exit.duration,
+            "container finished"
+        );
+        let outcome = run_outcome(&exit, &app, &self.settings, &stderr_tail.text());
+        match (&outcome, stop_signal.reason()) {
+            // Someone else holds the run now: write nothing, not even logs.
+            (Outcome::Stopped, Some(StopReason::LeaseLost)) => {
+                log.abandon();
+                return not_recorded(outcome);
+            }
+            // Back to the queue: the next attempt writes its own logs; keep this one's chunks.
+            (Outcome::Stopped, Some(StopReason::Shutdown) | None) => {
+                log.interrupt().await;
+                return not_recorded(outcome);
+            }
+            _ => {}
+        }
+        // Finished, or cancelled by a client: logs durable first, then outputs, then (by the
+        // runner) the status.
+        let summary = log.finish().await;
+        let collected = match &outcome {
+            Outcome::Finished { .. } => {
+                match outputs::collect(&run_dir.join("output"), &self.outputs).await {
+                    Ok(collected) => Some(collected),
+                    Err(e) => {
+                        tracing::warn!(run_id = %run.id, error = %e, "could not read the run's /output");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let failure = failure_of(&outcome);
+        self.record(
+            run,
+            &RunRecord {
+                collected: collected.as_ref(),
+                metrics: DaemonMetrics {
+                    duration_ms: Some(exit.duration.as_millis() as i64),
+                    peak_memory_bytes: exit.peak_memory_bytes,
+                    exit_code: exit.exit_code.map(|c| c as i32),
+                },
+                logs: Some(&summary),
+                failure: failure.as_ref(),
+            },
+        )
+        .await;
+        phases.done("record");
+        phases.report();
+        (outcome, true)
+    }
+
+    /// Records the run's outputs (fenced); retried a few times on database trouble, then left
+    /// (the status write that follows retries on its own and settles who owns the run).
+    async fn record(&self, run: &ClaimedRun, what: &RunRecord<'_>) {
+        let pool = &self.resolver.pool;
+        let storage = self.resolver.storage.as_ref();
+        for attempt in 1..=5u32 {
+            match outputs::record(pool, storage, run, &self.executor_id, what).await {
+                Ok(recorded) if recorded.fence_held => return,
+                Ok(_) => {
+                    tracing::warn!(run_id = %run.id, "outputs not recorded: the run is no longer ours");
+                    return;
+                }
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::warn!(run_id = %run.id, error = %e, "recording outputs failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %run.id, error = %e, "could not record the run's outputs");
+                    return;
+                }
+            }
         }
     }
 
@@ -484,18 +591,45 @@ fn run_outcome(
     }
 }
 
-/// The run container's output: the stderr tail for a failure message.
-#[derive(Default)]
+/// An outcome whose outputs were not recorded by the attempt itself.
+fn not_recorded(outcome: Outcome) -> (Outcome, bool) {
+    (outcome, false)
+}
+
+/// The failure recorded as an `error` output, for a finished run that did not succeed.
+fn failure_of(outcome: &Outcome) -> Option<RunFailure> {
+    match outcome {
+        Outcome::Finished {
+            error_kind: Some(kind),
+            error_message,
+            ..
+        } => Some(RunFailure {
+            kind: kind.clone(),
+            message: error_message.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
+/// The run container's output: spooled and streamed to storage ([`RunLog`]), and the stderr
+/// tail kept for a failure message.
 struct RunSink {
+    log: RunLog,
     stderr_tail: Tail,
 }
 
 impl OutputSink for RunSink {
     fn output<'a>(&'a mut self, stream: OutputStream, bytes: Bytes) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if stream == OutputStream::Stderr {
-                self.stderr_tail.push(&bytes);
-            }
+            let stream = match stream {
+                OutputStream::Stdout => LogStream::Stdout,
+                OutputStream::Stderr => {
+                    self.stderr_tail.push(&bytes);
+                    LogStream::Stderr
+                }
+            };
+            metrics::log_bytes(stream.as_str(), bytes.len() as u64);
+            self.log.append(stream, &bytes);
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The binary's contract with operators: config errors exit 78 and name the problem, `--json`
-//! prints one document, stubs never pretend to succeed, secrets are never printed.
+//! prints one document, bad input is named and changes nothing, secrets are never printed.
 
 use std::process::{Command, Output};
 
@@ -71,17 +71,71 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
     assert!(stderr(&out).contains("DATABASE_URL"), "{}", stderr(&out));
 }
 
-#[test]
-fn subcommands_not_built_yet_fail_instead_of_pretending() {
-    for args in [vec!["demo"], vec!["logs", "some-run"]] {
-        let out = run(&args, &[]);
+#[tokio::test]
+async fn enqueue_names_bad_input_and_creates_nothing() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let url = db.url.expose();
+    let (company, app) = crate::harness::insert_tenant(&client).await;
+    for (args, named) in [
+        (
+            vec!["enqueue", "--app", "not-a-uuid"],
+            "--app \"not-a-uuid\"",
+        ),
+        (
+            vec![
+                "enqueue",
+                "--app",
+                &app.to_string(),
+                "--company",
+                &company.to_string(),
+                "--input",
+                "{bad",
+            ],
+            "--input is not JSON",
+        ),
+        (vec!["enqueue", "--app", &app.to_string()], "pass --company"),
+        (
+            vec![
+                "enqueue",
+                "--app",
+                &uuid::Uuid::nil().to_string(),
+                "--company",
+                &company.to_string(),
+            ],
+            "no application",
+        ),
+    ] {
+        let out = run(&args, &[("DATABASE_URL", url)]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(
-            stderr(&out).contains("not implemented yet"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(named), "{args:?}: {}", stderr(&out));
     }
+    let runs: i64 = client
+        .query_one("select count(*) from public.app_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0, "bad input created a run");
+    let out = run(
+        &[
+            "enqueue",
+            "--app",
+            &app.to_string(),
+            "--company",
+            &company.to_string(),
+            "--json",
+        ],
+        &[("DATABASE_URL", url)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id: uuid::Uuid = printed["run_id"].as_str().unwrap().parse().unwrap();
+    let status: String = client
+        .query_one("select status from public.app_runs where id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "pending");
 }
 
 #[test]

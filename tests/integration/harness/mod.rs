@@ -1,10 +1,12 @@
 //! Shared fixtures: a fresh database per test cloned from a migrated template ([`TestDb`]),
-//! a running Docker engine and the offline runtime image ([`docker`]), and the built binary.
+//! a running Docker engine and the offline runtime image ([`docker`]), a claimed run ([`run`]),
+//! and the built binary.
 
 pub mod apps;
 pub mod daemon;
 pub mod docker;
 pub mod postgres;
+pub mod run;
 pub mod storage_double;
 
 pub use postgres::{insert_tenant, TestDb};

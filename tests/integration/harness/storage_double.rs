@@ -2,8 +2,9 @@
 //! the routes the client uses under `/storage/v1`, the real error model (HTTP 400 with the
 //! status as a string in the body; the gateway's 401 for a bad `apikey`), bucket size limits,
 //! MIME allow-lists and key validation written from the server's rules (not shared with the
-//! client), plus fault knobs: failing requests, delays, and wire faults on downloads (a reset
-//! mid-body, a Content-Length larger than the body, more bytes than the Content-Length).
+//! client), plus fault knobs: failing requests (the next n, or all for a while), delays, and
+//! wire faults on downloads (a reset mid-body, a Content-Length larger than the body, more bytes
+//! than the Content-Length).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ pub enum WireFault {
 #[derive(Default)]
 struct Faults {
     fail_next: u32,
+    /// Every request fails with 500 until then.
+    fail_until: Option<std::time::Instant>,
     delay: Option<Duration>,
     wire: Option<WireFault>,
 }
@@ -165,6 +168,21 @@ impl StorageDouble {
     /// The next `n` requests fail with HTTP 500 (after being counted).
     pub fn fail_next(&self, n: u32) {
         self.inner.faults.lock().unwrap().fail_next = n;
+    }
+
+    /// Every request fails with HTTP 500 for `outage` from now (an outage of the server).
+    pub fn fail_for(&self, outage: Duration) {
+        self.inner.faults.lock().unwrap().fail_until = Some(std::time::Instant::now() + outage);
+    }
+
+    /// Objects whose key starts with `prefix`, with their sizes, read directly.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<(String, usize)> {
+        let objects = self.inner.objects.lock().unwrap();
+        objects
+            .iter()
+            .filter(|((b, k), _)| b == bucket && k.starts_with(prefix))
+            .map(|((_, k), o)| (k.clone(), o.bytes.len()))
+            .collect()
     }
 
     /// Every request waits this long before being answered.
@@ -316,7 +334,10 @@ async fn front(State(shared): State<Shared>, request: Request, next: Next) -> Re
         .push(format!("{} {}", request.method(), request.uri().path()));
     let (delay, fail) = {
         let mut faults = shared.faults.lock().unwrap();
-        let fail = faults.fail_next > 0;
+        let outage = faults
+            .fail_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        let fail = faults.fail_next > 0 || outage;
         faults.fail_next = faults.fail_next.saturating_sub(1);
         (faults.delay, fail)
     };

@@ -1,0 +1,144 @@
+//! Run logs: live, crash-safe streaming of an app's stdout and stderr to the `app-logs` bucket,
+//! capped per stream and compacted at the end; and reading them back (`app-executor logs`).
+//!
+//! - [`layout`]: the storage keys (run prefix, per-claim chunk folders, compacted objects) and
+//!   the truncation marker; pure.
+//! - [`run_log`]: [`RunLog`], the log of one attempt: `start`, `append` as output arrives, then
+//!   `finish` (or `interrupt`/`abandon`).
+//! - `spool`: the per-stream spool file and cap; `line`: bounded line splitting for tracing;
+//!   `upload`: the background uploader (chunks, retries, compaction).
+//! - [`reader`]: printing a run's logs from storage, following live chunks.
+//!
+//! Durability: output is on local disk before `append` returns; chunks reach storage every
+//! `chunk_interval` or `chunk_bytes`; a daemon crash loses at most the spool's unuploaded tail,
+//! and the next attempt writes under its own folder, so earlier chunks are never overwritten.
+//! Nothing here touches the database: the caller records the [`LogSummary`].
+
+pub mod layout;
+mod line;
+pub mod reader;
+mod run_log;
+mod spool;
+mod upload;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use run_log::{LogSummary, RunLog, StreamSummary};
+pub use spool::StreamStats;
+
+/// The tracing target of app output lines (debug level, with `run_id`, `app_id`, `stream`).
+pub const APP_LOG_TARGET: &str = "app_executor::app_output";
+
+/// One of the container's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Stdout => 0,
+            Self::Stderr => 1,
+        }
+    }
+}
+
+/// `[logs]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Longest time new output waits before it is uploaded as a chunk.
+    pub chunk_interval: Duration,
+    /// A chunk is uploaded as soon as this many new bytes are pending; also the largest chunk
+    /// (and the uploader's read buffer).
+    pub chunk_bytes: u64,
+    /// Bytes kept per stream, truncation marker included; the rest is dropped and counted.
+    /// At most the `app-logs` bucket's object size limit.
+    pub stream_cap: u64,
+    /// How long `finish` keeps retrying storage before reporting the logs not durable.
+    pub durable_retry_window: Duration,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            chunk_interval: Duration::from_secs(2),
+            chunk_bytes: 256 * 1024,
+            stream_cap: 50 * 1024 * 1024,
+            durable_retry_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Which claim of which run a log belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTarget {
+    pub app_id: Uuid,
+    pub run_id: Uuid,
+    pub attempt: i32,
+    /// The claim's `started_at`: with `attempt`, names the chunk folder (see [`layout`]).
+    pub claimed_at: DateTime<Utc>,
+}
+
+impl LogTarget {
+    pub fn of(run: &crate::model::ClaimedRun) -> Self {
+        Self {
+            app_id: run.app_id,
+            run_id: run.id,
+            attempt: run.attempt,
+            claimed_at: run.started_at,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot create the log spool of run {run_id} in {path}: {source}")]
+    Spool {
+        run_id: Uuid,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a run id (a uuid)")]
+    BadRunId(String),
+    #[error("run {0} does not exist")]
+    UnknownRun(Uuid),
+    #[error("cannot look up run {run_id}: {source}")]
+    Lookup {
+        run_id: Uuid,
+        #[source]
+        source: crate::db::queue::QueueError,
+    },
+    #[error("cannot read the logs of run {run_id}: {source}")]
+    Storage {
+        run_id: Uuid,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("cannot print the logs of run {run_id}: {source}")]
+    Print {
+        run_id: Uuid,
+        #[source]
+        source: std::io::Error,
+    },
+}
