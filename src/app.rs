@@ -146,6 +146,15 @@ pub async fn run(
         listener_stop.clone(),
     ));
 
+    let (alerts, alert_tasks) =
+        crate::alerts::start(&config.alerts, pool.clone(), webhook_client(config)?);
+    let retention_stop = CancellationToken::new();
+    let retention = if config.retention.enabled {
+        let retention = retention(config, pool.clone())?;
+        Some(tokio::spawn(retention.run(retention_stop.clone())))
+    } else {
+        None
+    };
     let runner = Runner {
         pool: pool.clone(),
         executor_id: executor_id.clone(),
@@ -155,6 +164,7 @@ pub async fn run(
         run_cancelled: cancelled_rx,
         until_idle: options.until_idle,
         status,
+        alerts,
     };
     let scheduler_stop = CancellationToken::new();
     let scheduler = tokio::spawn(
@@ -167,6 +177,11 @@ pub async fn run(
         .run(scheduler_stop.clone()),
     );
     runner.run(shutdown).await;
+    retention_stop.cancel();
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
+    alert_tasks.stop(crate::alerts::DRAIN_GRACE).await;
     sweeper_stop.cancel();
     if let Some(sweeper) = sweeper {
         let _ = sweeper.await;
@@ -243,6 +258,53 @@ async fn select_execution(
         )
         .into()),
         Some(spec) => Ok((Arc::new(TestExecution::parse(spec).map_err(ConfigError::Invalid)?), None)),
+    }
+}
+
+/// The HTTP client alert webhooks are POSTed with: no redirects (a 3xx is a misconfigured URL,
+/// and following it would turn the POST into a GET), our user agent.
+fn webhook_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    let connect_timeout = config
+        .alerts
+        .webhook
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |w| w.timeout);
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("app-executor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the alerts webhook HTTP client")
+}
+
+/// The retention policy over this config's database and storage.
+fn retention(
+    config: &Config,
+    pool: deadpool_postgres::Pool,
+) -> anyhow::Result<crate::retention::Retention> {
+    Ok(crate::retention::Retention {
+        pool,
+        storage: storage(config)?,
+        settings: config.retention.clone(),
+        database_url: database_url(config)?.clone(),
+        connect_timeout: config.database.connect_timeout,
+    })
+}
+
+/// `app-executor retention`: one retention pass now (under the same lock as the daemons'), or
+/// with `dry_run` the list of what a pass would delete. `None` when a daemon holds the lock.
+pub async fn retention_pass(
+    config: &Config,
+    dry_run: bool,
+) -> anyhow::Result<Option<crate::retention::RetentionReport>> {
+    let url = database_url(config)?;
+    let pool = db::pool(url, config.database.connect_timeout, 2)?;
+    let retention = retention(config, pool)?;
+    let stop = CancellationToken::new();
+    if dry_run {
+        Ok(Some(retention.pass(true, &stop).await?))
+    } else {
+        Ok(retention.locked_pass(&stop).await?)
     }
 }
 

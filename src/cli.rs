@@ -123,6 +123,19 @@ pub enum Command {
     /// Cron tools
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Delete old logs, outputs, builds and versions now, as the daemons do every
+    /// retention.interval (see [retention] in executor.toml)
+    #[command(
+        after_help = "Examples:\n  app-executor retention --dry-run          # list what a pass would delete\n  app-executor retention --dry-run --json | jq '.planned | length'\n  app-executor retention                    # one pass now"
+    )]
+    Retention {
+        /// Delete nothing; print what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole system once on an embedded database and local storage
     #[command(
         after_help = "Examples:\n  scripts/demo                     # builds what is missing (runtime image) and runs this\n  app-executor demo --app-dir my-app\n\nWith no database configured, a private PostgreSQL cluster is started in <state_dir>/postgres and stopped at the end."
@@ -347,6 +360,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             .await
         }
         Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
+        Command::Retention { dry_run, json } => retention(&config, dry_run, json).await,
         Command::Cron(CronCommand::Next {
             expression,
             tz,
@@ -371,6 +385,43 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `retention`: one pass now, or with `--dry-run` the list of what a pass would delete.
+async fn retention(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let Some(report) = app::retention_pass(config, dry_run).await? else {
+        anyhow::bail!(
+            "another process (a daemon's retention pass) holds the retention lock; try again later"
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for item in &report.planned {
+        println!(
+            "would delete {} {} ({} objects)",
+            item.kind,
+            item.id,
+            item.objects.len()
+        );
+        for key in &item.objects {
+            println!("  {key}");
+        }
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let (logs, outputs, versions) = (&report.logs, &report.outputs, &report.versions);
+    println!(
+        "{verb}: logs of {} runs ({} objects), outputs of {} runs ({} objects), {} builds, {} versions ({} objects)",
+        logs.runs, logs.objects, outputs.runs, outputs.objects, report.builds, versions.versions, versions.objects
+    );
+    if report.failures > 0 {
+        anyhow::bail!(
+            "{} runs or versions could not be deleted (storage failed; see the log); they are retried next pass",
+            report.failures
+        );
+    }
+    Ok(())
 }
 
 /// `cron next`: the schedule's upcoming nominal fire times, as the scheduler would fire them.

@@ -6,9 +6,9 @@
 //! of the wrong type are errors that name the key and where it came from), then
 //! [`Config::from_raw`] parses durations and sizes and collects every remaining violation.
 //!
-//! Secrets never come from the TOML file: the database password and (later) the storage service
-//! key are read from `--database-url`, the environment or systemd credentials, and every printed
-//! form of the config redacts them.
+//! Secrets never come from the TOML file: the database password, the storage service key and
+//! the alerts webhook secret are read from `--database-url`, the environment or systemd
+//! credentials, and every printed form of the config redacts them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,10 @@ pub struct Config {
     pub logs: crate::logs::LogSettings,
     /// `[outputs]`: caps on what is read back from a run's `/output`.
     pub outputs: crate::outputs::OutputLimits,
+    /// `[alerts]`: failure events as NOTIFY and to an optional webhook.
+    pub alerts: crate::alerts::AlertSettings,
+    /// `[retention]`: how long logs, outputs and builds are kept.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 /// `[ops]`: the loopback HTTP endpoints (`/metrics`, `/healthz`, `/readyz`) and the periodic
@@ -270,6 +274,8 @@ struct RawConfig {
     sandbox: crate::sandbox::RawSandbox,
     logs: RawLogs,
     outputs: RawOutputs,
+    alerts: crate::alerts::settings::RawAlerts,
+    retention: crate::retention::settings::RawRetention,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -536,6 +542,7 @@ impl Config {
             ConfigError::Violations(errors.into_iter().map(describe_figment_error).collect())
         })?;
         raw.storage.resolved_key = resolve_service_key(env)?;
+        raw.alerts.resolved_secret = resolve_webhook_secret(env)?;
         let url = resolve_database_url(overrides, env, raw.database.url.as_deref(), &source_file)?;
         let mut config = Self::from_raw(raw, url, source_file)?;
         // Under systemd, stderr is the journal: `auto` means structured journald fields there.
@@ -613,6 +620,9 @@ impl Config {
         let sandbox = crate::sandbox::SandboxSettings::from_raw(&raw.sandbox, &mut violations);
         let logs = logs_from_raw(&raw.logs, &mut violations);
         let outputs = outputs_from_raw(&raw.outputs, &mut violations);
+        let alerts = crate::alerts::AlertSettings::from_raw(&raw.alerts, &mut violations);
+        let retention =
+            crate::retention::RetentionSettings::from_raw(&raw.retention, &mut violations);
         let blob_cache_max_bytes =
             parse_byte_size("executor.blob_cache_max", &raw.executor.blob_cache_max)
                 .map_err(|e| violations.push(e))
@@ -649,6 +659,8 @@ impl Config {
             sandbox: sandbox.expect("violations were reported above"),
             logs: logs.expect("violations were reported above"),
             outputs: outputs.expect("violations were reported above"),
+            alerts: alerts.expect("violations were reported above"),
+            retention: retention.expect("violations were reported above"),
         })
     }
 
@@ -728,6 +740,8 @@ impl Config {
                 "max_file_bytes": self.outputs.max_file_bytes,
                 "max_result_bytes": self.outputs.max_result_bytes,
             },
+            "alerts": self.alerts.redacted_json(),
+            "retention": self.retention.to_json(),
         })
     }
 }
@@ -745,7 +759,11 @@ impl EnvOverrides {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            if key == "config" || key == "database__url" || key == "storage__service_key" {
+            if key == "config"
+                || key == "database__url"
+                || key == "storage__service_key"
+                || key == "alerts__webhook_secret"
+            {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
@@ -1198,6 +1216,27 @@ fn resolve_service_key(env: &BTreeMap<String, String>) -> Result<Option<ServiceK
     Ok(None)
 }
 
+/// The webhook signing secret, from `APP_EXECUTOR_ALERTS__WEBHOOK_SECRET` or the systemd
+/// credential `alerts-webhook-secret`, in that order.
+fn resolve_webhook_secret(
+    env: &BTreeMap<String, String>,
+) -> Result<Option<crate::alerts::WebhookSecret>, ConfigError> {
+    use crate::alerts::settings::{SECRET_CREDENTIAL, SECRET_ENV};
+    if let Some(secret) = env.get(SECRET_ENV).filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(crate::alerts::WebhookSecret::new(secret.trim())));
+    }
+    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(dir).join(SECRET_CREDENTIAL);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
+            })?;
+            return Ok(Some(crate::alerts::WebhookSecret::new(text.trim())));
+        }
+    }
+    Ok(None)
+}
+
 /// A positive duration for `key`, or a violation naming it.
 pub(crate) fn parse_duration(
     key: &str,
@@ -1633,6 +1672,68 @@ mod tests {
         assert!(err.contains("storage.service_key"), "{err}");
         assert!(err.contains("SUPABASE_SERVICE_ROLE_KEY"), "{err}");
         assert!(!err.contains("sekrit"), "the key leaked: {err}");
+    }
+
+    #[test]
+    fn a_bad_webhook_url_is_named() {
+        let err = load_error("[alerts]\nwebhook_url = \"ftp://hooks.example/x\"\n", &[]);
+        assert!(err.contains("alerts.webhook_url"), "{err}");
+        assert!(err.contains("http:// or https://"), "{err}");
+        let err = load_error("", &[("APP_EXECUTOR_ALERTS__WEBHOOK_URL", "hooks.example")]);
+        assert!(err.contains("alerts.webhook_url: not a URL"), "{err}");
+    }
+
+    #[test]
+    fn a_webhook_secret_in_the_config_file_is_refused_with_the_fix() {
+        let err = load_error("[alerts]\nwebhook_secret = \"s3cr3t\"\n", &[]);
+        assert!(err.contains("alerts.webhook_secret"), "{err}");
+        assert!(
+            err.contains("APP_EXECUTOR_ALERTS__WEBHOOK_SECRET")
+                && err.contains("alerts-webhook-secret"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "the secret leaked: {err}");
+    }
+
+    #[test]
+    fn the_webhook_secret_comes_from_env_or_credentials_and_is_never_printed() {
+        let (dir, overrides) =
+            write_config("[alerts]\nwebhook_url = \"https://hooks.example/t/abc\"\n");
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("APP_EXECUTOR_ALERTS__WEBHOOK_SECRET", "from-env")]),
+        )
+        .unwrap();
+        let webhook = config.alerts.webhook.as_ref().unwrap();
+        assert_eq!(webhook.secret.as_ref().unwrap().expose(), b"from-env");
+        let printed = format!("{} {config:?}", config.redacted_json());
+        assert!(!printed.contains("from-env"), "{printed}");
+        assert!(
+            !printed.contains("/t/abc"),
+            "the URL's path leaked: {printed}"
+        );
+        std::fs::write(dir.path().join("alerts-webhook-secret"), "from-cred\n").unwrap();
+        let creds = dir.path().display().to_string();
+        let config =
+            Config::load_from(&overrides, &env(&[("CREDENTIALS_DIRECTORY", &creds)])).unwrap();
+        let webhook = config.alerts.webhook.unwrap();
+        assert_eq!(webhook.secret.unwrap().expose(), b"from-cred");
+    }
+
+    #[test]
+    fn retention_has_defaults_and_bad_values_are_named() {
+        let (_dir, overrides) = write_config("");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(
+            config.retention,
+            crate::retention::RetentionSettings::default()
+        );
+        let err = load_error(
+            "[retention]\nlogs_max_age = \"soon\"\n",
+            &[("APP_EXECUTOR_RETENTION__INTERVAL", "0s")],
+        );
+        assert!(err.contains("retention.logs_max_age = \"soon\""), "{err}");
+        assert!(err.contains("retention.interval"), "{err}");
     }
 
     #[test]

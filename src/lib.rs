@@ -30,6 +30,10 @@
 //! - [`outputs`]: the `/output` contract (result, metrics, files) read back with an archive
 //!   reader's care, and the fenced recording of a run's `app_outputs` rows.
 //! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
+//! - [`alerts`]: failed, timed-out, OOM, rescued and security-relevant run endings as `NOTIFY`
+//!   events and signed, retried webhook POSTs, off the run's critical path.
+//! - [`retention`]: the background deletion of old logs, outputs, builds and versions (storage
+//!   objects, then rows), one daemon at a time under an advisory lock.
 //! - [`ops`]: how systemd and Prometheus see the daemon: `READY`/`STATUS`/`WATCHDOG`/`STOPPING`
 //!   notifications, metrics with the helpers every component records through, and the
 //!   loopback `/metrics`, `/healthz`, `/readyz` endpoints.
@@ -38,6 +42,7 @@
 //! constructs clients. Pure logic is unit-tested next to its code; behaviour against real
 //! PostgreSQL and Docker is tested in `tests/integration`.
 
+pub mod alerts;
 pub mod app;
 pub mod artifact;
 pub mod cli;
@@ -50,6 +55,7 @@ pub mod logs;
 pub mod model;
 pub mod ops;
 pub mod outputs;
+pub mod retention;
 pub mod runner;
 pub mod sandbox;
 pub mod shutdown;

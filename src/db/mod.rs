@@ -3,16 +3,20 @@
 //! - [`statement`]: splitting migration files into statements (pure).
 //! - [`migration`]: the Supabase-compatible migration applier.
 //! - [`output`]: a run's `app_outputs` rows and log pointers (fenced), and its log lookup.
+//! - [`alert`]: alert events as `NOTIFY <namespace>_events`.
+//! - [`retention`]: what the retention policy selects and deletes, and its advisory lock.
 //!
 //! Connections: [`connect`] opens one dedicated session (migrations, LISTEN); [`pool`] builds the
 //! deadpool pool every other component shares. Both use the same `tokio_postgres::Config`, so
 //! timeouts and the application name are set in one place.
 
+pub mod alert;
 pub mod artifact;
 pub mod listener;
 pub mod migration;
 pub mod output;
 pub mod queue;
+pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod statement;

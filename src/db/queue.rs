@@ -265,6 +265,11 @@ pub struct Rescued {
     pub previous_executor: Option<String>,
     /// `pending` (retried) or `failed` (attempts exhausted).
     pub status: String,
+    pub app_id: Uuid,
+    pub company_id: Uuid,
+    /// The attempt whose lease expired.
+    pub attempt: i32,
+    pub error_message: Option<String>,
 }
 
 /// Requeues (or fails, when attempts are exhausted) up to `limit` running runs whose lease
@@ -296,7 +301,7 @@ pub async fn rescue_expired_leases(
                     started_at = case when r.attempt >= r.max_attempts then r.started_at end
                from expired e
               where r.id = e.id
-             returning r.id, e.executor_id, r.status",
+             returning r.id, e.executor_id, r.status, r.app_id, r.company_id, r.attempt, r.error_message",
             &[&limit, &interval(retry_delay)],
         )
         .await
@@ -315,6 +320,10 @@ pub async fn rescue_expired_leases(
             run_id: r.get(0),
             previous_executor: r.get(1),
             status: r.get(2),
+            app_id: r.get(3),
+            company_id: r.get(4),
+            attempt: r.get(5),
+            error_message: r.get(6),
         })
         .collect())
 }

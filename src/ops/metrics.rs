@@ -32,6 +32,8 @@ pub const CRON_FIRES: &str = "app_executor_cron_fires_total";
 pub const CRON_SKIPS: &str = "app_executor_cron_skips_total";
 pub const CRON_LAG: &str = "app_executor_cron_fire_lag_seconds";
 pub const BUILD_INFO: &str = "app_executor_build_info";
+pub const ALERTS: &str = "app_executor_alerts_total";
+pub const RETENTION_DELETED: &str = "app_executor_retention_deleted_total";
 
 /// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
 /// to the longest run a host allows (30 minutes by default).
@@ -167,6 +169,14 @@ fn describe() {
         "How late a cron tick fired after its nominal time"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names this build");
+    describe_counter!(
+        ALERTS,
+        "Alert events by sink (notify, webhook) and outcome (sent, failed, dropped)"
+    );
+    describe_counter!(
+        RETENTION_DELETED,
+        "What the retention policy deleted, by kind (log_objects, output_objects, output_rows, builds, version_objects, version_rows)"
+    );
 }
 
 /// A run reached a terminal status on this daemon (`success`, `failed`, `timeout`,
@@ -216,6 +226,19 @@ pub fn run_cancelled() {
 /// [`Phase::Run`]; the runner records the others.
 pub fn phase_finished(phase: Phase, duration: Duration) {
     histogram!(PHASE_DURATION, "phase" => phase.as_str()).record(duration.as_secs_f64());
+}
+
+/// An alert event left through `sink` (`notify`, `webhook`) with `outcome` (`sent`, `failed`
+/// after its attempts, `dropped` because the queue was full or shutting down).
+pub fn alert_sent(sink: &'static str, outcome: &'static str) {
+    counter!(ALERTS, "sink" => sink, "outcome" => outcome).increment(1);
+}
+
+/// The retention policy deleted `count` things of `kind`.
+pub fn retention_deleted(kind: &'static str, count: u64) {
+    if count > 0 {
+        counter!(RETENTION_DELETED, "kind" => kind).increment(count);
+    }
 }
 
 /// Pending runs in the queue.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::{Arc, Mutex};
 
-use crate::model::{ClaimedRun, Outcome, StopReason};
+use crate::model::{ClaimedRun, FinalStatus, Outcome, StopReason};
 
 /// How a run in flight is stopped from outside its task (client cancel, lost lease, drain),
 /// and why: the reason is set before the token fires, so whoever sees the token can ask.
@@ -53,15 +53,19 @@ pub trait RunExecutor: Send + Sync + 'static {
 
 /// A trivial execution for queue tests and benchmarks: optionally appends
 /// `<run id> <attempt>` to a file (O_APPEND, so several processes can share it), sleeps, and
-/// succeeds; stops early when told to.
+/// succeeds (or ends as `fail` says); stops early when told to.
 #[derive(Debug, Clone, Default)]
 pub struct TestExecution {
     pub sleep: Duration,
     pub record: Option<PathBuf>,
+    /// End with this `error_kind` instead of succeeding: status `timeout` for `timeout`,
+    /// `failed` for anything else (alert tests).
+    pub fail: Option<String>,
 }
 
 impl TestExecution {
-    /// Parses `sleep=200ms,record=/path/to/file` (both optional; empty = succeed at once).
+    /// Parses `sleep=200ms,record=/path/to/file,fail=oom_killed` (all optional; empty = succeed
+    /// at once).
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut execution = Self::default();
         for part in spec.split(',').filter(|p| !p.is_empty()) {
@@ -71,9 +75,17 @@ impl TestExecution {
                         .map_err(|e| format!("test execution sleep={value:?}: {e}"))?;
                 }
                 Some(("record", path)) => execution.record = Some(PathBuf::from(path)),
+                Some(("fail", kind))
+                    if !kind.is_empty()
+                        && kind
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+                {
+                    execution.fail = Some(kind.to_owned());
+                }
                 _ => {
                     return Err(format!(
-                        "test execution: unknown part {part:?}; expected sleep=<duration>,record=<path>"
+                        "test execution: unknown part {part:?}; expected sleep=<duration>,record=<path>,fail=<error_kind>"
                     ))
                 }
             }
@@ -102,7 +114,15 @@ impl RunExecutor for TestExecution {
             tokio::select! {
                 biased;
                 _ = stop.token().cancelled() => Outcome::Stopped,
-                _ = tokio::time::sleep(self.sleep) => Outcome::success(),
+                _ = tokio::time::sleep(self.sleep) => match self.fail.as_deref() {
+                    None => Outcome::success(),
+                    Some(kind) => Outcome::Finished {
+                        status: if kind == "timeout" { FinalStatus::Timeout } else { FinalStatus::Failed },
+                        error_kind: Some(kind.to_owned()),
+                        error_message: Some(format!("the test execution ended with {kind} as told")),
+                        exit_code: None,
+                    },
+                },
             }
         })
     }
@@ -120,5 +140,8 @@ mod tests {
         assert!(TestExecution::parse("nap=1s")
             .unwrap_err()
             .contains("nap=1s"));
+        let e = TestExecution::parse("fail=oom_killed").unwrap();
+        assert_eq!(e.fail.as_deref(), Some("oom_killed"));
+        assert!(TestExecution::parse("fail=Bad Kind").is_err());
     }
 }

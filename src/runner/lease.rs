@@ -5,6 +5,8 @@
 //! than the lease, we must assume another daemon has rescued the run, so the execution is
 //! stopped too: two daemons must never both believe they own a run.
 //! Outcome writes are retried on database errors until they land or turn out to match no row.
+//! Only a final write that landed raises an alert (a fenced-out attempt's result is not ours to
+//! report).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::Stop;
+use crate::alerts::Alerts;
 use crate::config::QueueConfig;
 use crate::db::queue::{self, Completion, LeaseState, QueueError};
 use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
@@ -60,6 +63,7 @@ pub(super) async fn record_outcome(
     settings: &QueueConfig,
     outcome: Outcome,
     reason: Option<StopReason>,
+    alerts: &Alerts,
 ) {
     let run_id = run.id;
     let attempt = run.attempt;
@@ -119,6 +123,13 @@ pub(super) async fn record_outcome(
             if written {
                 metrics::run_finished(status.as_str(), completion.error_kind);
                 tracing::info!(%run_id, status = status.as_str(), error_kind = ?completion.error_kind, "run finished");
+                alerts.run_ended(
+                    run,
+                    executor_id,
+                    status.as_str(),
+                    completion.error_kind,
+                    completion.error_message,
+                );
             } else {
                 settle_unwritten_finish(pool, executor_id, run).await;
             }
@@ -162,6 +173,13 @@ pub(super) async fn record_outcome(
                 .await;
                 if written {
                     metrics::run_finished("failed", Some(&error_kind));
+                    alerts.run_ended(
+                        run,
+                        executor_id,
+                        "failed",
+                        Some(&error_kind),
+                        Some(&message),
+                    );
                 }
                 tracing::warn!(%run_id, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; run failed");
             }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::alerts::Alerts;
 use crate::config::QueueConfig;
 use crate::db::queue::{self, ClaimLimits};
 use crate::model::{ClaimedRun, StopReason};
@@ -48,6 +49,9 @@ pub struct Runner {
     /// Shared with the ops side: the loop ticks it (watchdog), run tasks count themselves in
     /// and out; its idle cap bounds the loop's wait so a watchdog sees it alive.
     pub status: Arc<DaemonStatus>,
+    /// Raises events for failed, timed-out, OOM-killed, security-relevant and rescued runs;
+    /// never waits.
+    pub alerts: Alerts,
 }
 
 impl Runner {
@@ -63,6 +67,7 @@ impl Runner {
             run_cancelled,
             until_idle,
             status,
+            alerts,
         } = self;
         let registry: Registry = Arc::default();
         let tracker = TaskTracker::new();
@@ -97,6 +102,7 @@ impl Runner {
             pool.clone(),
             settings.clone(),
             run_pending.clone(),
+            alerts.clone(),
             background.clone(),
         ));
         background_tasks.spawn(forward_cancellations(
@@ -137,6 +143,7 @@ impl Runner {
                             execution: execution.clone(),
                             registry: registry.clone(),
                             status: status.clone(),
+                            alerts: alerts.clone(),
                         };
                         let freed_signal = slot_freed.clone();
                         tracker.spawn(async move {
@@ -253,6 +260,7 @@ async fn rescue_loop(
     pool: Pool,
     settings: QueueConfig,
     run_pending: Arc<Notify>,
+    alerts: Alerts,
     stop: CancellationToken,
 ) {
     loop {
@@ -267,6 +275,7 @@ async fn rescue_loop(
                 metrics::runs_rescued(rescued.len() as u64 - failed, failed);
                 for run in &rescued {
                     tracing::warn!(run_id = %run.run_id, previous_executor = ?run.previous_executor, status = %run.status, "rescued run with an expired lease");
+                    alerts.run_rescued(run);
                 }
                 if !rescued.is_empty() {
                     run_pending.notify_waiters();
@@ -308,6 +317,7 @@ struct RunTask {
     execution: Arc<dyn RunExecutor>,
     registry: Registry,
     status: Arc<DaemonStatus>,
+    alerts: Alerts,
 }
 
 impl RunTask {
@@ -337,6 +347,7 @@ impl RunTask {
             &self.settings,
             outcome,
             reason,
+            &self.alerts,
         )
         .await;
         self.registry.lock().unwrap().remove(&run.id);
