@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod archive;
 mod artifact;
 mod bench;
@@ -15,6 +16,7 @@ mod ops;
 mod outputs;
 mod publish;
 mod queue;
+mod retention;
 mod rls;
 mod sandbox;
 mod schema;

@@ -1,0 +1,300 @@
+//! Alerts from the real daemon: a failed run is announced on `<namespace>_events` and POSTed to
+//! a loopback webhook (signed, retried after a 500), a rescued run raises `run_rescued`, and a
+//! webhook that never answers holds up neither the runs nor the shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use futures_util::StreamExt;
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+use tokio_postgres::{AsyncMessage, Client};
+use uuid::Uuid;
+
+use crate::harness::daemon::{Daemon, DaemonOptions};
+use crate::harness::{insert_tenant, TestDb};
+
+const SECRET: &str = "test-webhook-secret";
+
+/// A LISTEN session on `channel`; yields the payloads it hears.
+async fn listen(
+    db: &TestDb,
+    channel: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let config: tokio_postgres::Config = db.url.expose().parse().unwrap();
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(serde_json::from_str(n.payload()).unwrap());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("listen {channel}"))
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("no event within 30 s")
+        .unwrap()
+}
+
+/// One request the receiver got: its headers and body.
+type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+/// A webhook receiver on a loopback port that answers the first `failures` requests with 500
+/// and the rest with 200. Returns its URL and what it received.
+async fn receiver(failures: usize) -> (String, Received) {
+    let received: Received = Arc::default();
+    let seen = received.clone();
+    let router = axum::Router::new().route(
+        "/hooks/app-executor",
+        post(move |headers: HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let mut all = seen.lock().unwrap();
+                all.push((headers, body));
+                if all.len() <= failures {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/hooks/app-executor",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, received)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+async fn insert_run(client: &Client, company: Uuid, app: Uuid) -> Uuid {
+    client
+        .query_one(
+            "insert into public.app_runs (app_id, company_id, max_attempts) values ($1, $2, 1) returning id",
+            &[&app, &company],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn alerting(execution: &str, webhook: Option<&str>) -> DaemonOptions {
+    let mut options = DaemonOptions::new(execution);
+    if let Some(url) = webhook {
+        options.env.extend([
+            ("APP_EXECUTOR_ALERTS__WEBHOOK_URL".into(), url.to_owned()),
+            ("APP_EXECUTOR_ALERTS__WEBHOOK_SECRET".into(), SECRET.into()),
+            ("APP_EXECUTOR_ALERTS__RETRY_BACKOFF".into(), "100ms".into()),
+        ]);
+    }
+    options
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_is_notified_and_posted_signed_and_retried_after_a_500() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    let (_session, mut events) = listen(&db, "app_executor_events").await;
+    let (url, received) = receiver(1).await;
+
+    let run = insert_run(&client, company, app).await;
+    let mut daemon = Daemon::spawn(&db, alerting("fail=nonzero_exit", Some(&url)));
+
+    let event = next_event(&mut events).await;
+    assert_eq!(event["event"], "run_failed");
+    assert_eq!(event["run_id"], run.to_string());
+    assert_eq!(event["app_id"], app.to_string());
+    assert_eq!(event["company_id"], company.to_string());
+    assert_eq!(event["status"], "failed");
+    assert_eq!(event["error_kind"], "nonzero_exit");
+    assert_eq!(
+        event["error_message"],
+        "the test execution ended with nonzero_exit as told"
+    );
+    assert_eq!(event["attempt"], 1);
+    assert!(event["executor_id"].as_str().unwrap().contains('-'));
+    assert!(event["at"].as_str().is_some());
+    let status: String = client
+        .query_one("select status from public.app_runs where id = $1", &[&run])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook was not retried after its 500; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Delivered on the second attempt: nothing more comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests = received.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "delivered once retried, then no more");
+    let (first, second) = (&requests[0], &requests[1]);
+    assert_eq!(first.1, second.1, "a retry sends the same body");
+    assert_eq!(
+        header(&first.0, "x-app-executor-delivery"),
+        header(&second.0, "x-app-executor-delivery"),
+        "a retry keeps the delivery id"
+    );
+    assert!(header(&first.0, "x-app-executor-delivery")
+        .parse::<Uuid>()
+        .is_ok());
+    assert_eq!(header(&second.0, "x-app-executor-event"), "run_failed");
+    assert_eq!(header(&second.0, "content-type"), "application/json");
+    let body: Value = serde_json::from_str(&second.1).unwrap();
+    assert_eq!(body, event, "the webhook gets the NOTIFY document");
+
+    // The receiver's check: HMAC-SHA256 of the raw body under the shared secret.
+    let signature = header(&second.0, "x-app-executor-signature");
+    let hex = signature.strip_prefix("sha256=").expect("sha256= prefix");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut mac = hmac::Hmac::<sha2_hmac::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(second.1.as_bytes());
+    mac.verify_slice(&bytes)
+        .expect("the signature verifies with the secret");
+    let mut wrong = hmac::Hmac::<sha2_hmac::Sha256>::new_from_slice(b"other").unwrap();
+    wrong.update(second.1.as_bytes());
+    assert!(wrong.verify_slice(&bytes).is_err());
+
+    let log = daemon.log_text();
+    assert!(!log.contains(SECRET), "the secret was logged:\n{log}");
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(20)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rescued_run_raises_run_rescued_naming_the_dead_executor() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    let (_session, mut events) = listen(&db, "app_executor_events").await;
+    let run: Uuid = client
+        .query_one(
+            "insert into public.app_runs (app_id, company_id) values ($1, $2) returning id",
+            &[&app, &company],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let mut holder = Daemon::spawn(&db, alerting("sleep=600s", None));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stale: String = loop {
+        let row = client
+            .query_one(
+                "select status, executor_id from public.app_runs where id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, String>(0) == "running" {
+            break row.get(1);
+        }
+        assert!(Instant::now() < deadline, "the run was never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    holder.kill_hard();
+
+    let mut rescuer = Daemon::spawn(&db, alerting("sleep=10ms", None));
+    let event = next_event(&mut events).await;
+    assert_eq!(event["event"], "run_rescued");
+    assert_eq!(event["run_id"], run.to_string());
+    assert_eq!(event["status"], "pending", "requeued: attempts were left");
+    assert_eq!(event["error_kind"], "lease_expired");
+    assert_eq!(event["attempt"], 1);
+    assert_eq!(event["executor_id"], stale.as_str());
+    assert!(event["error_message"].as_str().unwrap().contains(&stale));
+    // The retry then succeeds: no further event.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .is_err(),
+        "a successful retry raised an event"
+    );
+    rescuer.signal("TERM");
+    assert!(rescuer.wait(Duration::from_secs(20)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_that_never_answers_holds_up_neither_runs_nor_shutdown() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    let (_session, mut events) = listen(&db, "app_executor_events").await;
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(insert_run(&client, company, app).await);
+    }
+    let mut options = alerting("fail=oom_killed", Some(&url));
+    options.env.extend([
+        ("APP_EXECUTOR_ALERTS__WEBHOOK_TIMEOUT".into(), "60s".into()),
+        ("APP_EXECUTOR_ALERTS__QUEUE_CAPACITY".into(), "2".into()),
+    ]);
+    let started = Instant::now();
+    let mut daemon = Daemon::spawn(&db, options);
+    for _ in 0..runs.len() {
+        assert_eq!(next_event(&mut events).await["event"], "run_oom");
+    }
+    let failed: i64 = client
+        .query_one(
+            "select count(*) from public.app_runs where status = 'failed' and error_kind = 'oom_killed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 20);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "runs waited for the webhook: {:?}",
+        started.elapsed()
+    );
+
+    let stopping = Instant::now();
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(20)).success());
+    // Alerts get 5 s to drain on shutdown, then are given up on.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("alert queue full; event dropped"), "{log}");
+    assert!(log.contains("were not all sent"), "{log}");
+    drop(silent);
+}
