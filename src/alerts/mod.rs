@@ -50,7 +50,7 @@ impl Alerts {
 
     /// Queues `event` for every sink, without waiting.
     pub fn emit(&self, event: AlertEvent) {
-        tracing::info!(run_id = %event.run_id, app_id = %event.app_id, company_id = %event.company_id, event = event.event.as_str(), "alert raised");
+        tracing::debug!(run_id = %event.run_id, app_id = %event.app_id, company_id = %event.company_id, event = event.event.as_str(), "alert raised");
         if let Some(webhook) = &self.webhook {
             let delivery = Delivery {
                 id: uuid::Uuid::new_v4(),

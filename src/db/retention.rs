@@ -279,13 +279,15 @@ pub async fn published_versions(
         .collect())
 }
 
-/// The `app-storage` keys of a version's files that no other version's rows name.
+/// The `app-storage` keys of a version's files that lie in the app's own folder (`app_{app}/`)
+/// and that no other version's rows name.
 pub async fn version_objects(pool: &Pool, app: Uuid, version: &str) -> Result<Vec<String>> {
     let client = client(pool, "listing a version's objects").await?;
     let rows = client
         .query(
             "select distinct s.storage_path from public.app_storage s
               where s.app_id = $1 and s.version = $2
+                and starts_with(s.storage_path, 'app_' || $1::text || '/')
                 and not exists (select 1 from public.app_storage o
                                  where o.storage_path = s.storage_path
                                    and (o.app_id <> $1 or o.version <> $2))

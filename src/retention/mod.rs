@@ -24,7 +24,8 @@
 //!   whose files were all published more than `builds_max_age` ago, unless: a remaining build
 //!   names the version (current or not), a pending or running run asks for it by
 //!   `metadata.version`, it is the app's highest semver version, or it is the app's most
-//!   recently published version. An object another kept row also names is not deleted.
+//!   recently published version. Only objects under the app's own folder (`app_{app}/`) are
+//!   deleted, and none that a kept row (of any app or version) also names.
 //!
 //! One daemon at a time does this: a pass runs only while its session holds the advisory lock
 //! `app_exec.retention`; the others skip that interval.
@@ -130,7 +131,14 @@ impl Retention {
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = self.settings.interval;
-            match self.locked_pass(&stop).await {
+            // Shutdown drops a pass mid-batch: safe, since objects go before rows (the next
+            // pass redoes the rows) and the lock ends with its session.
+            let outcome = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                outcome = self.locked_pass(&stop) => outcome,
+            };
+            match outcome {
                 Ok(Some(report)) if !report.is_empty() => {
                     tracing::info!(
                         logs_runs = report.logs.runs,

@@ -238,6 +238,24 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     publish(&client, s, app, "1.5.0", 200, false).await; // an old build a running run uses
     publish(&client, s, app, "2.0.0", 200, true).await; // the highest
     publish(&client, s, app, "0.9.0", 10, false).await; // recent (and the newest)
+                                                        // A row of 1.0.0 naming an object outside the app's folder: the row goes, the object stays.
+    s.upload(
+        APP_STORAGE_BUCKET,
+        "legacy/common.js",
+        b"3".to_vec().into(),
+        "text/javascript",
+        false,
+    )
+    .await
+    .unwrap();
+    client
+        .execute(
+            "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum, created_at, updated_at)
+             values ($1, '1.0.0', 'common.js', 'legacy/common.js', 'source', 1, $2, now() - interval '200 days', now() - interval '200 days')",
+            &[&app, &CHECKSUM],
+        )
+        .await
+        .unwrap();
     let old_build = build(&client, app, "1.1.0", 120, false).await;
     let current = build(&client, app, "1.2.0", 200, true).await;
     let young = build(&client, app, "1.4.0", 10, false).await;
@@ -325,7 +343,7 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
             report.versions.objects,
             report.versions.rows
         ),
-        (2, 2, 3)
+        (2, 2, 4)
     );
     assert_eq!(report.failures, 0);
 
@@ -404,6 +422,10 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     assert!(
         exists(s, APP_STORAGE_BUCKET, &format!("app_{app}/shared/lib.js")).await,
         "an object 2.0.0 still names was deleted"
+    );
+    assert!(
+        exists(s, APP_STORAGE_BUCKET, "legacy/common.js").await,
+        "an object outside the app's folder was deleted"
     );
 
     // A second pass finds nothing left to do.
