@@ -90,6 +90,12 @@ pub async fn run(
         options.test_execution.as_deref(),
     )
     .await?;
+    let webhook = webhook_client(config)?;
+    let retention = if config.retention.enabled {
+        Some(retention_policy(config, pool.clone())?)
+    } else {
+        None
+    };
     let status = Arc::new(DaemonStatus::new(config.queue.max_concurrent_runs));
     let ops = Ops::start(
         &config.ops,
@@ -146,15 +152,9 @@ pub async fn run(
         listener_stop.clone(),
     ));
 
-    let (alerts, alert_tasks) =
-        crate::alerts::start(&config.alerts, pool.clone(), webhook_client(config)?);
+    let (alerts, alert_tasks) = crate::alerts::start(&config.alerts, pool.clone(), webhook);
     let retention_stop = CancellationToken::new();
-    let retention = if config.retention.enabled {
-        let retention = retention(config, pool.clone())?;
-        Some(tokio::spawn(retention.run(retention_stop.clone())))
-    } else {
-        None
-    };
+    let retention = retention.map(|r| tokio::spawn(r.run(retention_stop.clone())));
     let runner = Runner {
         pool: pool.clone(),
         executor_id: executor_id.clone(),
@@ -278,7 +278,7 @@ fn webhook_client(config: &Config) -> anyhow::Result<reqwest::Client> {
 }
 
 /// The retention policy over this config's database and storage.
-fn retention(
+fn retention_policy(
     config: &Config,
     pool: deadpool_postgres::Pool,
 ) -> anyhow::Result<crate::retention::Retention> {
@@ -299,7 +299,7 @@ pub async fn retention_pass(
 ) -> anyhow::Result<Option<crate::retention::RetentionReport>> {
     let url = database_url(config)?;
     let pool = db::pool(url, config.database.connect_timeout, 2)?;
-    let retention = retention(config, pool)?;
+    let retention = retention_policy(config, pool)?;
     let stop = CancellationToken::new();
     if dry_run {
         Ok(Some(retention.pass(true, &stop).await?))

@@ -266,23 +266,35 @@ async fn a_webhook_that_never_answers_holds_up_neither_runs_nor_shutdown() {
     ]);
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&db, options);
-    for _ in 0..runs.len() {
-        assert_eq!(next_event(&mut events).await["event"], "run_oom");
+    loop {
+        let failed: i64 = client
+            .query_one(
+                "select count(*) from public.app_runs where status = 'failed' and error_kind = 'oom_killed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if failed == runs.len() as i64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "runs waited for the webhook: {failed} of {} failed after {:?}; log:\n{}",
+            runs.len(),
+            started.elapsed(),
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let failed: i64 = client
-        .query_one(
-            "select count(*) from public.app_runs where status = 'failed' and error_kind = 'oom_killed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(failed, 20);
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "runs waited for the webhook: {:?}",
-        started.elapsed()
-    );
+    // The NOTIFY sink shares the tiny queue capacity, so some events may have been dropped
+    // too; those that went out are run_oom.
+    let mut heard = 0;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+        assert_eq!(event["event"], "run_oom");
+        heard += 1;
+    }
+    assert!((1..=runs.len()).contains(&heard), "{heard} events");
 
     let stopping = Instant::now();
     daemon.signal("TERM");
