@@ -202,8 +202,60 @@ async fn demo_with_database(
             state.error_message.as_deref().unwrap_or("")
         );
     }
+    print_logs(&config, &state).await;
+    match runs::run_result(&pool, run).await? {
+        Some(result) => println!("result (/output/result.json): {result}"),
+        None => println!("result: (the app wrote no /output/result.json)"),
+    }
     print_where(&config, &state, next);
     Ok(state.status == "success")
+}
+
+/// Prints the run's compacted stdout and stderr from storage (at most 20 lines each).
+async fn print_logs(config: &Config, state: &runs::RunState) {
+    let Some(prefix) = &state.logs_path else {
+        println!("logs: none recorded");
+        return;
+    };
+    let storage = match app::storage(config) {
+        Ok(storage) => storage,
+        Err(e) => {
+            println!("logs: storage unavailable: {e}");
+            return;
+        }
+    };
+    for name in ["stdout", "stderr"] {
+        let key = format!("{}/{name}.log", prefix.trim_end_matches('/'));
+        let text = match storage
+            .download(crate::storage::APP_LOGS_BUCKET, &key)
+            .await
+        {
+            Ok(download) => {
+                use futures_util::TryStreamExt;
+                let read = download
+                    .body
+                    .try_fold(Vec::new(), |mut all, chunk| async move {
+                        all.extend_from_slice(&chunk);
+                        Ok(all)
+                    })
+                    .await;
+                match read {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(e) => format!("(unreadable: {e})"),
+                }
+            }
+            Err(crate::storage::StorageError::NotFound { .. }) => continue,
+            Err(e) => format!("(unreadable: {e})"),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        println!("{name} ({} lines, app-logs/{key}):", lines.len());
+        for line in lines.iter().take(20) {
+            println!("  | {line}");
+        }
+        if lines.len() > 20 {
+            println!("  | … (`app-executor logs {}` prints all)", state.id);
+        }
+    }
 }
 
 fn print_where(

@@ -181,3 +181,17 @@ pub async fn schedule_next_run(
         .map_err(query("read a schedule"))?;
     Ok(row.get(0))
 }
+
+/// The run's `result` output (`/output/result.json`), if it wrote one.
+pub async fn run_result(pool: &Pool, run: Uuid) -> Result<Option<serde_json::Value>, QueueError> {
+    let client = client(pool, "reading a run's result").await?;
+    let row = client
+        .query_opt(
+            "select output_data from public.app_outputs
+              where run_id = $1 and output_type = 'result' order by created_at desc limit 1",
+            &[&run],
+        )
+        .await
+        .map_err(query("read a run's result"))?;
+    Ok(row.and_then(|r| r.get(0)))
+}
