@@ -77,7 +77,7 @@ async fn bench_artifacts_download_and_verify() {
             .bytes_stream();
         let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
-            hasher.update(&chunk.unwrap());
+            hasher.update(chunk.unwrap());
         }
         assert_eq!(
             hasher
