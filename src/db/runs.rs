@@ -4,20 +4,7 @@
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::queue::QueueError;
-
-fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
-    move |source| QueueError::Query { action, source }
-}
-
-async fn client(
-    pool: &Pool,
-    action: &'static str,
-) -> Result<deadpool_postgres::Client, QueueError> {
-    pool.get()
-        .await
-        .map_err(|source| QueueError::Pool { action, source })
-}
+use super::queue::{client, query, QueueError};
 
 /// Inserts a pending run (the daemons hear of it by NOTIFY) and returns its id.
 pub async fn insert_run(

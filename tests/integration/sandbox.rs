@@ -114,6 +114,23 @@ async fn a_lockfile_that_does_not_match_fails_the_install_with_its_log() {
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 
+/// The host's address on Docker's default bridge network (reachable from containers there).
+fn bridge_gateway() -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(!gateway.is_empty(), "no bridge gateway");
+    gateway
+}
+
 /// A tiny HTTP server on the Docker bridge's gateway address (reachable from containers on the
 /// default bridge network, nowhere else). Counts the requests it answers; stops with the test.
 struct BridgeServer {
@@ -123,19 +140,7 @@ struct BridgeServer {
 
 impl BridgeServer {
     fn start() -> Self {
-        let out = std::process::Command::new("docker")
-            .args([
-                "network",
-                "inspect",
-                "bridge",
-                "--format",
-                "{{(index .IPAM.Config 0).Gateway}}",
-            ])
-            .output()
-            .unwrap();
-        let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        assert!(!gateway.is_empty(), "no bridge gateway");
-        let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+        let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = hits.clone();
@@ -516,18 +521,7 @@ async fn a_real_run_container_has_every_hardening_field() {
 /// A TCP server on the Docker bridge that accepts connections and never answers: an install
 /// pointed at it as its registry hangs until it is stopped.
 fn black_hole_registry() -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ])
-        .output()
-        .unwrap();
-    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+    let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let mut held = Vec::new();
