@@ -115,7 +115,14 @@ async fn demo_with_database(
     let url = config.database.url.as_ref().expect("set by demo()");
     let pool = crate::db::pool(url, config.database.connect_timeout, 4)?;
     runs::ensure_demo_tenant(&pool, DEMO_COMPANY, DEMO_APP).await?;
-    let published = app::publish(&config, &options.app_dir, &DEMO_APP.to_string(), None).await?;
+    let published = app::publish(
+        &config,
+        &options.app_dir,
+        &DEMO_APP.to_string(),
+        None,
+        false,
+    )
+    .await?;
     if published.already_published {
         println!(
             "app: version {} of {} already published ({} files); reusing it",
