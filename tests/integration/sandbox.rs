@@ -617,3 +617,68 @@ async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
     assert!(daemon.wait(Duration::from_secs(60)).success());
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gvisor_runtime_runs_the_sample_app_when_configured() {
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ensure-gvisor"
+    ))
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "gVisor unavailable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[(
+            "index.js",
+            "// gVisor reports its own kernel version, not the host's.\nconsole.log(require('os').release());\nsetTimeout(() => {}, 1500);\n",
+        )],
+        limits("60s", "256MiB"),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut daemon = Daemon::spawn(
+        &db,
+        DaemonOptions::production(state.path())
+            .sandbox("runtime", "runsc")
+            .until_idle(),
+    );
+    let container = wait_for_container(run, "run", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no run container; log:\n{}", daemon.log_text()));
+    assert_eq!(inspect(&container)["HostConfig"]["Runtime"], "runsc");
+    assert!(daemon.wait(Duration::from_secs(120)).success());
+    let log = daemon.log_text();
+    assert_status(&run_record(&client, run).await, "success/-", &log);
+    let stdout: String = client
+        .query_one(
+            "select logs_path from public.app_runs where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let stored = std::fs::read_to_string(
+        state
+            .path()
+            .join("storage/app-logs")
+            .join(stdout)
+            .join("stdout.log"),
+    )
+    .unwrap();
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(
+        stored.trim(),
+        host_kernel.trim(),
+        "the app saw the host's kernel"
+    );
+    assert_eq!(stored.trim(), "4.4.0", "not gVisor's kernel: {stored}");
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
