@@ -548,12 +548,15 @@ pub async fn logs(config: &Config, run: &str, follow: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// `app-executor publish`: validates `dir`, uploads its files and records them.
+/// `app-executor publish`: validates `dir`, uploads its files and records them. With
+/// `progress`, each upload is reported on stderr: one updating line on a terminal, a plain
+/// line per file otherwise.
 pub async fn publish(
     config: &Config,
     dir: &std::path::Path,
     app: &str,
     version: Option<&str>,
+    progress: bool,
 ) -> anyhow::Result<crate::artifact::publish::PublishReport> {
     let app: uuid::Uuid = app
         .parse()
@@ -567,6 +570,20 @@ pub async fn publish(
         app,
         version,
         &config.limits.host,
+        &move |i, count, path, bytes| {
+            if !progress {
+                return;
+            }
+            use std::io::IsTerminal;
+            if std::io::stderr().is_terminal() {
+                eprint!("\r\x1b[2Kuploading {i}/{count}: {path} ({bytes} bytes)");
+                if i == count {
+                    eprintln!();
+                }
+            } else {
+                eprintln!("uploaded {i}/{count}: {path} ({bytes} bytes)");
+            }
+        },
     )
     .await?;
     Ok(report)

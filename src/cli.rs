@@ -323,7 +323,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             app_version,
             json,
         } => {
-            let report = app::publish(&config, &dir, &app, app_version.as_deref()).await?;
+            let report = app::publish(&config, &dir, &app, app_version.as_deref(), !json).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.already_published {

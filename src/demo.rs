@@ -115,7 +115,14 @@ async fn demo_with_database(
     let url = config.database.url.as_ref().expect("set by demo()");
     let pool = crate::db::pool(url, config.database.connect_timeout, 4)?;
     runs::ensure_demo_tenant(&pool, DEMO_COMPANY, DEMO_APP).await?;
-    let published = app::publish(&config, &options.app_dir, &DEMO_APP.to_string(), None).await?;
+    let published = app::publish(
+        &config,
+        &options.app_dir,
+        &DEMO_APP.to_string(),
+        None,
+        false,
+    )
+    .await?;
     if published.already_published {
         println!(
             "app: version {} of {} already published ({} files); reusing it",
@@ -202,8 +209,60 @@ async fn demo_with_database(
             state.error_message.as_deref().unwrap_or("")
         );
     }
+    print_logs(&config, &state).await;
+    match runs::run_result(&pool, run).await? {
+        Some(result) => println!("result (/output/result.json): {result}"),
+        None => println!("result: (the app wrote no /output/result.json)"),
+    }
     print_where(&config, &state, next);
     Ok(state.status == "success")
+}
+
+/// Prints the run's compacted stdout and stderr from storage (at most 20 lines each).
+async fn print_logs(config: &Config, state: &runs::RunState) {
+    let Some(prefix) = &state.logs_path else {
+        println!("logs: none recorded");
+        return;
+    };
+    let storage = match app::storage(config) {
+        Ok(storage) => storage,
+        Err(e) => {
+            println!("logs: storage unavailable: {e}");
+            return;
+        }
+    };
+    for name in ["stdout", "stderr"] {
+        let key = format!("{}/{name}.log", prefix.trim_end_matches('/'));
+        let text = match storage
+            .download(crate::storage::APP_LOGS_BUCKET, &key)
+            .await
+        {
+            Ok(download) => {
+                use futures_util::TryStreamExt;
+                let read = download
+                    .body
+                    .try_fold(Vec::new(), |mut all, chunk| async move {
+                        all.extend_from_slice(&chunk);
+                        Ok(all)
+                    })
+                    .await;
+                match read {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(e) => format!("(unreadable: {e})"),
+                }
+            }
+            Err(crate::storage::StorageError::NotFound { .. }) => continue,
+            Err(e) => format!("(unreadable: {e})"),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        println!("{name} ({} lines, app-logs/{key}):", lines.len());
+        for line in lines.iter().take(20) {
+            println!("  | {line}");
+        }
+        if lines.len() > 20 {
+            println!("  | … (`app-executor logs {}` prints all)", state.id);
+        }
+    }
 }
 
 fn print_where(

@@ -55,6 +55,9 @@ pub struct PublishReport {
     pub skipped: Vec<String>,
 }
 
+/// One file uploaded by [`publish`]: `(index from 1, count, path, bytes)`.
+pub type UploadProgress<'a> = &'a (dyn Fn(usize, usize, &str, u64) + Send + Sync);
+
 pub async fn publish(
     client: &mut tokio_postgres::Client,
     storage: Arc<dyn Storage>,
@@ -62,6 +65,7 @@ pub async fn publish(
     app: Uuid,
     version_override: Option<&str>,
     host: &HostLimits,
+    progress: UploadProgress<'_>,
 ) -> Result<PublishReport, PublishError> {
     let report = check_app_dir(dir, host);
     let manifest = match (report.valid, report.manifest) {
@@ -120,7 +124,9 @@ pub async fn publish(
     // Upload before recording: rows only ever point at objects that exist. Upserting is safe:
     // a version's objects are only reachable through rows, which are written once.
     if !already_recorded(client, app, &version).await? {
-        for ((path, content), record) in files.into_iter().zip(&records) {
+        let count = files.len();
+        for (i, ((path, content), record)) in files.into_iter().zip(&records).enumerate() {
+            let bytes = content.len() as u64;
             storage
                 .upload(
                     APP_STORAGE_BUCKET,
@@ -130,7 +136,11 @@ pub async fn publish(
                     true,
                 )
                 .await
-                .map_err(|source| PublishError::Upload { path, source })?;
+                .map_err(|source| PublishError::Upload {
+                    path: path.clone(),
+                    source,
+                })?;
+            progress(i + 1, count, &path, bytes);
         }
     }
     let permissions: Vec<(String, String)> = manifest

@@ -3,23 +3,17 @@
 
 use deadpool_postgres::Pool;
 
-use super::queue::QueueError;
+use super::queue::{client, query, QueueError};
 
 /// Sends `payload` (an event's JSON document, under 8000 bytes) on `<namespace>_events`.
 pub async fn notify_event(pool: &Pool, payload: &str) -> Result<(), QueueError> {
-    let client = pool.get().await.map_err(|source| QueueError::Pool {
-        action: "sending an alert",
-        source,
-    })?;
+    let client = client(pool, "sending an alert").await?;
     client
         .execute(
             "select pg_notify(app_exec.notify_channel('events'), $1)",
             &[&payload],
         )
         .await
-        .map_err(|source| QueueError::Query {
-            action: "notify an alert event",
-            source,
-        })?;
+        .map_err(query("notify an alert event"))?;
     Ok(())
 }

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000004_executor_claim_skip_scan.sql"),
     migration!("20250801000005_executor_cron_quiet_advance.sql"),
     migration!("20250801000006_executor_retention.sql"),
+    migration!("20250801000007_executor_notify_per_statement.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -10,20 +10,7 @@ use serde_json::Value;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use super::queue::QueueError;
-
-fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
-    move |source| QueueError::Query { action, source }
-}
-
-async fn client(
-    pool: &Pool,
-    action: &'static str,
-) -> Result<deadpool_postgres::Client, QueueError> {
-    pool.get()
-        .await
-        .map_err(|source| QueueError::Pool { action, source })
-}
+use super::queue::{client, query, QueueError};
 
 /// One `app_outputs` row to insert.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,13 +30,15 @@ pub enum QueueError {
 
 type Result<T, E = QueueError> = std::result::Result<T, E>;
 
-async fn client(pool: &Pool, action: &'static str) -> Result<deadpool_postgres::Client> {
+/// A pooled connection, or a [`QueueError::Pool`] naming what it was for.
+pub(crate) async fn client(pool: &Pool, action: &'static str) -> Result<deadpool_postgres::Client> {
     pool.get()
         .await
         .map_err(|source| QueueError::Pool { action, source })
 }
 
-fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
+/// Maps a statement's error to a [`QueueError::Query`] naming what it was doing.
+pub(crate) fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
     move |source| QueueError::Query { action, source }
 }
 

@@ -13,22 +13,12 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::queue::QueueError;
+use super::queue::{client, query, QueueError};
 
 type Result<T, E = QueueError> = std::result::Result<T, E>;
 
 /// Key of the session-level advisory lock a retention pass holds.
 const RETENTION_LOCK_KEY: &str = "app_exec.retention";
-
-fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
-    move |source| QueueError::Query { action, source }
-}
-
-async fn client(pool: &Pool, action: &'static str) -> Result<deadpool_postgres::Client> {
-    pool.get()
-        .await
-        .map_err(|source| QueueError::Pool { action, source })
-}
 
 fn seconds(age: Duration) -> f64 {
     age.as_secs_f64()

@@ -4,20 +4,7 @@
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::queue::QueueError;
-
-fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueError {
-    move |source| QueueError::Query { action, source }
-}
-
-async fn client(
-    pool: &Pool,
-    action: &'static str,
-) -> Result<deadpool_postgres::Client, QueueError> {
-    pool.get()
-        .await
-        .map_err(|source| QueueError::Pool { action, source })
-}
+use super::queue::{client, query, QueueError};
 
 /// Inserts a pending run (the daemons hear of it by NOTIFY) and returns its id.
 pub async fn insert_run(
@@ -180,4 +167,18 @@ pub async fn schedule_next_run(
         .await
         .map_err(query("read a schedule"))?;
     Ok(row.get(0))
+}
+
+/// The run's `result` output (`/output/result.json`), if it wrote one.
+pub async fn run_result(pool: &Pool, run: Uuid) -> Result<Option<serde_json::Value>, QueueError> {
+    let client = client(pool, "reading a run's result").await?;
+    let row = client
+        .query_opt(
+            "select output_data from public.app_outputs
+              where run_id = $1 and output_type = 'result' order by created_at desc limit 1",
+            &[&run],
+        )
+        .await
+        .map_err(query("read a run's result"))?;
+    Ok(row.and_then(|r| r.get(0)))
 }

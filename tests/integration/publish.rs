@@ -1,28 +1,18 @@
 //! `app-executor publish` end to end: the real binary, a real database, the local storage
 //! backend; then a daemon resolving and verifying what was published.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::harness::daemon::{Daemon, DaemonOptions};
-use crate::harness::{binary, TestDb};
+use crate::harness::TestDb;
 
 const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
 
 fn publish(db: &TestDb, state: &std::path::Path, dir: &str, app: &str, extra: &[&str]) -> Output {
-    Command::new(binary())
-        .args(["publish", dir, "--app", app])
-        .args(extra)
-        .env("DATABASE_URL", db.url.expose())
-        .env(
-            "APP_EXECUTOR_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
-        )
-        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state)
-        .output()
-        .unwrap()
+    crate::harness::apps::publish(db, state, std::path::Path::new(dir), app, extra)
 }
 
 fn text(out: &Output) -> String {

@@ -114,6 +114,23 @@ async fn a_lockfile_that_does_not_match_fails_the_install_with_its_log() {
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 
+/// The host's address on Docker's default bridge network (reachable from containers there).
+fn bridge_gateway() -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(!gateway.is_empty(), "no bridge gateway");
+    gateway
+}
+
 /// A tiny HTTP server on the Docker bridge's gateway address (reachable from containers on the
 /// default bridge network, nowhere else). Counts the requests it answers; stops with the test.
 struct BridgeServer {
@@ -123,19 +140,7 @@ struct BridgeServer {
 
 impl BridgeServer {
     fn start() -> Self {
-        let out = std::process::Command::new("docker")
-            .args([
-                "network",
-                "inspect",
-                "bridge",
-                "--format",
-                "{{(index .IPAM.Config 0).Gateway}}",
-            ])
-            .output()
-            .unwrap();
-        let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        assert!(!gateway.is_empty(), "no bridge gateway");
-        let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+        let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = hits.clone();
@@ -516,18 +521,7 @@ async fn a_real_run_container_has_every_hardening_field() {
 /// A TCP server on the Docker bridge that accepts connections and never answers: an install
 /// pointed at it as its registry hangs until it is stopped.
 fn black_hole_registry() -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ])
-        .output()
-        .unwrap();
-    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+    let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let mut held = Vec::new();
@@ -621,5 +615,70 @@ async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
     }
     daemon.signal("TERM");
     assert!(daemon.wait(Duration::from_secs(60)).success());
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gvisor_runtime_runs_the_sample_app_when_configured() {
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ensure-gvisor"
+    ))
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "gVisor unavailable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[(
+            "index.js",
+            "// gVisor reports its own kernel version, not the host's.\nconsole.log(require('os').release());\nsetTimeout(() => {}, 1500);\n",
+        )],
+        limits("60s", "256MiB"),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut daemon = Daemon::spawn(
+        &db,
+        DaemonOptions::production(state.path())
+            .sandbox("runtime", "runsc")
+            .until_idle(),
+    );
+    let container = wait_for_container(run, "run", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no run container; log:\n{}", daemon.log_text()));
+    assert_eq!(inspect(&container)["HostConfig"]["Runtime"], "runsc");
+    assert!(daemon.wait(Duration::from_secs(120)).success());
+    let log = daemon.log_text();
+    assert_status(&run_record(&client, run).await, "success/-", &log);
+    let stdout: String = client
+        .query_one(
+            "select logs_path from public.app_runs where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let stored = std::fs::read_to_string(
+        state
+            .path()
+            .join("storage/app-logs")
+            .join(stdout)
+            .join("stdout.log"),
+    )
+    .unwrap();
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(
+        stored.trim(),
+        host_kernel.trim(),
+        "the app saw the host's kernel"
+    );
+    assert_eq!(stored.trim(), "4.4.0", "not gVisor's kernel: {stored}");
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }

@@ -319,4 +319,28 @@ async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_c
     let pending: serde_json::Value = serde_json::from_str(&received[0].1).unwrap();
     assert_eq!(pending["run_id"], run.to_string());
     assert_eq!(pending["company_id"], f.company.to_string());
+
+    // A multi-row insert (the cron scheduler's) notifies once, with the count.
+    client
+        .execute(
+            "insert into public.app_runs (app_id, company_id) select $1, $2 from generate_series(1, 3)",
+            &[&f.app, &f.company],
+        )
+        .await
+        .unwrap();
+    let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(channel, "ns_test_run_pending");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&payload).unwrap(),
+        serde_json::json!({"runs": 3})
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "one notification per statement"
+    );
 }

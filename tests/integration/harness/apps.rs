@@ -14,11 +14,12 @@ use super::{binary, TestDb};
 pub const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
 
 /// `app-executor publish <dir> --app <app>` with the test's database and state directory.
-pub fn publish(db: &TestDb, state: &Path, dir: &Path, app: Uuid, extra: &[&str]) -> Output {
+/// `app` as text, so tests can pass ids that are not UUIDs.
+pub fn publish(db: &TestDb, state: &Path, dir: &Path, app: &str, extra: &[&str]) -> Output {
     Command::new(binary())
         .arg("publish")
         .arg(dir)
-        .args(["--app", &app.to_string()])
+        .args(["--app", app])
         .args(extra)
         .env("DATABASE_URL", db.url.expose())
         .env(
@@ -32,7 +33,7 @@ pub fn publish(db: &TestDb, state: &Path, dir: &Path, app: Uuid, extra: &[&str])
 
 /// Publishes `dir` and panics with the command's output if that fails.
 pub fn publish_ok(db: &TestDb, state: &Path, dir: &Path, app: Uuid) {
-    let out = publish(db, state, dir, app, &[]);
+    let out = publish(db, state, dir, &app.to_string(), &[]);
     assert!(
         out.status.success(),
         "publishing {} failed: {}{}",
