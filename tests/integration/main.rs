@@ -16,6 +16,7 @@ mod outputs;
 mod publish;
 mod queue;
 mod rls;
+mod run_logs;
 mod sandbox;
 mod schema;
 mod storage;
