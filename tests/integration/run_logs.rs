@@ -654,6 +654,82 @@ async fn a_ten_second_storage_outage_mid_run_loses_nothing_and_the_status_waits_
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 
+/// `phases_ms` of the daemon's `run phases` line for `run`.
+fn phases_ms(log: &str, run: Uuid) -> Value {
+    let line = log
+        .lines()
+        .find(|l| l.contains("run phases") && l.contains(&run.to_string()))
+        .unwrap_or_else(|| panic!("no `run phases` line for {run}:\n{log}"));
+    let json = line
+        .split_once("phases_ms=")
+        .unwrap_or_else(|| panic!("{line}"))
+        .1;
+    serde_json::from_str(json.split_whitespace().next().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_that_stops_answering_flags_the_run_logs_incomplete_within_the_retry_window() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let double = StorageDouble::start().await;
+    let (company, app) = insert_tenant(&client).await;
+    let script = "let i = 0;\n\
+        const timer = setInterval(() => {\n\
+          console.log(`line ${i}`);\n\
+          if (++i === 40) clearInterval(timer);\n\
+        }, 100);\n";
+    let dir = write_app(&[("index.js", script)], limits("60s", "128MiB"), json!([]));
+    publish_to_double(&db, state.path(), dir.path(), app, &double).await;
+    let run = enqueue(&client, app, company, json!({})).await;
+    let window = Duration::from_secs(3);
+    let mut options = options(state.path());
+    options.env.extend(supabase_env(&double));
+    options.env.push((
+        "APP_EXECUTOR_LOGS__DURABLE_RETRY_WINDOW".into(),
+        format!("{}s", window.as_secs()),
+    ));
+    let daemon = Daemon::spawn(&db, options);
+
+    let prefix = run_prefix(app, run);
+    let first_chunk = wait_for_chunk_in_double(&double, &prefix, &daemon).await;
+    // From now on every request hangs (longer than the client's read timeout).
+    double.delay(Duration::from_secs(600));
+    let record = wait_terminal(&client, run, Duration::from_secs(120), &daemon).await;
+    let log = daemon.log_text();
+    assert_success(&record, &log);
+    // Ending the logs (the `record` phase: finish, then the rows) gives up at the window,
+    // even with an upload of the live phase hanging when the run ended.
+    let record_ms = phases_ms(&log, run)["record"].as_f64().unwrap();
+    eprintln!("logs given up {record_ms} ms after the container ended (window {window:?})");
+    assert!(
+        record_ms < (window.as_millis() + 1500) as f64,
+        "ending the logs took {record_ms} ms with a {window:?} retry window; log:\n{log}"
+    );
+    let metadata: Value = client
+        .query_one(
+            "select metadata from public.app_runs where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(metadata["logs_incomplete"], true, "{metadata}");
+    let rows = outputs(&client, run).await;
+    assert_eq!(
+        rows[&("stdout".into(), "stdout".into())]
+            .0
+            .as_ref()
+            .unwrap()["complete"],
+        false
+    );
+    // What reached storage before stays.
+    let (chunk, _) = double.get(LOGS, &first_chunk).unwrap();
+    assert!(chunk.starts_with(b"line 0\n"), "{chunk:?}");
+    stop(daemon).await;
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
 // ---- daemon crash ---------------------------------------------------------------------------
 
 fn containers_of(run: Uuid, attempt: i32) -> Vec<String> {
