@@ -853,6 +853,13 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
     assert_eq!(stored, expected);
     stop(second).await;
     assert_no_containers(&DaemonOptions::test_label(state.path()));
+    // The killed daemon's attempt directory (app files, spool, /output) went with its
+    // container; the rescuer cleaned up its own.
+    let left: Vec<PathBuf> = std::fs::read_dir(state.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "run directories left behind: {left:?}");
 }
 
 // ---- many runs at once ----------------------------------------------------------------------
