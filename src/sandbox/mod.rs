@@ -258,6 +258,7 @@ impl DockerExecution {
         // Finished, or cancelled by a client: logs durable first, then outputs, then (by the
         // runner) the status.
         let summary = log.finish().await;
+        phases.done("logs");
         let collected = match &outcome {
             Outcome::Finished { .. } => {
                 match outputs::collect(&run_dir.join("output"), &self.outputs).await {

@@ -698,13 +698,13 @@ async fn storage_that_stops_answering_flags_the_run_logs_incomplete_within_the_r
     let record = wait_terminal(&client, run, Duration::from_secs(120), &daemon).await;
     let log = daemon.log_text();
     assert_success(&record, &log);
-    // Ending the logs (the `record` phase: finish, then the rows) gives up at the window,
-    // even with an upload of the live phase hanging when the run ended.
-    let record_ms = phases_ms(&log, run)["record"].as_f64().unwrap();
-    eprintln!("logs given up {record_ms} ms after the container ended (window {window:?})");
+    // Ending the logs (the `logs` phase) gives up at the window, even with an upload of the
+    // live phase hanging when the run ended.
+    let logs_ms = phases_ms(&log, run)["logs"].as_f64().unwrap();
+    eprintln!("logs given up {logs_ms} ms after the container ended (window {window:?})");
     assert!(
-        record_ms < (window.as_millis() + 1500) as f64,
-        "ending the logs took {record_ms} ms with a {window:?} retry window; log:\n{log}"
+        logs_ms < (window.as_millis() + 1500) as f64,
+        "ending the logs took {logs_ms} ms with a {window:?} retry window; log:\n{log}"
     );
     let metadata: Value = client
         .query_one(
