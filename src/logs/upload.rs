@@ -13,7 +13,9 @@
 //! logs are reported not durable and the chunks are left in place. An upload of the live phase
 //! still in flight when the run ends is dropped (the final phase sends the same chunk again):
 //! storage that hangs must not hold `finish` past the window by the storage client's own
-//! timeouts and retries.
+//! timeouts and retries. A dropped upload may still land later (a server that finishes the
+//! request anyway, the local backend's blocking write); after compaction that leaves a
+//! redundant chunk behind, as a failed chunk deletion does.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
