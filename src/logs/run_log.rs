@@ -4,11 +4,11 @@
 //! [`RunLog::abandon`] at the end; the uploader task (see `upload`) does the network work.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::layout;
 use super::line::{LineSplitter, MAX_LINE};
@@ -62,8 +62,9 @@ pub struct RunLog {
     wake: Arc<Notify>,
     /// Tells the uploader how to end; dropping it abandons the upload.
     ending: Option<oneshot::Sender<Ending>>,
-    /// Set just before `ending` is sent, so a live upload backlog yields to the final phase.
-    ending_flag: Arc<AtomicBool>,
+    /// Cancelled just before `ending` is sent, so the live phase (a backlog, or an upload in
+    /// flight) yields to the final phase at once.
+    ending_flag: CancellationToken,
     uploader: Option<JoinHandle<UploadReport>>,
 }
 
@@ -101,7 +102,7 @@ impl RunLog {
         let stderr = StreamSpool::create(spool_dir, LogStream::Stderr, settings.stream_cap)
             .map_err(spool_error)?;
         let wake = Arc::new(Notify::new());
-        let ending_flag = Arc::new(AtomicBool::new(false));
+        let ending_flag = CancellationToken::new();
         let uploader = Uploader {
             storage,
             target: target.clone(),
@@ -185,7 +186,7 @@ impl RunLog {
         }
         let report = match (self.ending.take(), self.uploader.take()) {
             (Some(sender), Some(uploader)) => {
-                self.ending_flag.store(true, Ordering::Release);
+                self.ending_flag.cancel();
                 let _ = sender.send(ending);
                 uploader.await.unwrap_or_else(|e| {
                     tracing::error!(%run_id, error = %e, "the log uploader failed");

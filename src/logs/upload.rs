@@ -10,15 +10,21 @@
 //!
 //! Final phase (after `finish`/`interrupt`): the remaining chunks, then (for `finish`) the
 //! compacted objects and the chunk deletion, all within `durable_retry_window`. Beyond it the
-//! logs are reported not durable and the chunks are left in place.
+//! logs are reported not durable and the chunks are left in place. An upload of the live phase
+//! still in flight when the run ends is dropped (the final phase sends the same chunk again):
+//! storage that hangs must not hold `finish` past the window by the storage client's own
+//! timeouts and retries. A dropped upload may still land later (a server that finishes the
+//! request anyway, the local backend's blocking write); after compaction that leaves a
+//! redundant chunk behind, as a failed chunk deletion does.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::layout;
 use super::{LogSettings, LogStream, LogTarget};
@@ -95,9 +101,10 @@ pub(super) struct Uploader {
     pub streams: [StreamUpload; 2],
     /// Notified by `append` when a full chunk is pending.
     pub wake: Arc<Notify>,
-    /// Set (before the `Ending` is sent) when the run's logging ends: the live phase yields to
-    /// the final one, whose deadline bounds the remaining work.
-    pub ending: Arc<AtomicBool>,
+    /// Cancelled (before the `Ending` is sent) when the run's logging ends: the live phase
+    /// yields to the final one at once, even mid-upload, so the final phase's deadline bounds
+    /// the remaining work.
+    pub ending: CancellationToken,
 }
 
 impl Uploader {
@@ -162,8 +169,9 @@ impl Uploader {
 
     /// Uploads pending chunks, one per stream in turn: every full chunk, and with `partial`
     /// also what was pending when called (so steady small output is not sent as a stream of
-    /// tiny chunks). In the live phase it stops early once the run is ending, so the final
-    /// phase's deadline bounds the rest.
+    /// tiny chunks). In the live phase (no `deadline`) it stops as soon as the run is ending,
+    /// dropping an upload in flight (its chunk is sent again, under the same key, by the final
+    /// phase), so the final phase's deadline bounds the rest.
     async fn upload_pending(
         &mut self,
         partial: bool,
@@ -181,7 +189,7 @@ impl Uploader {
         loop {
             let mut progressed = false;
             for (i, due) in due.into_iter().enumerate() {
-                if deadline.is_none() && self.ending.load(Ordering::Acquire) {
+                if deadline.is_none() && self.ending.is_cancelled() {
                     return Ok(());
                 }
                 let s = &self.streams[i];
@@ -199,7 +207,15 @@ impl Uploader {
                     LOG_CONTENT_TYPE,
                     true,
                 );
-                within(deadline, upload).await??;
+                let uploaded = match deadline {
+                    Some(_) => within(deadline, upload).await?,
+                    None => tokio::select! {
+                        biased;
+                        _ = self.ending.cancelled() => return Ok(()),
+                        uploaded = upload => uploaded,
+                    },
+                };
+                uploaded?;
                 let s = &mut self.streams[i];
                 s.uploaded += len;
                 s.next_seq += 1;

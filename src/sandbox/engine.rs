@@ -22,7 +22,9 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::profile::{container_config, ContainerSpec, LABEL_EXECUTOR, LABEL_MANAGED, LABEL_RUN};
+use super::profile::{
+    container_config, ContainerSpec, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_MANAGED, LABEL_RUN,
+};
 use super::settings::{PullPolicy, SandboxSettings};
 
 /// Which of the container's streams a piece of output came from.
@@ -395,8 +397,8 @@ impl Engine {
         }
     }
 
-    /// Containers of this daemon kind on the engine: `(container id, executor id, run id)`.
-    pub async fn managed_containers(&self) -> Result<Vec<(String, String, String)>, EngineError> {
+    /// Containers of this daemon kind on the engine, running or not, with their labels.
+    pub async fn managed_containers(&self) -> Result<Vec<ManagedContainer>, EngineError> {
         let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
         let listed = self
             .docker
@@ -411,14 +413,29 @@ impl Engine {
             .into_iter()
             .filter_map(|c| {
                 let labels = c.labels.unwrap_or_default();
-                Some((
-                    c.id?,
-                    labels.get(LABEL_EXECUTOR).cloned().unwrap_or_default(),
-                    labels.get(LABEL_RUN).cloned().unwrap_or_default(),
-                ))
+                let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+                Some(ManagedContainer {
+                    id: c.id?,
+                    executor: label(LABEL_EXECUTOR),
+                    run: label(LABEL_RUN),
+                    attempt: label(LABEL_ATTEMPT),
+                })
             })
             .collect())
     }
+}
+
+/// A container labelled `app-executor.managed=true`. The labels are as found: anyone with
+/// access to the engine can set them, so parse before use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    pub id: String,
+    /// `app-executor.executor`: the daemon that created it.
+    pub executor: String,
+    /// `app-executor.run`.
+    pub run: String,
+    /// `app-executor.attempt`.
+    pub attempt: String,
 }
 
 fn is_not_found(e: &DockerError) -> bool {

@@ -35,7 +35,9 @@ use crate::model::{ClaimedRun, FinalStatus, Outcome};
 use crate::ops::metrics;
 use crate::outputs::{self, DaemonMetrics, OutputLimits, RunFailure, RunRecord};
 use crate::runner::{RunExecutor, Stop};
-pub use engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream};
+pub use engine::{
+    ContainerExit, Ended, Engine, EngineError, ManagedContainer, OutputSink, OutputStream,
+};
 use install::{InstallError, InstallRequest, Installer};
 use output::Tail;
 use profile::{ContainerSpec, Mount, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_PHASE, LABEL_RUN};
@@ -256,6 +258,7 @@ impl DockerExecution {
         // Finished, or cancelled by a client: logs durable first, then outputs, then (by the
         // runner) the status.
         let summary = log.finish().await;
+        phases.done("logs");
         let collected = match &outcome {
             Outcome::Finished { .. } => {
                 match outputs::collect(&run_dir.join("output"), &self.outputs).await {
@@ -424,7 +427,7 @@ impl DockerExecution {
         };
         let executors: Vec<String> = containers
             .iter()
-            .map(|(_, executor, _)| executor.clone())
+            .map(|c| c.executor.clone())
             .filter(|e| *e != self.executor_id)
             .collect();
         if executors.is_empty() {
@@ -437,13 +440,43 @@ impl DockerExecution {
                 return;
             }
         };
-        for (container, executor, run) in containers {
-            if dead.contains(&executor) {
-                tracing::warn!(%container, %executor, run_id = %run, "removing a container left by a daemon that is gone");
-                self.engine.remove(&container).await;
-                if let Err(e) = queue::retire_executor(pool, &executor).await {
+        for container in containers {
+            let executor = &container.executor;
+            if dead.contains(executor) {
+                tracing::warn!(container = %container.id, %executor, run_id = %container.run, "removing a container left by a daemon that is gone");
+                self.engine.remove(&container.id).await;
+                self.remove_orphaned_run_dir(&container).await;
+                if let Err(e) = queue::retire_executor(pool, executor).await {
                     tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
                 }
+            }
+        }
+    }
+
+    /// Removes the per-attempt directory (app files, log spool, `/output`) a dead daemon left
+    /// for the container's run, when it lives under this daemon's state directory. Nobody
+    /// else uses it: the attempt was charged to the dead claim, so the run's next claim gets
+    /// a directory of its own. The spool's tail that never reached storage goes with it (a
+    /// crash loses at most that, see `logs`).
+    async fn remove_orphaned_run_dir(&self, container: &ManagedContainer) {
+        // Labels come from the engine: only a run id and an attempt number name a directory.
+        let (Ok(run), Ok(attempt)) = (
+            container.run.parse::<uuid::Uuid>(),
+            container.attempt.parse::<i32>(),
+        ) else {
+            return;
+        };
+        let dir = self
+            .resolver
+            .runs_dir
+            .join(orphaned_run_dir_name(run, attempt));
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {
+                tracing::info!(run_id = %run, attempt, dir = %dir.display(), "removed the run directory a dead daemon left")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(run_id = %run, attempt, dir = %dir.display(), error = %e, "could not remove the run directory a dead daemon left")
             }
         }
     }
@@ -484,6 +517,13 @@ impl Phases {
             .collect();
         tracing::info!(run_id = %self.run_id, phases_ms = %serde_json::Value::Object(ms), "run phases");
     }
+}
+
+/// The name [`Resolver::run_dir`] gives an attempt's directory (`{run id}-{attempt}`), for
+/// an attempt known only by its container's labels. The crash test of `run_logs` checks that
+/// the two agree (the directory of the killed daemon's attempt is gone).
+fn orphaned_run_dir_name(run: uuid::Uuid, attempt: i32) -> String {
+    format!("{run}-{attempt}")
 }
 
 /// Whether the process named in an executor id (`<host>-<pid>-<suffix>`) still exists here.

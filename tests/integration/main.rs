@@ -19,6 +19,7 @@ mod publish;
 mod queue;
 mod retention;
 mod rls;
+mod run_logs;
 mod sandbox;
 mod schema;
 mod storage;
