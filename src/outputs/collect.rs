@@ -301,26 +301,33 @@ fn read_small(
     Ok(bytes)
 }
 
+/// A small JSON file of the app (`result.json`, `metrics.json`): capped, then parsed.
+fn read_json(
+    root: &Path,
+    candidate: &Candidate,
+    limits: &OutputLimits,
+    name: &str,
+) -> Result<Value, OutputProblem> {
+    let bytes = read_small(
+        root,
+        candidate,
+        limits.max_result_bytes,
+        "outputs.max_result_bytes",
+    )?;
+    serde_json::from_slice::<Value>(&bytes).map_err(|e| OutputProblem {
+        path: name.into(),
+        reason: "invalid_json",
+        message: format!("{name} is not valid JSON: {e}"),
+    })
+}
+
 fn read_result(
     root: &Path,
     candidate: &Candidate,
     limits: &OutputLimits,
     collected: &mut Collected,
 ) {
-    let parsed = read_small(
-        root,
-        candidate,
-        limits.max_result_bytes,
-        "outputs.max_result_bytes",
-    )
-    .and_then(|bytes| {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| OutputProblem {
-            path: RESULT_FILE.into(),
-            reason: "invalid_json",
-            message: format!("{RESULT_FILE} is not valid JSON: {e}"),
-        })
-    });
-    match parsed {
+    match read_json(root, candidate, limits, RESULT_FILE) {
         Ok(value) => collected.result = Some(value),
         Err(problem) => collected.add_problem(problem),
     }
@@ -332,20 +339,7 @@ fn read_metrics(
     limits: &OutputLimits,
     collected: &mut Collected,
 ) {
-    let parsed = read_small(
-        root,
-        candidate,
-        limits.max_result_bytes,
-        "outputs.max_result_bytes",
-    )
-    .and_then(|bytes| {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| OutputProblem {
-            path: METRICS_FILE.into(),
-            reason: "invalid_json",
-            message: format!("{METRICS_FILE} is not valid JSON: {e}"),
-        })
-    });
-    let object = match parsed {
+    let object = match read_json(root, candidate, limits, METRICS_FILE) {
         Ok(Value::Object(object)) => object,
         Ok(other) => {
             collected.add_problem(OutputProblem {

@@ -88,14 +88,13 @@ impl DockerExecution {
     /// Runs the attempt; returns its outcome and whether its outputs were recorded already.
     async fn attempt(&self, run: &ClaimedRun, stop_signal: &Stop) -> (Outcome, bool) {
         let stop = stop_signal.token();
-        let preparing = std::time::Instant::now();
         let mut phases = Phases::start(run.id);
         let prepared = tokio::select! {
             biased;
             _ = stop.cancelled() => return not_recorded(Outcome::Stopped),
             prepared = self.resolver.prepare(run) => prepared,
         };
-        metrics::phase_finished(metrics::Phase::Prepare, preparing.elapsed());
+        metrics::phase_finished(metrics::Phase::Prepare, phases.done("prepare"));
         let app = match prepared {
             Ok(app) => app,
             Err(e) if e.is_retryable() => {
@@ -103,7 +102,6 @@ impl DockerExecution {
             }
             Err(e) => return not_recorded(Outcome::failed(e.error_kind(), e.to_string())),
         };
-        phases.done("prepare");
         let recorded = crate::db::artifact::record_artifact_digest(
             &self.resolver.pool,
             run.id,
@@ -498,10 +496,13 @@ impl Phases {
         }
     }
 
-    fn done(&mut self, phase: &'static str) {
+    /// Ends `phase`; returns how long it took.
+    fn done(&mut self, phase: &'static str) -> Duration {
         let now = std::time::Instant::now();
-        self.took.push((phase, now - self.last));
+        let took = now - self.last;
+        self.took.push((phase, took));
         self.last = now;
+        took
     }
 
     fn report(&self) {

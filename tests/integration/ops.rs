@@ -611,22 +611,8 @@ async fn metrics_parse_as_prometheus_text_and_count_the_runs_done() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_turns_unready_while_the_database_is_down_and_ready_again_after() {
-    // A server of its own: stopping the shared one would break the other tests.
-    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("readyz-{}", Uuid::new_v4().simple()));
-    let cluster = tokio::task::spawn_blocking({
-        let root = root.clone();
-        move || app_executor::embedded_postgres::EmbeddedPostgres::ensure_running(&root).unwrap()
-    })
-    .await
-    .unwrap();
-    let db = TestDb::attach(cluster.url("postgres"));
-    {
-        let mut client = db.client().await;
-        app_executor::db::migration::migrate(&mut client, false)
-            .await
-            .unwrap();
-    }
+    let (cluster, db) = TestDb::private_cluster("readyz").await;
+    let root = cluster.root().to_path_buf();
     let mut options = DaemonOptions::new("");
     options.env.push((
         "APP_EXECUTOR_OPS__PROBE_TIMEOUT".to_owned(),

@@ -520,22 +520,8 @@ async fn killing_the_daemons_database_sessions_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_restart_mid_run_loses_and_duplicates_nothing() {
-    // A server of its own: restarting the shared one would break the other tests.
-    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("restart-{}", Uuid::new_v4().simple()));
-    let cluster = tokio::task::spawn_blocking({
-        let root = root.clone();
-        move || app_executor::embedded_postgres::EmbeddedPostgres::ensure_running(&root).unwrap()
-    })
-    .await
-    .unwrap();
-    let db = TestDb::attach(cluster.url("postgres"));
-    {
-        let mut client = db.client().await;
-        app_executor::db::migration::migrate(&mut client, false)
-            .await
-            .unwrap();
-    }
+    let (cluster, db) = TestDb::private_cluster("restart").await;
+    let root = cluster.root().to_path_buf();
     let client = db.client().await;
     let (company, app) = tenant(&client).await;
     let runs = enqueue(&client, company, app, 20).await;

@@ -136,6 +136,25 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A migrated database on a PostgreSQL server of the test's own, in a fresh directory under
+    /// `target/tmp` named `<prefix>-<uuid>`: for tests that stop or restart the server (doing
+    /// that to the shared one would break the other tests). Returns the cluster to stop or
+    /// restart, and the database.
+    pub async fn private_cluster(prefix: &str) -> (EmbeddedPostgres, Self) {
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        let cluster =
+            tokio::task::spawn_blocking(move || EmbeddedPostgres::ensure_running(&root).unwrap())
+                .await
+                .unwrap();
+        let db = Self::attach(cluster.url("postgres"));
+        let mut client = db.client().await;
+        app_executor::db::migration::migrate(&mut client, false)
+            .await
+            .unwrap();
+        (cluster, db)
+    }
+
     /// An existing database on another server (e.g. a test's private cluster); not dropped.
     pub fn attach(url: DatabaseUrl) -> Self {
         Self {
