@@ -130,12 +130,7 @@ impl Runner {
                 status.loop_ticked();
                 match queue::claim_next_run(&pool, &executor_id, &limits).await {
                     Ok(Some(run)) => {
-                        tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
-                        metrics::run_claimed(
-                            (run.started_at - run.created_at)
-                                .to_std()
-                                .unwrap_or_default(),
-                        );
+                        note_claimed(&run);
                         let task = RunTask {
                             pool: pool.clone(),
                             executor_id: executor_id.clone(),
@@ -145,9 +140,11 @@ impl Runner {
                             status: status.clone(),
                             alerts: alerts.clone(),
                         };
+                        let limits = limits.clone();
+                        let shutdown = shutdown.clone();
                         let freed_signal = slot_freed.clone();
                         tracker.spawn(async move {
-                            task.execute(run).await;
+                            task.execute_while_claimable(run, &limits, &shutdown).await;
                             drop(permit);
                             freed_signal.notify_one();
                         });
@@ -163,7 +160,8 @@ impl Runner {
                 }
             }
 
-            if until_idle && found_nothing && registry.lock().unwrap().is_empty() {
+            let all_slots_free = slots.available_permits() == settings.max_concurrent_runs;
+            if until_idle && found_nothing && all_slots_free {
                 match queue::count_pending_runs(&pool).await {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -320,8 +318,47 @@ struct RunTask {
     alerts: Alerts,
 }
 
+/// Logs and counts a claimed run.
+fn note_claimed(run: &ClaimedRun) {
+    tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
+    metrics::run_claimed(
+        (run.started_at - run.created_at)
+            .to_std()
+            .unwrap_or_default(),
+    );
+}
+
 impl RunTask {
-    async fn execute(self, run: ClaimedRun) {
+    /// Executes `run`, then keeps its slot busy by claiming the next run itself for as long as
+    /// one is eligible: with a deep queue, handing the slot back through the claim loop would
+    /// cost a wake-up and a new task per run. Stops claiming once shutdown begins.
+    async fn execute_while_claimable(
+        &self,
+        mut run: ClaimedRun,
+        limits: &ClaimLimits,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            self.execute(run).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match queue::claim_next_run(&self.pool, &self.executor_id, limits).await {
+                Ok(Some(next)) => {
+                    note_claimed(&next);
+                    run = next;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // The claim loop owns retrying after the poll interval.
+                    tracing::warn!(error = %e, "claiming the next run failed; handing the slot back");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, run: ClaimedRun) {
         let started = std::time::Instant::now();
         self.status.run_started();
         let in_flight = Stop::new();

@@ -709,3 +709,57 @@ async fn bad_input_fails_runs_with_a_clear_reason_and_the_queue_keeps_flowing() 
         "run directories left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_claim_takes_priority_then_age_and_passes_over_an_app_at_its_cap() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, busy_app) = tenant(&client).await;
+    let other_app: Uuid = client
+        .query_one(
+            "insert into public.applications (name) values ('other') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let insert = |app: Uuid, priority: i32| {
+        let client = &client;
+        async move {
+            let id: Uuid = client
+                .query_one(
+                    "insert into public.app_runs (app_id, company_id, priority) values ($1, $2, $3) returning id",
+                    &[&app, &company, &priority],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            id
+        }
+    };
+    // Oldest first: two runs of the busy app, then the other app's run; then a later, urgent one.
+    let busy_first = insert(busy_app, 0).await;
+    let busy_second = insert(busy_app, 0).await;
+    let other = insert(other_app, 0).await;
+    let urgent = insert(busy_app, 5).await;
+    let claim = |app_cap: i32| {
+        let client = &client;
+        async move {
+            client
+                .query_opt(
+                    "select id from app_exec.claim_next_run('claimer', '30 seconds', 100, $1)",
+                    &[&app_cap],
+                )
+                .await
+                .unwrap()
+                .map(|row| row.get::<_, Uuid>(0))
+        }
+    };
+
+    assert_eq!(claim(1).await, Some(urgent), "higher priority goes first");
+    // The busy app is now at its cap of 1: its older runs wait, the other app's run is next.
+    assert_eq!(claim(1).await, Some(other));
+    assert_eq!(claim(1).await, None, "only the capped app has pending runs");
+    assert_eq!(claim(2).await, Some(busy_first), "then oldest first");
+    assert_eq!(claim(3).await, Some(busy_second));
+}
