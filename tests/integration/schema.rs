@@ -256,12 +256,18 @@ async fn a_pending_run_cannot_skip_to_success() {
     assert_eq!(sqlstate(result), "23514");
 }
 
-#[tokio::test]
-async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_channels() {
-    let db = TestDb::migrated().await;
+/// A session that has run `listen` (e.g. `listen a; listen b`) and forwards every notification
+/// it receives as `(channel, payload)`. The returned client keeps the session open.
+async fn listen(
+    db: &TestDb,
+    listen: &str,
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
     let config: tokio_postgres::Config = db.url.expose().parse().unwrap();
     let (listener, mut connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
@@ -270,6 +276,13 @@ async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_c
             }
         }
     });
+    listener.batch_execute(listen).await.unwrap();
+    (listener, rx)
+}
+
+#[tokio::test]
+async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_channels() {
+    let db = TestDb::migrated().await;
     let client = db.client().await;
     client
         .execute(
@@ -278,10 +291,11 @@ async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_c
         )
         .await
         .unwrap();
-    listener
-        .batch_execute("listen ns_test_run_pending; listen ns_test_run_cancelled; listen ns_test_schedule_changed; listen app_executor_run_pending")
-        .await
-        .unwrap();
+    let (_listener, mut rx) = listen(
+        &db,
+        "listen ns_test_run_pending; listen ns_test_run_cancelled; listen ns_test_schedule_changed; listen app_executor_run_pending",
+    )
+    .await;
 
     let f = fixture(&client).await;
     let run = insert_run(&client, &f).await;
@@ -342,5 +356,102 @@ async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_c
             .await
             .is_err(),
         "one notification per statement"
+    );
+}
+
+/// The scheduler moves `next_run_at` later after every fire; that must not wake every daemon's
+/// scheduler (10,000 schedules a minute would be 10,000 notifications), while any edit must.
+#[tokio::test]
+async fn advancing_a_schedule_is_quiet_but_every_edit_notifies() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let f = fixture(&client).await;
+    let (_listener, mut rx) = listen(&db, "listen app_executor_schedule_changed").await;
+    let schedule: Uuid = client
+        .query_one(
+            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, '0 * * * *') returning id",
+            &[&f.app, &f.company],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let run = insert_run(&client, &f).await;
+    // Everything received until the channel has been quiet for 300 ms.
+    async fn drain(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) -> Vec<(String, String)> {
+        let mut received = Vec::new();
+        while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            received.push(n);
+        }
+        received
+    }
+    assert_eq!(drain(&mut rx).await.len(), 1, "the insert notifies");
+    let changes = [
+        // (SET clause, notifies?)
+        ("next_run_at = '2030-01-01 10:00Z'", true), // planned: it was null
+        (
+            "next_run_at = '2030-01-01 11:00Z', last_run_at = '2030-01-01 10:00Z', last_run_id = $2",
+            false, // the scheduler's advance after a fire
+        ),
+        ("next_run_at = '2030-01-01 09:00Z'", true), // moved earlier
+        ("config = '{\"overlap\": \"queue\"}'", true),
+        ("name = 'nightly'", true),
+        ("is_active = false", true),
+        ("is_active = true", true),
+        ("cron_expression = '5 * * * *'", true),
+    ];
+    for (set, notifies) in changes {
+        let sql = format!(
+            "update public.app_cron_schedules set {set} where id = $1 and $2::uuid is not null"
+        );
+        client.execute(&sql, &[&schedule, &run]).await.unwrap();
+        let received = drain(&mut rx).await;
+        assert_eq!(
+            received.len(),
+            usize::from(notifies),
+            "`set {set}` sent {received:?}"
+        );
+    }
+}
+
+/// Migration 20250801000009 lists the columns whose edits notify the schedulers; a new column
+/// must be added there too, or edits of it would not wake them.
+#[tokio::test]
+async fn the_schedule_change_trigger_knows_every_column() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let columns: Vec<String> = client
+        .query(
+            "select column_name::text from information_schema.columns
+             where table_schema = 'public' and table_name = 'app_cron_schedules'
+             order by column_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "app_id",
+            "company_id",
+            "config",
+            "created_at",
+            "created_by",
+            "cron_expression",
+            "disabled_reason",
+            "id",
+            "is_active",
+            "last_run_at",
+            "last_run_id",
+            "name",
+            "next_run_at",
+            "timezone",
+            "updated_at",
+        ],
+        "app_cron_schedules changed: update the WHEN clause of app_cron_schedules_notify_update"
     );
 }
