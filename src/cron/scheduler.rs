@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::clock::{Clock, Sleep};
 use super::policy::{plan, CatchUp, Overlap, Plan, Policy, SkipReason};
-use super::schedule::Schedule;
+use super::schedule::ParseCache;
 use crate::config::CronSettings;
 use crate::db::schedule::{self as sql, DueSchedule};
 use crate::ops::metrics;
@@ -136,6 +136,7 @@ pub struct Scheduler {
     /// Notified by the daemon's LISTEN task on `<namespace>_schedule_changed`: a new or edited
     /// schedule is planned at once instead of at the next `max_sleep`.
     wake: Arc<Notify>,
+    parsed: ParseCache,
 }
 
 impl Scheduler {
@@ -150,6 +151,7 @@ impl Scheduler {
             clock,
             settings,
             wake,
+            parsed: ParseCache::default(),
         }
     }
 
@@ -429,7 +431,9 @@ impl Scheduler {
 
     /// What to do with one claimed due schedule: its plan, or why it must be disabled.
     fn evaluate(&self, row: &DueSchedule, now: DateTime<Utc>) -> Evaluation {
-        let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
+        let parsed = self
+            .parsed
+            .parse(&row.cron_expression, &row.timezone)
             .map_err(|e| e.to_string())
             .and_then(|s| Policy::from_config(&row.config).map(|p| (s, p)));
         let (schedule, policy) = match parsed {
@@ -500,9 +504,12 @@ impl Scheduler {
             .map_err(SchedulerError::Plan)?;
         let mut disabled = 0;
         report.more |= rows.len() as i64 >= self.batch_size();
+        let (mut planned_ids, mut planned_next) = (Vec::new(), Vec::new());
         for row in rows {
             // The policies are checked now too, so a typo is reported before the first tick.
-            let parsed = Schedule::parse(&row.cron_expression, &row.timezone)
+            let parsed = self
+                .parsed
+                .parse(&row.cron_expression, &row.timezone)
                 .map_err(|e| e.to_string())
                 .and_then(|s| Policy::from_config(&row.config).map(|_| s))
                 .and_then(|s| {
@@ -511,10 +518,8 @@ impl Scheduler {
                 });
             match parsed {
                 Ok(next) => {
-                    sql::set_next_run_at(&tx, row.id, next)
-                        .await
-                        .map_err(SchedulerError::Plan)?;
-                    report.planned += 1;
+                    planned_ids.push(row.id);
+                    planned_next.push(next);
                 }
                 Err(reason) => {
                     disable(&tx, row.id, now, &reason)
@@ -524,7 +529,11 @@ impl Scheduler {
                 }
             }
         }
+        sql::set_next_run_at(&tx, &planned_ids, &planned_next)
+            .await
+            .map_err(SchedulerError::Plan)?;
         tx.commit().await.map_err(SchedulerError::Plan)?;
+        report.planned += planned_ids.len();
         report.disabled += disabled;
         metrics::cron_skipped(SkipReason::InvalidSchedule.as_str(), disabled as u64);
         Ok(())

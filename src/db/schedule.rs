@@ -67,17 +67,22 @@ pub async fn claim_unplanned_schedules(
         .collect())
 }
 
+/// Sets `next_run_at` of many schedules in one statement: `next_run_at[i]` for `schedule_ids[i]`.
 pub async fn set_next_run_at(
     tx: &Transaction<'_>,
-    schedule_id: Uuid,
-    next_run_at: DateTime<Utc>,
-) -> Result<(), tokio_postgres::Error> {
+    schedule_ids: &[Uuid],
+    next_run_at: &[DateTime<Utc>],
+) -> Result<u64, tokio_postgres::Error> {
+    if schedule_ids.is_empty() {
+        return Ok(0);
+    }
     tx.execute(
-        "update public.app_cron_schedules set next_run_at = $2 where id = $1",
-        &[&schedule_id, &next_run_at],
+        "update public.app_cron_schedules s set next_run_at = u.next_run_at
+         from unnest($1::uuid[], $2::timestamptz[]) as u(id, next_run_at)
+         where s.id = u.id",
+        &[&schedule_ids, &next_run_at],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Disables a schedule that cannot be evaluated; `reason` is shown to its owner.
