@@ -64,14 +64,17 @@ pub struct Schedule {
 /// its memory whatever the schedules table holds.
 #[derive(Debug, Default)]
 pub struct ParseCache {
-    parsed: std::sync::Mutex<HashMap<(String, String), Result<Arc<Schedule>, ScheduleError>>>,
+    parsed: std::sync::Mutex<HashMap<(String, String), Parsed>>,
 }
+
+/// What [`ParseCache::parse`] returns (and caches) for one expression and zone.
+type Parsed = Result<Arc<Schedule>, ScheduleError>;
 
 impl ParseCache {
     pub const CAPACITY: usize = 10_000;
 
     /// [`Schedule::parse`], or the cached result of the same `(expr, tz_name)`.
-    pub fn parse(&self, expr: &str, tz_name: &str) -> Result<Arc<Schedule>, ScheduleError> {
+    pub fn parse(&self, expr: &str, tz_name: &str) -> Parsed {
         let key = (expr.to_owned(), tz_name.to_owned());
         if let Some(hit) = self.parsed.lock().unwrap().get(&key) {
             return hit.clone();
