@@ -15,9 +15,11 @@
 //! - [`resolve`]: a claimed run's files: version, verified download, layout, manifest, grants.
 //! - [`publish`]: uploading an app directory and recording its files (`app-executor publish`).
 //! - [`cache`]: the content-addressed blob cache (streamed SHA-256 verification, LRU cap).
+//! - [`digest`]: SHA-256 as the daemon computes it.
 
 pub mod app_dir;
 pub mod cache;
+pub mod digest;
 pub mod extract;
 pub mod manifest;
 pub mod policy;

@@ -9,10 +9,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use super::digest::sha256_hex;
 use uuid::Uuid;
 
-use super::version::hex;
 use super::{check_app_dir, walk_regular_files, HostLimits, WalkLimits};
 use crate::db::artifact::{self as sql, AppFile, PublishRecord};
 use crate::db::queue::QueueError;
@@ -112,7 +111,7 @@ pub async fn publish(
             storage_path: format!("app_{app}/{version}/{path}"),
             file_type: file_type(path).to_owned(),
             file_size: content.len() as i64,
-            checksum: format!("sha256:{}", hex(&Sha256::digest(content))),
+            checksum: format!("sha256:{}", sha256_hex(content)),
         })
         .collect();
     let skipped = walked

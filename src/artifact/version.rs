@@ -4,7 +4,7 @@
 //! Version: the run's build's version when `build_id` is set, else `metadata.version`, else the
 //! highest semver version published. Versions that are not semver are only used when named.
 
-use sha2::{Digest, Sha256};
+use super::digest::Sha256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VersionError {
@@ -77,11 +77,11 @@ pub fn file_set_digest<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) 
     let mut hasher = Sha256::new();
     for (path, checksum) in files {
         hasher.update(path.as_bytes());
-        hasher.update([0]);
+        hasher.update(&[0]);
         hasher.update(checksum.as_bytes());
-        hasher.update([b'\n']);
+        hasher.update(b"\n");
     }
-    format!("sha256:{}", hex(&hasher.finalize()))
+    format!("sha256:{}", hasher.finish_hex())
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use crate::artifact::digest::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{ContainerExit, Ended, Engine, EngineError, OutputSink};
@@ -266,20 +266,20 @@ async fn lock_key(path: PathBuf) -> std::io::Result<std::fs::File> {
 fn dependency_key(request: &InstallRequest<'_>) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(b"app-executor deps v1\n");
-    hasher.update(format!("pm={:?}\n", request.package_manager));
-    hasher.update(format!("image={}\n", request.image_id));
-    hasher.update(format!("scripts={}\n", request.allow_scripts));
+    hasher.update(format!("pm={:?}\n", request.package_manager).as_bytes());
+    hasher.update(format!("image={}\n", request.image_id).as_bytes());
+    hasher.update(format!("scripts={}\n", request.allow_scripts).as_bytes());
     for name in KEY_FILES {
         match std::fs::read(request.app_dir.join(name)) {
             Ok(bytes) => {
-                hasher.update(format!("{name} {}\n", bytes.len()));
+                hasher.update(format!("{name} {}\n", bytes.len()).as_bytes());
                 hasher.update(&bytes);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    let digest = hasher.finalize();
+    let digest = hasher.finish();
     Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
