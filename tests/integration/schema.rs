@@ -44,6 +44,18 @@ async fn insert_run(client: &Client, f: &Fixture) -> Uuid {
         .get(0)
 }
 
+/// A schedule of the fixture's app with `cron_expression`.
+async fn insert_schedule(client: &Client, f: &Fixture, cron_expression: &str) -> Uuid {
+    client
+        .query_one(
+            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, $3) returning id",
+            &[&f.app, &f.company, &cron_expression],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> String {
     match result {
         Ok(n) => format!("succeeded ({n} rows)"),
@@ -60,14 +72,7 @@ async fn every_check_enum_rejects_a_bad_value() {
     let client = db.client().await;
     let f = fixture(&client).await;
     let run = insert_run(&client, &f).await;
-    let schedule: Uuid = client
-        .query_one(
-            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, '* * * * *') returning id",
-            &[&f.app, &f.company],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let schedule = insert_schedule(&client, &f, "* * * * *").await;
     let sha = format!("sha256:{}", "a".repeat(64));
     let cases: Vec<(&str, Result<u64, tokio_postgres::Error>)> = vec![
         (
@@ -160,14 +165,7 @@ async fn duplicates_are_rejected_by_unique_constraints() {
         "23505"
     );
 
-    let schedule: Uuid = client
-        .query_one(
-            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, '0 * * * *') returning id",
-            &[&f.app, &f.company],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let schedule = insert_schedule(&client, &f, "0 * * * *").await;
     let tick = "insert into public.app_runs (app_id, company_id, run_type, schedule_id, scheduled_for) values ($1, $2, 'cron', $3, '2026-01-01T00:00:00Z')";
     client
         .execute(tick, &[&f.app, &f.company, &schedule])
@@ -306,13 +304,7 @@ async fn pending_runs_cancellations_and_schedule_changes_notify_the_namespaced_c
         )
         .await
         .unwrap();
-    client
-        .execute(
-            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, '0 * * * *')",
-            &[&f.app, &f.company],
-        )
-        .await
-        .unwrap();
+    insert_schedule(&client, &f, "0 * * * *").await;
 
     let mut received = Vec::new();
     while received.len() < 3 {
@@ -367,14 +359,7 @@ async fn advancing_a_schedule_is_quiet_but_every_edit_notifies() {
     let client = db.client().await;
     let f = fixture(&client).await;
     let (_listener, mut rx) = listen(&db, "listen app_executor_schedule_changed").await;
-    let schedule: Uuid = client
-        .query_one(
-            "insert into public.app_cron_schedules (app_id, company_id, cron_expression) values ($1, $2, '0 * * * *') returning id",
-            &[&f.app, &f.company],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let schedule = insert_schedule(&client, &f, "0 * * * *").await;
     let run = insert_run(&client, &f).await;
     // Everything received until the channel has been quiet for 300 ms.
     async fn drain(
