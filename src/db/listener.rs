@@ -67,15 +67,14 @@ async fn session(
     wakeups: &Wakeups,
     shutdown: &CancellationToken,
 ) -> Option<String> {
-    let mut config: tokio_postgres::Config = match url.expose().parse() {
-        Ok(config) => config,
+    let (mut config, tls) = match super::session_config(url, connect_timeout) {
+        Ok(pair) => pair,
         Err(e) => return Some(e.to_string()),
     };
     config
-        .connect_timeout(connect_timeout)
         .application_name("app-executor listener")
         .keepalives_idle(Duration::from_secs(30));
-    let (client, mut connection) = match config.connect(tokio_postgres::NoTls).await {
+    let (client, mut connection) = match config.connect(tls).await {
         Ok(pair) => pair,
         Err(e) => return Some(format!("cannot connect: {e}")),
     };

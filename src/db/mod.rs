@@ -6,9 +6,11 @@
 //! - [`alert`]: alert events as `NOTIFY <namespace>_events`.
 //! - [`retention`]: what the retention policy selects and deletes, and its advisory lock.
 //!
-//! Connections: [`connect`] opens one dedicated session (migrations, LISTEN); [`pool`] builds the
-//! deadpool pool every other component shares. Both use the same `tokio_postgres::Config`, so
-//! timeouts and the application name are set in one place.
+//! - [`tls`]: TLS with libpq's `sslmode` meanings (`verify-full`, `sslrootcert`, ...).
+//!
+//! Connections: [`connect`] opens one dedicated session (migrations); [`pool`] builds the
+//! deadpool pool every other component shares; the LISTEN task opens its own. All use
+//! [`session_config`], so TLS, timeouts and the application name are set in one place.
 
 pub mod alert;
 pub mod artifact;
@@ -20,11 +22,14 @@ pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod statement;
+pub mod tls;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use self::tls::{RootCerts, RustlsConnect, SslMode};
 
 use crate::config::DatabaseUrl;
 
@@ -46,30 +51,87 @@ pub enum DbError {
     Pool { url: String, message: String },
     #[error("the database does not answer: {0}")]
     Ping(String),
+    #[error("database URL {url}: sslmode={value} is not a mode; use disable, prefer, require, verify-ca or verify-full")]
+    BadSslMode { url: String, value: String },
+    #[error("database URL {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: tls::TlsSetupError,
+    },
 }
 
-fn pg_config(
+/// The session settings and TLS connector for `url`. `sslmode` (all of libpq's five) and
+/// `sslrootcert` are taken from a URL's query here, since tokio-postgres knows only three modes
+/// and no root certificates; everything else is tokio-postgres's to parse.
+pub fn session_config(
     url: &DatabaseUrl,
     connect_timeout: Duration,
-) -> Result<tokio_postgres::Config, DbError> {
-    let mut config: tokio_postgres::Config =
-        url.expose().parse().map_err(|source| DbError::BadUrl {
+) -> Result<(tokio_postgres::Config, RustlsConnect), DbError> {
+    let (rest, sslmode, sslrootcert) = take_tls_options(url.expose());
+    let mode = match sslmode {
+        None => SslMode::Prefer,
+        Some(value) => SslMode::parse(&value).ok_or_else(|| DbError::BadSslMode {
             url: url.redacted(),
-            source,
-        })?;
+            value,
+        })?,
+    };
+    let roots = match sslrootcert.as_deref() {
+        None | Some("system") => RootCerts::System,
+        Some(path) => RootCerts::File(path.into()),
+    };
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|source| DbError::BadUrl {
+        url: url.redacted(),
+        source,
+    })?;
+    config.ssl_mode(mode.for_tokio_postgres());
     config.connect_timeout(connect_timeout);
     if config.get_application_name().is_none() {
         config.application_name("app-executor");
     }
-    Ok(config)
+    let tls = RustlsConnect::new(mode, &roots).map_err(|source| DbError::Tls {
+        url: url.redacted(),
+        source,
+    })?;
+    Ok((config, tls))
+}
+
+/// Splits `sslmode` and `sslrootcert` off a `postgres://` URL's query (percent-decoded), leaving
+/// the rest of the URL untouched. Key/value connection strings are returned as they are.
+fn take_tls_options(url: &str) -> (String, Option<String>, Option<String>) {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
+        return (url.to_owned(), None, None);
+    };
+    let (mut sslmode, mut sslrootcert) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = || {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        match key {
+            "sslmode" => sslmode = Some(decoded()),
+            "sslrootcert" => sslrootcert = Some(decoded()),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, sslmode, sslrootcert)
 }
 
 /// Opens one dedicated session. Its connection task is spawned on the current runtime and ends
 /// when the returned client is dropped.
 pub async fn connect(url: &DatabaseUrl, connect_timeout: Duration) -> Result<Client, DbError> {
-    let config = pg_config(url, connect_timeout)?;
+    let (config, tls) = session_config(url, connect_timeout)?;
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|source| DbError::Connect {
             url: url.redacted(),
@@ -86,10 +148,10 @@ pub async fn connect(url: &DatabaseUrl, connect_timeout: Duration) -> Result<Cli
 /// The shared pool. Connections are checked (`Fast` recycling) and re-established on demand,
 /// so a database restart heals without restarting the daemon.
 pub fn pool(url: &DatabaseUrl, connect_timeout: Duration, size: usize) -> Result<Pool, DbError> {
-    let config = pg_config(url, connect_timeout)?;
+    let (config, tls) = session_config(url, connect_timeout)?;
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -136,4 +198,66 @@ pub async fn schema_version(client: &Client) -> Result<Option<String>, tokio_pos
         )
         .await?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_options_are_split_off_a_url_and_the_rest_is_kept_as_written() {
+        let (rest, mode, root) = take_tls_options(
+            "postgres://u:p%40ss@db.example.com:6543/postgres?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca.crt",
+        );
+        assert_eq!(
+            rest,
+            "postgres://u:p%40ss@db.example.com:6543/postgres?application_name=x"
+        );
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
+
+        let (rest, mode, root) = take_tls_options("postgresql://h/db?sslmode=require");
+        assert_eq!(
+            (rest.as_str(), mode.as_deref(), root),
+            ("postgresql://h/db", Some("require"), None)
+        );
+
+        // Key/value strings are tokio-postgres's to parse.
+        let dsn = "host=h sslmode=require";
+        assert_eq!(take_tls_options(dsn), (dsn.to_owned(), None, None));
+    }
+
+    #[test]
+    fn a_bad_sslmode_or_root_file_is_named_with_the_fix() {
+        let url = |s: &str| DatabaseUrl::parse(s, "the test").unwrap();
+        let e = session_config(
+            &url("postgres://h/db?sslmode=verify"),
+            Duration::from_secs(1),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("sslmode=verify is not a mode") && e.contains("verify-full"),
+            "{e}"
+        );
+        let e = session_config(
+            &url("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"),
+            Duration::from_secs(1),
+        )
+        .err()
+        .unwrap();
+        let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(
+            text.contains("/nonexistent/ca.crt") && text.contains("cannot be read"),
+            "{text}"
+        );
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            session_config(
+                &url(&format!("postgres://h/db?sslmode={mode}")),
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod artifact;
 mod bench;
 mod cli;
 mod cron;
+mod db_tls;
 mod demo;
 mod docker;
 mod logs;

@@ -1,0 +1,240 @@
+//! TLS to PostgreSQL with libpq's `sslmode` meanings, against a real server with `ssl = on` and
+//! certificates made by `openssl` for the test: a CA, and a server certificate for `localhost`
+//! only (so connecting to 127.0.0.1 is a name mismatch), plus an unrelated CA.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use app_executor::config::DatabaseUrl;
+
+use crate::harness::postgres::{url_for, TestDb};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Writes `ca.crt`, `other-ca.crt`, `server.crt` and `server.key` (for `localhost`) into `dir`.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=test {ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &args);
+    }
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    args.extend(ec);
+    openssl(dir, &args);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+/// Whether the session `url` opens is encrypted, or why it could not be opened.
+async fn session_uses_tls(url: &str) -> Result<bool, String> {
+    let url = DatabaseUrl::parse(url, "the test").unwrap();
+    let client = app_executor::db::connect(&url, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })?;
+    let row = client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
+    let (cluster, db) = TestDb::private_cluster("tls").await;
+    let certs = cluster.root().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let certs_for_openssl = certs.clone();
+    tokio::task::spawn_blocking(move || make_certificates(&certs_for_openssl))
+        .await
+        .unwrap();
+    let data = cluster.root().join("data");
+    for name in ["server.crt", "server.key"] {
+        std::fs::copy(certs.join(name), data.join(name)).unwrap();
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", data.join(name).to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    std::fs::set_permissions(
+        data.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let admin = db.client().await;
+    admin
+        .batch_execute("alter system set ssl = on")
+        .await
+        .unwrap();
+    admin
+        .query_one("select pg_reload_conf()", &[])
+        .await
+        .unwrap();
+    drop(admin);
+
+    let port = cluster.port();
+    let ca = certs.join("ca.crt");
+    let other_ca = certs.join("other-ca.crt");
+    let url =
+        |host: &str, query: String| format!("postgres://postgres@{host}:{port}/postgres{query}");
+    let with = |mode: &str, root: Option<&Path>| match root {
+        Some(root) => format!("?sslmode={mode}&sslrootcert={}", root.display()),
+        None => format!("?sslmode={mode}"),
+    };
+    // The reload is asynchronous: wait until a new session is offered TLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while session_uses_tls(&url("127.0.0.1", with("require", None))).await != Ok(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never offered TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let encrypted = [
+        ("disable", url("127.0.0.1", with("disable", None)), false),
+        ("no sslmode (prefer)", url("127.0.0.1", String::new()), true),
+        ("require", url("127.0.0.1", with("require", None)), true),
+        (
+            "verify-full, right CA and name",
+            url("localhost", with("verify-full", Some(&ca))),
+            true,
+        ),
+        (
+            "verify-ca, name mismatch",
+            url("127.0.0.1", with("verify-ca", Some(&ca))),
+            true,
+        ),
+    ];
+    for (case, url, tls) in encrypted {
+        assert_eq!(session_uses_tls(&url).await, Ok(tls), "{case}: {url}");
+    }
+
+    let refused = [
+        (
+            "verify-full, name mismatch",
+            url("127.0.0.1", with("verify-full", Some(&ca))),
+            "certificate not valid for name \"127.0.0.1\"",
+        ),
+        (
+            "verify-full, unrelated CA",
+            url("localhost", with("verify-full", Some(&other_ca))),
+            "invalid peer certificate",
+        ),
+        (
+            "verify-full, public roots only",
+            url("localhost", with("verify-full", None)),
+            "invalid peer certificate",
+        ),
+        (
+            "require with sslrootcert checks the chain",
+            url("localhost", with("require", Some(&other_ca))),
+            "invalid peer certificate",
+        ),
+    ];
+    for (case, url, reason) in refused {
+        let error = session_uses_tls(&url).await.unwrap_err();
+        assert!(
+            error.contains("cannot connect to the database") && error.contains(reason),
+            "{case}: {error}"
+        );
+    }
+
+    // The pool every daemon component uses goes through the same connector.
+    let verified = DatabaseUrl::parse(
+        &url("localhost", with("verify-full", Some(&ca))),
+        "the test",
+    )
+    .unwrap();
+    let pool = app_executor::db::pool(&verified, Duration::from_secs(10), 2).unwrap();
+    app_executor::db::ping(&pool).await.unwrap();
+    drop(pool);
+    cluster.stop().unwrap();
+}
+
+#[tokio::test]
+async fn require_refuses_a_server_without_tls() {
+    // The shared test server runs without TLS.
+    let db = TestDb::migrated().await;
+    let plain = url_for(&db.name);
+    let required = format!("{}?sslmode=require", plain.expose());
+    let error = session_uses_tls(&required).await.unwrap_err();
+    assert!(error.contains("cannot connect to the database"), "{error}");
+    assert_eq!(
+        session_uses_tls(plain.expose()).await,
+        Ok(false),
+        "prefer falls back"
+    );
+}
+
+/// Root must hand the key to the server's user (`postgres`), which PostgreSQL insists on.
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
