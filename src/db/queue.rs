@@ -418,6 +418,27 @@ pub async fn dead_executors(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Of the attempts `(run, attempt)`, the ones still in flight: the run is `running` at that
+/// attempt (some daemon holds it, or held it until its lease runs out).
+pub async fn attempts_in_flight(
+    pool: &Pool,
+    runs: &[Uuid],
+    attempts: &[i32],
+) -> Result<Vec<(Uuid, i32)>> {
+    let client = client(pool, "looking up attempts").await?;
+    let rows = client
+        .query(
+            "select r.id, r.attempt from public.app_runs r
+               join unnest($1::uuid[], $2::int[]) as a(id, attempt)
+                 on a.id = r.id and a.attempt = r.attempt
+              where r.status = 'running'",
+            &[&runs, &attempts],
+        )
+        .await
+        .map_err(query("look up attempts in flight"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Executors registered from `host` other than `except`, with their ids.
 pub async fn executors_on_host(pool: &Pool, host: &str, except: &str) -> Result<Vec<String>> {
     let client = client(pool, "looking up executors").await?;

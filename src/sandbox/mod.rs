@@ -20,7 +20,7 @@ pub mod profile;
 mod settings;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -392,9 +392,10 @@ impl DockerExecution {
         ])
     }
 
-    /// Removes containers whose daemon is gone and hands that daemon's runs back to the queue.
-    /// On start (`host` given) a daemon also retires earlier instances on the same host whose
-    /// process no longer exists, without waiting for their heartbeat to go stale.
+    /// Removes containers whose daemon is gone and hands that daemon's runs back to the queue,
+    /// then attempt directories no attempt in flight uses. On start (`host` given) a daemon also
+    /// retires earlier instances on the same host whose process no longer exists, without
+    /// waiting for their heartbeat to go stale.
     pub async fn sweep_orphans(&self, stale_after: Duration, host: Option<&str>) {
         let pool = &self.resolver.pool;
         if let Some(host) = host {
@@ -416,6 +417,14 @@ impl DockerExecution {
                 }
             }
         }
+        self.remove_orphaned_containers(stale_after).await;
+        self.remove_abandoned_run_dirs(stale_after).await;
+    }
+
+    /// Removes the containers of daemons that are gone, with their run directories, and hands
+    /// those daemons' runs back to the queue.
+    async fn remove_orphaned_containers(&self, stale_after: Duration) {
+        let pool = &self.resolver.pool;
         let containers = match self.engine.managed_containers().await {
             Ok(c) => c,
             Err(e) => {
@@ -446,6 +455,60 @@ impl DockerExecution {
                 self.remove_orphaned_run_dir(&container).await;
                 if let Err(e) = queue::retire_executor(pool, executor).await {
                     tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
+                }
+            }
+        }
+    }
+
+    /// Removes attempt directories no attempt in flight uses: those a daemon killed before its
+    /// container existed (while downloading or installing) left behind. A directory is removed
+    /// when it is older than `stale_after` and its run is no longer `running` at that attempt
+    /// (finished, requeued, rescued under a new attempt, or deleted). The age keeps a directory
+    /// being prepared right now out of reach whatever the database said a moment before.
+    async fn remove_abandoned_run_dirs(&self, stale_after: Duration) {
+        let runs_dir = self.resolver.runs_dir.clone();
+        let old_enough = move || -> Vec<(uuid::Uuid, i32, PathBuf)> {
+            let now = std::time::SystemTime::now();
+            std::fs::read_dir(&runs_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().into_string().ok()?;
+                    let (run, attempt) = parse_run_dir_name(&name)?;
+                    let modified = entry.metadata().ok()?.modified().ok()?;
+                    let age = now.duration_since(modified).unwrap_or_default();
+                    (age >= stale_after).then(|| (run, attempt, entry.path()))
+                })
+                .collect()
+        };
+        let candidates = tokio::task::spawn_blocking(old_enough)
+            .await
+            .unwrap_or_default();
+        if candidates.is_empty() {
+            return;
+        }
+        let runs: Vec<uuid::Uuid> = candidates.iter().map(|c| c.0).collect();
+        let attempts: Vec<i32> = candidates.iter().map(|c| c.1).collect();
+        let in_flight = match queue::attempts_in_flight(&self.resolver.pool, &runs, &attempts).await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check run directories for the sweep");
+                return;
+            }
+        };
+        for (run, attempt, dir) in candidates {
+            if in_flight.contains(&(run, attempt)) {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {
+                    tracing::info!(run_id = %run, attempt, dir = %dir.display(), "removed a run directory no attempt uses (its daemon stopped before the run's container started)")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %run, attempt, dir = %dir.display(), error = %e, "could not remove an abandoned run directory")
                 }
             }
         }
@@ -525,6 +588,13 @@ impl Phases {
 /// the two agree (the directory of the killed daemon's attempt is gone).
 fn orphaned_run_dir_name(run: uuid::Uuid, attempt: i32) -> String {
     format!("{run}-{attempt}")
+}
+
+/// The run and attempt a directory named by [`orphaned_run_dir_name`] belongs to; `None` for
+/// any other name (left alone).
+fn parse_run_dir_name(name: &str) -> Option<(uuid::Uuid, i32)> {
+    let (run, attempt) = name.rsplit_once('-')?;
+    Some((run.parse().ok()?, attempt.parse().ok()?))
 }
 
 /// Whether the process named in an executor id (`<host>-<pid>-<suffix>`) still exists here.

@@ -862,6 +862,83 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
     assert!(left.is_empty(), "run directories left behind: {left:?}");
 }
 
+/// A daemon killed while downloading or installing leaves its attempt directory and no
+/// container; the next daemon's sweep removes such directories once no attempt in flight can
+/// be using them, and leaves everything else alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_directories_no_attempt_uses_are_removed_at_start() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let insert = |status: &'static str, attempt: i32| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "insert into public.app_runs
+                       (app_id, company_id, status, attempt, executor_id, lease_expires_at)
+                     values ($1, $2, $3, $4,
+                             case when $3 = 'running' then 'another-host-1-x' end,
+                             case when $3 = 'running' then now() + interval '1 hour' end)
+                     returning id",
+                    &[&app, &company, &status, &attempt],
+                )
+                .await
+                .unwrap();
+            row.get::<_, Uuid>(0)
+        }
+    };
+    let finished = insert("success", 1).await;
+    let rescued = insert("running", 2).await; // its attempt 1 died; attempt 2 runs elsewhere
+    let held = insert("running", 1).await;
+    let just_made = insert("success", 1).await;
+    let runs = state.path().join("runs");
+    let dir = |name: String| {
+        let path = runs.join(name);
+        std::fs::create_dir_all(path.join("app")).unwrap();
+        std::fs::write(path.join("app/index.js"), "x").unwrap();
+        path
+    };
+    let old = |path: &Path| {
+        let status = std::process::Command::new("touch")
+            .args(["-d", "1 day ago"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let removed = [
+        dir(format!("{finished}-1")),
+        dir(format!("{rescued}-1")),
+        dir(format!("{}-1", Uuid::new_v4())), // a run deleted since
+    ];
+    let kept = [
+        dir(format!("{held}-1")),
+        dir(format!("{just_made}-1")), // too young to judge
+        dir("not-a-run-directory".to_owned()),
+    ];
+    for path in removed.iter().chain(&kept[..1]).chain(&kept[2..]) {
+        old(path);
+    }
+
+    let daemon = Daemon::spawn(&db, options(state.path()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while removed.iter().any(|p| p.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "left: {:?}; log:\n{}",
+            removed.iter().filter(|p| p.exists()).collect::<Vec<_>>(),
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for path in &kept {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
+    stop(daemon).await;
+}
+
 // ---- many runs at once ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
