@@ -3,11 +3,12 @@
 //!
 //! A delivery is one event with a delivery id (`X-App-Executor-Delivery`, the same on every
 //! attempt, so a receiver can drop duplicates). 2xx ends it; 5xx, 429, timeouts and connection
-//! errors are retried with exponential backoff up to `max_attempts`; any other answer (a 4xx
-//! other than 429, a redirect) is final. Never logs the secret, nor the URL's path (it often
+//! errors are retried with exponential backoff up to `max_attempts`, waiting at least what a
+//! `Retry-After` header asks (capped like the backoff); any other answer (a 4xx other than 429,
+//! a redirect) is final. Never logs the secret, nor the URL's path (it often
 //! carries a token).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
 use uuid::Uuid;
@@ -64,6 +65,17 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// The wait a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 §10.2.3);
+/// `None` when it is neither. A date in the past asks for no wait.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryResult {
@@ -106,18 +118,29 @@ impl Webhook {
             if let Some(signature) = &signature {
                 request = request.header(SIGNATURE_HEADER, signature);
             }
-            let (verdict, last) = match request.send().await {
+            let (verdict, last, asked_wait) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    (verdict(status.as_u16()), format!("HTTP {status}"))
+                    let asked_wait = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry_after(v, SystemTime::now()));
+                    (
+                        verdict(status.as_u16()),
+                        format!("HTTP {status}"),
+                        asked_wait,
+                    )
                 }
                 // Connection refused, reset, TLS, timeout: the receiver may come back.
-                Err(e) => (Verdict::Retry, describe(&e)),
+                Err(e) => (Verdict::Retry, describe(&e), None),
             };
             match verdict {
                 Verdict::Delivered => return DeliveryResult::Delivered { attempts: attempt },
                 Verdict::Retry if attempt < settings.max_attempts => {
-                    let wait = backoff(settings.retry_backoff, attempt);
+                    let wait = backoff(settings.retry_backoff, attempt)
+                        .max(asked_wait.unwrap_or_default())
+                        .min(MAX_BACKOFF);
                     tracing::debug!(delivery_id = %delivery.id, attempt, %last, retry_in = ?wait, "webhook attempt failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -178,6 +201,23 @@ mod tests {
         assert_eq!(verdict(400), Verdict::GiveUp);
         assert_eq!(verdict(404), Verdict::GiveUp);
         assert_eq!(verdict(301), Verdict::GiveUp);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
     }
 
     #[test]

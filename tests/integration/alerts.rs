@@ -1,6 +1,7 @@
 //! Alerts from the real daemon: a failed run is announced on `<namespace>_events` and POSTed to
 //! a loopback webhook (signed, retried after a 500), a rescued run raises `run_rescued`, and a
-//! webhook that never answers holds up neither the runs nor the shutdown.
+//! webhook that never answers holds up neither the runs nor the shutdown; a 429's `Retry-After`
+//! is honoured.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -309,4 +310,60 @@ async fn a_webhook_that_never_answers_holds_up_neither_runs_nor_shutdown() {
     assert!(log.contains("alert queue full; event dropped"), "{log}");
     assert!(log.contains("were not all sent"), "{log}");
     drop(silent);
+}
+
+/// A receiver that is rate limiting says when to come back; the retry waits at least that long
+/// even when the configured backoff is far shorter.
+#[tokio::test]
+async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
+    use app_executor::alerts::webhook::{Delivery, DeliveryResult, Webhook};
+    use app_executor::alerts::{EventKind, WebhookSettings};
+
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                let mut all = seen.lock().unwrap();
+                all.push(Instant::now());
+                if all.len() == 1 {
+                    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")])
+                } else {
+                    (StatusCode::OK, [("retry-after", "0")])
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let webhook = Webhook {
+        client: reqwest::Client::new(),
+        settings: WebhookSettings {
+            url: url.parse().unwrap(),
+            secret: None,
+            timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(10),
+        },
+    };
+    let delivery = Delivery {
+        id: Uuid::new_v4(),
+        event: EventKind::RunFailed,
+        run_id: Uuid::new_v4(),
+        body: "{}".into(),
+    };
+    assert_eq!(
+        webhook.deliver(&delivery).await,
+        DeliveryResult::Delivered { attempts: 2 }
+    );
+    let arrivals = arrivals.lock().unwrap();
+    let waited = arrivals[1] - arrivals[0];
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, Retry-After asked for 2 s"
+    );
 }
