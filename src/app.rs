@@ -484,11 +484,17 @@ async fn check_database(config: &Config) -> Check {
         Ok(client) => client,
         Err(e) => return fail(e.to_string()),
     };
+    // How the session travels, for whoever reads `check` (sslmode in the README).
+    let transport = match db::session_tls(&client).await {
+        Ok(Some(tls)) => format!("over {tls}"),
+        Ok(None) => "without TLS".to_owned(),
+        Err(e) => return fail(format!("{url}: {e}")),
+    };
     match db::schema_version(&client).await {
         Ok(Some(version)) if version.as_str() >= db::migration::latest_version() => Check {
             name: "database",
             ok: true,
-            detail: format!("{url} reachable, schema at {version}"),
+            detail: format!("{url} reachable {transport}, schema at {version}"),
         },
         Ok(Some(version)) => fail(format!(
             "{url} reachable but its schema is at {version}, older than {}; run `app-executor migrate`",

@@ -178,6 +178,17 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The TLS version of `client`'s session (`TLSv1.3`, ...), `None` when it is not encrypted.
+pub async fn session_tls(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select version from pg_catalog.pg_stat_ssl where pid = pg_backend_pid() and ssl",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// The newest of this binary's migrations recorded in the database, `None` when none is.
 pub async fn schema_version(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
     let exists: bool = client

@@ -91,14 +91,10 @@ async fn session_uses_tls(url: &str) -> Result<bool, String> {
             }
             text
         })?;
-    let row = client
-        .query_one(
-            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
+    Ok(app_executor::db::session_tls(&client)
         .await
-        .unwrap();
-    Ok(row.get(0))
+        .unwrap()
+        .is_some())
 }
 
 #[tokio::test]
@@ -214,6 +210,17 @@ async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
     let pool = app_executor::db::pool(&verified, Duration::from_secs(10), 2).unwrap();
     app_executor::db::ping(&pool).await.unwrap();
     drop(pool);
+
+    // `check` says how the session travels.
+    let out = Command::new(crate::harness::binary())
+        .args(["check", "--json"])
+        .env("DATABASE_URL", verified.expose())
+        .env_remove("APP_EXECUTOR_CONFIG")
+        .current_dir(cluster.root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("reachable over TLSv1."), "{stdout}");
     cluster.stop().unwrap();
 }
 
