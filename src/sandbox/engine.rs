@@ -262,7 +262,6 @@ impl Engine {
             )
             .await
             .map_err(docker("attach to a container"))?;
-        let mut output = attached.output;
         self.docker
             .start_container(id, None)
             .await
@@ -279,9 +278,14 @@ impl Engine {
         tokio::pin!(deadline);
         let mut watch_tick = tokio::time::interval(Duration::from_millis(500));
         let mut ended = Ended::Exited;
+        // Two phases in one loop, so the limits are enforced in one place: first the attach
+        // stream is read until it closes; then, since that is not proof of exit (an app can
+        // close its own stdout), the container is waited for until it is not running.
+        let mut output = Some(attached.output);
+        let mut waiter = None;
         loop {
             tokio::select! {
-                chunk = output.next() => match chunk {
+                chunk = next_if_some(&mut output) => match chunk {
                     Some(Ok(bollard::container::LogOutput::StdOut { message })) => {
                         sink.output(OutputStream::Stdout, message).await
                     }
@@ -290,11 +294,23 @@ impl Engine {
                     }
                     Some(Ok(_)) => {}
                     // The stream ends (or breaks) when the container stops.
-                    Some(Err(e)) => {
-                        tracing::debug!(container = id, error = %e, "attach stream ended with an error");
-                        break;
+                    end => {
+                        if let Some(Err(e)) = end {
+                            tracing::debug!(container = id, error = %e, "attach stream ended with an error");
+                        }
+                        output = None;
+                        waiter = Some(self.long.wait_container(
+                            id,
+                            Some(WaitContainerOptions {
+                                condition: "not-running".into(),
+                            }),
+                        ));
                     }
-                    None => break,
+                },
+                waited = next_if_some(&mut waiter) => match waited {
+                    // bollard reports a non-zero exit as an error: it is an exit code.
+                    Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => break,
+                    Some(Err(e)) => return Err(docker("wait for a container")(e)),
                 },
                 _ = &mut deadline, if ended == Ended::Exited => {
                     ended = Ended::TimedOut;
@@ -304,39 +320,12 @@ impl Engine {
                     ended = Ended::Stopped;
                     self.kill(id).await;
                 }
-                _ = watch_tick.tick(), if ended == Ended::Exited && watch.is_some() => {
+                _ = watch_tick.tick(), if ended == Ended::Exited && output.is_some() && watch.is_some() => {
                     let watch = watch.expect("guarded");
                     if output_exceeds(watch).await {
                         ended = Ended::OutputTooLarge;
                         self.kill(id).await;
                     }
-                }
-            }
-        }
-        // The attach stream closing is not proof of exit (an app can close its own stdout):
-        // wait for the container to stop, still honouring the limits.
-        let mut waiter = self.long.wait_container(
-            id,
-            Some(WaitContainerOptions {
-                condition: "not-running".into(),
-            }),
-        );
-        loop {
-            tokio::select! {
-                waited = waiter.next() => {
-                    match waited {
-                        // bollard reports a non-zero exit as an error: it is an exit code.
-                        Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => break,
-                        Some(Err(e)) => return Err(docker("wait for a container")(e)),
-                    }
-                }
-                _ = &mut deadline, if ended == Ended::Exited => {
-                    ended = Ended::TimedOut;
-                    self.kill(id).await;
-                }
-                _ = stop.cancelled(), if ended == Ended::Exited => {
-                    ended = Ended::Stopped;
-                    self.kill(id).await;
                 }
             }
         }
@@ -509,6 +498,14 @@ pub fn usage(dir: &Path, entry_limit: usize) -> (u64, usize) {
         }
     }
     (bytes, entries)
+}
+
+/// The next item of `stream`, or never when there is no stream (a `select!` arm that is off).
+async fn next_if_some<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
