@@ -97,9 +97,31 @@ fn is_terminal(status: &str) -> bool {
 
 /// Polls the run until it is terminal (at most `limit`); panics with the daemon's log if not.
 async fn wait_terminal(client: &Client, run: Uuid, limit: Duration, daemon: &Daemon) -> RunRecord {
+    poll_until_terminal(
+        client,
+        run,
+        limit,
+        daemon,
+        Duration::from_millis(50),
+        |_| {},
+    )
+    .await
+}
+
+/// [`wait_terminal`] polling every `every`, calling `on_poll` with each record read (the
+/// terminal one included) for what a test samples meanwhile.
+async fn poll_until_terminal(
+    client: &Client,
+    run: Uuid,
+    limit: Duration,
+    daemon: &Daemon,
+    every: Duration,
+    mut on_poll: impl FnMut(&RunRecord),
+) -> RunRecord {
     let deadline = Instant::now() + limit;
     loop {
         let record = run_record(client, run).await;
+        on_poll(&record);
         if is_terminal(&record.status) {
             return record;
         }
@@ -109,7 +131,7 @@ async fn wait_terminal(client: &Client, run: Uuid, limit: Duration, daemon: &Dae
             record.status,
             daemon.log_text()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -300,21 +322,15 @@ async fn two_hundred_megabytes_of_output_store_the_cap_and_a_marker_in_bounded_d
 
     let started = Instant::now();
     let mut peak_rss = 0;
-    let record = loop {
-        let record = run_record(&client, run).await;
-        let (_, rss) = memory_kib(pid);
-        peak_rss = peak_rss.max(rss);
-        if is_terminal(&record.status) {
-            break record;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "run still {}; daemon log:\n{}",
-            record.status,
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let record = poll_until_terminal(
+        &client,
+        run,
+        Duration::from_secs(180),
+        &daemon,
+        Duration::from_millis(20),
+        |_| peak_rss = peak_rss.max(memory_kib(pid).1),
+    )
+    .await;
     // VmHWM is the kernel's own high-water mark of the whole process life, samples or not.
     let (hwm, _) = memory_kib(pid);
     let log = daemon.log_text();
@@ -574,22 +590,23 @@ async fn a_ten_second_storage_outage_mid_run_loses_nothing_and_the_status_waits_
     assert_eq!(run_record(&client, run).await.status, "running");
 
     // The status must not turn terminal before the compacted logs are in storage.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let stdout_key = format!("{prefix}stdout.log");
     let stderr_key = format!("{prefix}stderr.log");
-    let (record, stored_when_terminal) = loop {
-        let record = run_record(&client, run).await;
-        if is_terminal(&record.status) {
-            break (record, double.get(LOGS, &stdout_key));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run still {}; daemon log:\n{}",
-            record.status,
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut stored_when_terminal = None;
+    let record = poll_until_terminal(
+        &client,
+        run,
+        Duration::from_secs(120),
+        &daemon,
+        Duration::from_millis(20),
+        |record| {
+            if is_terminal(&record.status) {
+                stored_when_terminal = Some(double.get(LOGS, &stdout_key));
+            }
+        },
+    )
+    .await;
+    let stored_when_terminal = stored_when_terminal.expect("read at the terminal poll");
     let terminal_at = Instant::now();
     let log = daemon.log_text();
     assert_success(&record, &log);
@@ -801,22 +818,19 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
     let rescuer_started = Instant::now();
     let second = Daemon::spawn(&db, options(state.path()));
     let mut removed_after = None;
-    let record = loop {
-        if removed_after.is_none() && containers_of(run, 1).is_empty() {
-            removed_after = Some(rescuer_started.elapsed());
-        }
-        let record = run_record(&client, run).await;
-        if is_terminal(&record.status) {
-            break record;
-        }
-        assert!(
-            rescuer_started.elapsed() < Duration::from_secs(120),
-            "run still {}; log:\n{}",
-            record.status,
-            second.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let record = poll_until_terminal(
+        &client,
+        run,
+        Duration::from_secs(120),
+        &second,
+        Duration::from_millis(50),
+        |_| {
+            if removed_after.is_none() && containers_of(run, 1).is_empty() {
+                removed_after = Some(rescuer_started.elapsed());
+            }
+        },
+    )
+    .await;
     let log = second.log_text();
     assert_success(&record, &log);
     let removed_after = removed_after
