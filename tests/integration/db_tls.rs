@@ -100,6 +100,8 @@ async fn session_uses_tls(url: &str) -> Result<bool, String> {
 #[tokio::test]
 async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
     let (cluster, db) = TestDb::private_cluster("tls").await;
+    let cluster = StopOnDrop(cluster);
+    let cluster = &cluster.0;
     let certs = cluster.root().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     let certs_for_openssl = certs.clone();
@@ -221,7 +223,6 @@ async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("reachable over TLSv1."), "{stdout}");
-    cluster.stop().unwrap();
 }
 
 #[tokio::test]
@@ -237,6 +238,15 @@ async fn require_refuses_a_server_without_tls() {
         Ok(false),
         "prefer falls back"
     );
+}
+
+/// Stops the test's private cluster however the test ends (a failed assertion included).
+struct StopOnDrop(app_executor::embedded_postgres::EmbeddedPostgres);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
 }
 
 /// Root must hand the key to the server's user (`postgres`), which PostgreSQL insists on.
