@@ -160,7 +160,7 @@ impl BlobCache {
                 while let Some(chunk) = writer_chunks.blocking_recv() {
                     file.write_all(&chunk)?;
                 }
-                file.flush()
+                Ok(())
             });
             let mut bytes = 0u64;
             let fed = async {

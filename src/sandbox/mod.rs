@@ -502,15 +502,13 @@ impl DockerExecution {
             if in_flight.contains(&(run, attempt)) {
                 continue;
             }
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => {
-                    tracing::info!(run_id = %run, attempt, dir = %dir.display(), "removed a run directory no attempt uses (its daemon stopped before the run's container started)")
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(run_id = %run, attempt, dir = %dir.display(), error = %e, "could not remove an abandoned run directory")
-                }
-            }
+            remove_left_run_dir(
+                &dir,
+                run,
+                attempt,
+                "no attempt uses it (its daemon stopped before the run's container started)",
+            )
+            .await;
         }
     }
 
@@ -531,15 +529,13 @@ impl DockerExecution {
             .resolver
             .runs_dir
             .join(orphaned_run_dir_name(run, attempt));
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {
-                tracing::info!(run_id = %run, attempt, dir = %dir.display(), "removed the run directory a dead daemon left")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(run_id = %run, attempt, dir = %dir.display(), error = %e, "could not remove the run directory a dead daemon left")
-            }
-        }
+        remove_left_run_dir(
+            &dir,
+            run,
+            attempt,
+            "a dead daemon left it with its container",
+        )
+        .await;
     }
 }
 
@@ -580,6 +576,20 @@ impl Phases {
             })
             .collect();
         tracing::info!(run_id = %self.run_id, phases_ms = %serde_json::Value::Object(ms), "run phases");
+    }
+}
+
+/// Removes an attempt directory the sweep found left behind; `why` goes into the log line.
+/// Gone already is fine; any other failure is logged and retried by the next sweep.
+async fn remove_left_run_dir(dir: &Path, run: uuid::Uuid, attempt: i32, why: &str) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {
+            tracing::info!(run_id = %run, attempt, dir = %dir.display(), why, "removed a run directory left behind")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(run_id = %run, attempt, dir = %dir.display(), why, error = %e, "could not remove a run directory left behind")
+        }
     }
 }
 
