@@ -146,7 +146,9 @@ pub async fn connect(url: &DatabaseUrl, connect_timeout: Duration) -> Result<Cli
 }
 
 /// The shared pool. Connections are checked (`Fast` recycling) and re-established on demand,
-/// so a database restart heals without restarting the daemon.
+/// so a database restart heals without restarting the daemon. Handed out last-in first-out:
+/// a run's claim and finish then use the same, recently active server process instead of
+/// cycling through every idle one (FIFO, deadpool's default, cost the 1-slot queue ~5%).
 pub fn pool(url: &DatabaseUrl, connect_timeout: Duration, size: usize) -> Result<Pool, DbError> {
     let (config, tls) = session_config(url, connect_timeout)?;
     let manager = Manager::from_config(
@@ -158,6 +160,7 @@ pub fn pool(url: &DatabaseUrl, connect_timeout: Duration, size: usize) -> Result
     );
     Pool::builder(manager)
         .max_size(size)
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(connect_timeout))
         .create_timeout(Some(connect_timeout))
