@@ -149,7 +149,15 @@ pub struct CronSettings {
     pub catch_up_cap: usize,
     /// Schedules planned or fired per transaction batch in one pass.
     pub batch_size: usize,
+    /// How long before its nominal instant a tick may be fired: its run is inserted early with
+    /// `run_after = scheduled_for`, so it is claimable at the instant itself rather than once
+    /// the database has written it. Zero fires at the instant.
+    pub fire_ahead: Duration,
 }
+
+/// The longest `cron.fire_ahead` accepted: a lead much beyond the time a pass takes only widens
+/// the window in which an edit has to withdraw a run inserted ahead.
+pub const MAX_FIRE_AHEAD: Duration = Duration::from_secs(60);
 
 /// The run queue: concurrency, leases, retries, drain and fairness caps.
 #[derive(Debug, Clone)]
@@ -394,6 +402,7 @@ struct RawCron {
     max_sleep: String,
     catch_up_cap: usize,
     batch_size: usize,
+    fire_ahead: String,
 }
 
 impl Default for RawCron {
@@ -403,6 +412,7 @@ impl Default for RawCron {
             max_sleep: "30s".into(),
             catch_up_cap: 100,
             batch_size: 1000,
+            fire_ahead: "2s".into(),
         }
     }
 }
@@ -614,6 +624,24 @@ impl Config {
         if raw.cron.batch_size == 0 {
             violations.push("cron.batch_size = 0: must be at least 1".to_owned());
         }
+        let fire_ahead = match humantime::parse_duration(&raw.cron.fire_ahead) {
+            Ok(d) if d <= MAX_FIRE_AHEAD => d,
+            Ok(_) => {
+                violations.push(format!(
+                    "cron.fire_ahead = {:?}: must be at most {}; a few seconds is enough",
+                    raw.cron.fire_ahead,
+                    humantime::format_duration(MAX_FIRE_AHEAD)
+                ));
+                Duration::ZERO
+            }
+            Err(e) => {
+                violations.push(format!(
+                    "cron.fire_ahead = {:?}: not a duration ({e}); use e.g. \"2s\", or \"0s\" to fire at the instant",
+                    raw.cron.fire_ahead
+                ));
+                Duration::ZERO
+            }
+        };
         let limits = limits_from_raw(&raw.limits, &mut violations);
         let storage = storage_from_raw(&raw.storage, &raw.executor.state_dir, &mut violations);
         let ops = ops_from_raw(&raw.ops, &mut violations);
@@ -653,6 +681,7 @@ impl Config {
                 max_sleep: cron_max_sleep.unwrap_or_default(),
                 catch_up_cap: raw.cron.catch_up_cap,
                 batch_size: raw.cron.batch_size,
+                fire_ahead,
             },
             limits: limits.expect("violations were reported above"),
             ops: ops.expect("violations were reported above"),
@@ -700,6 +729,7 @@ impl Config {
                 "max_sleep": humantime::format_duration(self.cron.max_sleep).to_string(),
                 "catch_up_cap": self.cron.catch_up_cap,
                 "batch_size": self.cron.batch_size,
+                "fire_ahead": humantime::format_duration(self.cron.fire_ahead).to_string(),
             },
             "sandbox": self.sandbox,
             "limits": {
@@ -1564,12 +1594,25 @@ mod tests {
             (config.cron.catch_up_cap, config.cron.batch_size),
             (100, 1000)
         );
-        let err = load_error("[cron]\nmax_sleep = \"forever\"\ncatch_up_cap = 0\n", &[]);
+        assert_eq!(config.cron.fire_ahead, Duration::from_secs(2));
+        let err = load_error(
+            "[cron]\nmax_sleep = \"forever\"\ncatch_up_cap = 0\nfire_ahead = \"5m\"\n",
+            &[],
+        );
         assert!(
             err.contains("cron.max_sleep") && err.contains("forever"),
             "{err}"
         );
         assert!(err.contains("cron.catch_up_cap = 0"), "{err}");
+        assert!(
+            err.contains("cron.fire_ahead = \"5m\": must be at most 1m"),
+            "{err}"
+        );
+        let err = load_error("[cron]\nfire_ahead = \"soon\"\n", &[]);
+        assert!(err.contains("cron.fire_ahead = \"soon\""), "{err}");
+        let (_dir, overrides) = write_config("[cron]\nfire_ahead = \"0s\"\n");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert_eq!(config.cron.fire_ahead, Duration::ZERO);
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! [`FIRE_WORKERS`] batches run at once on separate connections. If a batch statement fails,
 //! that batch is redone schedule by schedule, each in a savepoint, so one poison row is isolated.
 //!
+//! Fire ahead: a pass also takes schedules whose next tick is at most `cron.fire_ahead` away
+//! and inserts their runs early with `run_after` = the tick, so the queue can claim them at the
+//! instant itself; a busy minute's inserts are then written before the minute starts. Only a
+//! tick whose decision nothing before its instant can change fires early: when the schedule has
+//! a pending or running run and its overlap policy looks at that, the tick is left for a pass at
+//! its instant (deferred). The database withdraws early runs when a schedule is edited or
+//! deleted before their instant (migration `executor_cron_fire_ahead`).
+//!
 //! Several daemons run this loop against one database. Row locks (`FOR UPDATE SKIP LOCKED`)
 //! keep two daemons off one schedule at a time, and `UNIQUE (schedule_id, scheduled_for)` on
 //! `app_runs` makes a double fire impossible even if that ever failed. A daemon killed
@@ -45,7 +53,7 @@ const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 const CONTENTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the loop does after a pass.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Wake {
     /// A batch limit was hit: pass again at once.
     Now,
@@ -85,8 +93,14 @@ pub struct PassReport {
     pub more: bool,
     /// `skipped`, by reason (`SkipReason::as_str`).
     pub skipped_by_reason: BTreeMap<&'static str, usize>,
-    /// For each fired tick, how long after its nominal time it fired (as of the pass's `now`).
+    /// For each fired tick, how long after its nominal time it fired (as of the pass's `now`;
+    /// zero when it fired ahead).
     pub fire_lags: Vec<chrono::Duration>,
+    /// Ticks fired before their nominal instant (`cron.fire_ahead`).
+    pub fired_ahead: usize,
+    /// Schedules within the fire-ahead window left for a pass at their instant, because an
+    /// active run could still end (or start) before it and change the overlap decision.
+    pub deferred: usize,
 }
 
 impl PassReport {
@@ -97,6 +111,8 @@ impl PassReport {
         self.skipped += other.skipped;
         self.failed += other.failed;
         self.more |= other.more;
+        self.fired_ahead += other.fired_ahead;
+        self.deferred += other.deferred;
         for (reason, n) in other.skipped_by_reason {
             *self.skipped_by_reason.entry(reason).or_default() += n;
         }
@@ -110,7 +126,11 @@ impl PassReport {
 
     fn fired(&mut self, now: DateTime<Utc>, scheduled_for: DateTime<Utc>) {
         self.fired += 1;
-        self.fire_lags.push(now - scheduled_for);
+        if scheduled_for > now {
+            self.fired_ahead += 1;
+        }
+        self.fire_lags
+            .push((now - scheduled_for).max(chrono::Duration::zero()));
     }
 
     /// Records what a committed transaction did in the metrics (never before the commit: a
@@ -190,14 +210,14 @@ impl Scheduler {
         let now = self.clock.now();
         let cap = now + self.max_sleep();
         let retry = Wake::At((now + RETRY_AFTER).min(cap));
+        let horizon = now + self.fire_ahead();
         match self.pass(now).await {
             Ok(report) if report.failed > 0 => retry,
-            Ok(report) if report.more => Wake::Now,
-            Ok(_) => match self.earliest_next_run_at(now).await {
-                // Still due (or unplanned) after a clean pass: another daemon holds its row lock.
-                Ok(Some(next)) if next <= now => Wake::Contended,
-                Ok(Some(next)) => Wake::At(next.min(cap)),
-                Ok(None) => Wake::At(cap),
+            // After a pass that fired ahead, the schedule's following tick may already be
+            // within the window too.
+            Ok(report) if report.more || report.fired_ahead > 0 => Wake::Now,
+            Ok(_) => match self.next_run_at_bounds(now, horizon).await {
+                Ok(bounds) => wake_after_clean_pass(now, self.fire_ahead(), cap, bounds),
                 Err(e) => {
                     tracing::warn!(error = %e, "cron scheduler cannot read its next wake time; retrying");
                     retry
@@ -214,17 +234,24 @@ impl Scheduler {
         chrono::Duration::from_std(self.settings.max_sleep).unwrap_or(chrono::Duration::MAX)
     }
 
-    async fn earliest_next_run_at(
+    fn fire_ahead(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.fire_ahead).unwrap_or(chrono::Duration::zero())
+    }
+
+    /// The earliest `next_run_at` of an active schedule, and the earliest after `horizon`.
+    async fn next_run_at_bounds(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+        horizon: DateTime<Utc>,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), SchedulerError> {
         let client = self.pool.get().await?;
-        sql::earliest_next_run_at(&client, now)
+        sql::next_run_at_bounds(&client, now, horizon)
             .await
             .map_err(SchedulerError::ListDue)
     }
 
-    /// Plans unplanned schedules, then fires every schedule due at `now`.
+    /// Plans unplanned schedules, then fires every schedule due at `now`, and those due within
+    /// `cron.fire_ahead` of it whose tick can be decided now.
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<PassReport, SchedulerError> {
         let mut report = PassReport::default();
         self.plan_unplanned(now, &mut report).await?;
@@ -267,7 +294,8 @@ impl Scheduler {
             let take = before.min(FIRE_CHUNK);
             let mut client = self.pool.get().await?;
             let mut tx = client.transaction().await.map_err(SchedulerError::Commit)?;
-            let rows = sql::claim_due_schedules(&tx, now, take as i64)
+            let horizon = now + self.fire_ahead();
+            let rows = sql::claim_due_schedules(&tx, horizon, take as i64)
                 .await
                 .map_err(SchedulerError::ListDue)?;
             claimed.fetch_add(rows.len(), Ordering::Relaxed);
@@ -317,7 +345,14 @@ impl Scheduler {
             let savepoint = tx.savepoint("fire").await.map_err(SchedulerError::Commit)?;
             // Counted only once its savepoint is kept.
             let mut one = PassReport::default();
-            match self.fire_schedule(&savepoint, row.id, now, &mut one).await {
+            let fired = self
+                .fire_batch(&savepoint, std::slice::from_ref(row), now, &mut one)
+                .await
+                .map_err(|source| SchedulerError::Fire {
+                    schedule_id: row.id,
+                    source,
+                });
+            match fired {
                 Ok(()) => {
                     savepoint.commit().await.map_err(SchedulerError::Commit)?;
                     report.absorb(one);
@@ -333,9 +368,7 @@ impl Scheduler {
     }
 
     /// Fires a batch of claimed schedules inside `tx` (a savepoint) in a few statements for the
-    /// whole batch; the same decisions as [`fire_schedule`] makes for one.
-    ///
-    /// [`fire_schedule`]: Scheduler::fire_schedule
+    /// whole batch: their runs, ticks and new `next_run_at` are kept together or not at all.
     async fn fire_batch(
         &self,
         tx: &Transaction<'_>,
@@ -371,6 +404,11 @@ impl Scheduler {
             .map(|(row, ..)| row.id)
             .collect();
         let active = sql::active_runs_of_schedules(tx, &check).await?;
+        // A tick ahead of its instant whose overlap decision could still change (the active
+        // run may end first) is left alone until the instant: not fired, not advanced.
+        let before = ready.len();
+        ready.retain(|(row, _, _, _)| row.next_run_at <= now || !active.contains_key(&row.id));
+        report.deferred += before - ready.len();
         let mut to_fire = sql::TicksToFire::default();
         for (row, policy, fire, _) in &ready {
             let detail = active
@@ -446,6 +484,8 @@ impl Scheduler {
             }
         };
 
+        // A schedule taken ahead of its tick is evaluated as of that tick: exactly one is due.
+        let now = now.max(row.next_run_at);
         // Every nominal tick from next_run_at up to now, oldest first.
         let mut due = vec![row.next_run_at];
         let mut next = schedule.next_after(row.next_run_at);
@@ -538,100 +578,31 @@ impl Scheduler {
         metrics::cron_skipped(SkipReason::InvalidSchedule.as_str(), disabled as u64);
         Ok(())
     }
+}
 
-    /// Fires one due schedule inside `tx` (a savepoint), statement by statement: the fallback
-    /// for a batch that failed. Its runs, ticks and new
-    /// `next_run_at` are kept together or not at all; the caller commits.
-    async fn fire_schedule(
-        &self,
-        tx: &Transaction<'_>,
-        schedule_id: Uuid,
-        now: DateTime<Utc>,
-        report: &mut PassReport,
-    ) -> Result<(), SchedulerError> {
-        let err = |source| SchedulerError::Fire {
-            schedule_id,
-            source,
-        };
-        let Some(row) = sql::claim_due_schedule(tx, schedule_id, now)
-            .await
-            .map_err(err)?
-        else {
-            return Ok(()); // another daemon has it, or already fired it
-        };
-        let (policy, plan, next) = match self.evaluate(&row, now) {
-            Evaluation::Disable { at, reason } => {
-                disable(tx, row.id, at, &reason).await.map_err(err)?;
-                report.disabled += 1;
-                return Ok(());
-            }
-            Evaluation::Fire {
-                policy,
-                plan,
-                next,
-                cut,
-            } => {
-                report.more |= cut;
-                (policy, plan, next)
-            }
-        };
-        for reason in [SkipReason::Downtime, SkipReason::CatchUpCap] {
-            let ticks: Vec<_> = plan
-                .skip
-                .iter()
-                .filter(|(_, r)| *r == reason)
-                .map(|(t, _)| *t)
-                .collect();
-            report.skip(reason.as_str(), ticks.len());
-            sql::record_skipped_ticks(tx, row.id, &ticks, reason.as_str(), None)
-                .await
-                .map_err(err)?;
-        }
-
-        let mut last_run = None;
-        if !plan.fire.is_empty() {
-            let active = sql::active_run_of_schedule(tx, row.id).await.map_err(err)?;
-            let detail = active
-                .as_ref()
-                .map(|a| format!("previous run {} was {}", a.id, a.status));
-            match (policy.overlap, &detail) {
-                (Overlap::Skip, Some(detail)) => {
-                    report.skip(SkipReason::Overlap.as_str(), plan.fire.len());
-                    sql::record_skipped_ticks(
-                        tx,
-                        row.id,
-                        &plan.fire,
-                        SkipReason::Overlap.as_str(),
-                        Some(detail),
-                    )
-                    .await
-                    .map_err(err)?;
-                }
-                _ => {
-                    let detail = match policy.overlap {
-                        Overlap::Queue => detail.as_deref(),
-                        _ => None,
-                    };
-                    for &tick in &plan.fire {
-                        if let Some(run_id) = sql::fire_tick(tx, &row, tick, &policy.input, detail)
-                            .await
-                            .map_err(err)?
-                        {
-                            report.fired(now, tick);
-                            last_run = Some((tick, run_id));
-                        }
-                    }
-                }
-            }
-        }
-        sql::advance_schedule(tx, row.id, next, last_run)
-            .await
-            .map_err(err)?;
-        if let Some((tick, run_id)) = last_run {
-            tracing::debug!(schedule_id = %row.id, %run_id, scheduled_for = %tick, "cron schedule fired");
-        }
-        Ok(())
+/// When to pass again after a pass that did all it could, from the earliest `next_run_at` of an
+/// active schedule and the earliest beyond the fire-ahead window (`now + lead`); never later
+/// than `cap`.
+fn wake_after_clean_pass(
+    now: DateTime<Utc>,
+    lead: chrono::Duration,
+    cap: DateTime<Utc>,
+    (earliest, beyond): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+) -> Wake {
+    // Still due (or unplanned) after a clean pass: another daemon holds its row lock.
+    if earliest.is_some_and(|t| t <= now) {
+        return Wake::Contended;
     }
+    // A tick within the window that the pass did not fire was deferred (or is being fired by
+    // another daemon): look again at its instant. A tick beyond the window: when it enters it.
+    let deferred = earliest.filter(|t| *t <= now + lead);
+    let entering = beyond.map(|t| t - lead);
+    Wake::At(
+        deferred
+            .into_iter()
+            .chain(entering)
+            .fold(cap, DateTime::min),
+    )
 }
 
 /// What [`Scheduler::evaluate`] decided for one due schedule.
@@ -672,4 +643,54 @@ async fn disable(
 
 fn never_fires(expression: &str) -> String {
     format!("{expression:?} never fires again; check the day-of-month and month fields")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn after_a_clean_pass_the_loop_wakes_when_the_next_tick_enters_the_window() {
+        let lead = chrono::Duration::seconds(2);
+        let cap = at(30);
+        // Nothing in the window: wake when the earliest tick is `lead` away.
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (Some(at(10)), Some(at(10)))),
+            Wake::At(at(8))
+        );
+        // A deferred tick at 1 s, the next one beyond the window at 5 s: its instant first.
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (Some(at(1)), Some(at(5)))),
+            Wake::At(at(1))
+        );
+        // ... unless the later one enters the window sooner than the deferred instant.
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (Some(at(2)), Some(at(3)))),
+            Wake::At(at(1))
+        );
+        // Without a lead, a future tick is waited for at its instant.
+        let none = chrono::Duration::zero();
+        assert_eq!(
+            wake_after_clean_pass(at(0), none, cap, (Some(at(10)), Some(at(10)))),
+            Wake::At(at(10))
+        );
+        // A tick still due after a clean pass is held by another daemon.
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (Some(at(0)), Some(at(9)))),
+            Wake::Contended
+        );
+        // Nothing at all, or everything far away: max_sleep.
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (None, None)),
+            Wake::At(cap)
+        );
+        assert_eq!(
+            wake_after_clean_pass(at(0), lead, cap, (Some(at(90)), Some(at(90)))),
+            Wake::At(cap)
+        );
+    }
 }

@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000007_executor_notify_per_statement.sql"),
     migration!("20250801000008_executor_claim_indexed_pick.sql"),
     migration!("20250801000009_executor_cron_advance_without_trigger_call.sql"),
+    migration!("20250801000010_executor_cron_fire_ahead.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -343,6 +343,27 @@ pub async fn count_pending_runs(pool: &Pool) -> Result<i64> {
     Ok(row.get(0))
 }
 
+/// How long until the earliest pending run that is not claimable yet becomes claimable (its
+/// `run_after` is in the future: a cron tick fired ahead, a retry's backoff); `None` when no
+/// such run exists.
+pub async fn time_until_next_waiting_run(pool: &Pool) -> Result<Option<Duration>> {
+    let client = client(pool, "looking up the next waiting run").await?;
+    let statement = client
+        .prepare_cached(
+            "select extract(epoch from min(run_after) - now())::float8 from public.app_runs
+              where status = 'pending' and run_after > now()",
+        )
+        .await
+        .map_err(query("prepare a queue statement"))?;
+    let row = client
+        .query_one(&statement, &[])
+        .await
+        .map_err(query("look up the next waiting run"))?;
+    Ok(row
+        .get::<_, Option<f64>>(0)
+        .map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
+}
+
 /// Registers (or re-registers) this daemon in `app_executors`.
 pub async fn register_executor(
     pool: &Pool,

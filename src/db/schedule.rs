@@ -101,30 +101,12 @@ pub async fn deactivate_schedule(
     Ok(())
 }
 
-/// Locks one schedule if it is still active and due; `None` when another daemon holds it or
-/// has already advanced it.
-pub async fn claim_due_schedule(
-    tx: &Transaction<'_>,
-    schedule_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Option<DueSchedule>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "select id, app_id, company_id, cron_expression, timezone, config, next_run_at
-             from public.app_cron_schedules
-             where id = $1 and is_active and next_run_at <= $2
-             for update skip locked",
-            &[&schedule_id, &now],
-        )
-        .await?;
-    Ok(row.as_ref().map(due_schedule))
-}
-
-/// Locks up to `limit` active schedules due at `now`, oldest `next_run_at` first, in one
-/// statement; rows another daemon (or another batch of this one) holds are skipped.
+/// Locks up to `limit` active schedules due by `horizon` (the pass's instant plus the
+/// fire-ahead lead), oldest `next_run_at` first, in one statement; rows another daemon (or
+/// another batch of this one) holds are skipped.
 pub async fn claim_due_schedules(
     tx: &Transaction<'_>,
-    now: DateTime<Utc>,
+    horizon: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<DueSchedule>, tokio_postgres::Error> {
     let rows = tx
@@ -134,7 +116,7 @@ pub async fn claim_due_schedules(
              where is_active and next_run_at <= $1
              order by next_run_at limit $2
              for update skip locked",
-            &[&now, &limit],
+            &[&horizon, &limit],
         )
         .await?;
     Ok(rows.iter().map(due_schedule).collect())
@@ -150,24 +132,6 @@ fn due_schedule(r: &Row) -> DueSchedule {
         config: r.get(5),
         next_run_at: r.get(6),
     }
-}
-
-pub async fn active_run_of_schedule(
-    tx: &Transaction<'_>,
-    schedule_id: Uuid,
-) -> Result<Option<ActiveRun>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "select id, status from public.app_runs
-             where schedule_id = $1 and status in ('pending', 'running')
-             order by created_at desc limit 1",
-            &[&schedule_id],
-        )
-        .await?;
-    Ok(row.map(|r| ActiveRun {
-        id: r.get(0),
-        status: r.get(1),
-    }))
 }
 
 /// The newest `pending` or `running` run of each of `schedule_ids` that has one.
@@ -240,9 +204,10 @@ pub struct FiredRun {
     pub scheduled_for: DateTime<Utc>,
 }
 
-/// [`fire_tick`] for a whole batch in one statement: inserts every run and records its tick as
-/// fired. Ticks that already have a run are left out of the result (`UNIQUE (schedule_id,
-/// scheduled_for)` makes a second fire a no-op, whichever daemon tries it).
+/// Inserts the run of every tick and records the tick as fired, in one statement. A run is not
+/// claimable before its tick (`run_after`), so a tick fired ahead waits for its instant. Ticks
+/// that already have a run are left out of the result (`UNIQUE (schedule_id, scheduled_for)`
+/// makes a second fire a no-op, whichever daemon tries it).
 pub async fn fire_ticks(
     tx: &Transaction<'_>,
     ticks: &TicksToFire,
@@ -258,8 +223,10 @@ pub async fn fire_ticks(
                  as w(app_id, company_id, input_data, schedule_id, scheduled_for, detail)
              ), run as (
                insert into public.app_runs
-                 (app_id, company_id, run_type, status, input_data, schedule_id, scheduled_for)
-               select app_id, company_id, 'cron', 'pending', input_data, schedule_id, scheduled_for
+                 (app_id, company_id, run_type, status, input_data, schedule_id, scheduled_for,
+                  run_after)
+               select app_id, company_id, 'cron', 'pending', input_data, schedule_id, scheduled_for,
+                      scheduled_for
                from wanted
                on conflict (schedule_id, scheduled_for) do nothing
                returning id, schedule_id, scheduled_for
@@ -322,7 +289,8 @@ impl SkippedTicks {
     }
 }
 
-/// [`record_skipped_ticks`] for a whole batch in one statement.
+/// Records skipped ticks, each with its reason and detail, in one statement; already recorded
+/// ticks are left as they are.
 pub async fn record_skipped_ticks_batch(
     tx: &Transaction<'_>,
     ticks: &SkippedTicks,
@@ -345,7 +313,8 @@ pub async fn record_skipped_ticks_batch(
     .await
 }
 
-/// How a batch of schedules moves on: [`advance_schedule`] for each, in one statement.
+/// How a batch of schedules moves on: each to its next tick and, when something fired, the
+/// newest run (`last_run_at` is that run's nominal instant).
 #[derive(Debug, Default)]
 pub struct Advances {
     pub schedule_ids: Vec<Uuid>,
@@ -394,43 +363,6 @@ pub async fn advance_schedules(
     .await
 }
 
-/// Inserts the cron run for one nominal tick and records the tick as fired, in one statement.
-/// `None` when the tick already has a run: `UNIQUE (schedule_id, scheduled_for)` makes a
-/// second fire a no-op, whichever daemon tries it.
-pub async fn fire_tick(
-    tx: &Transaction<'_>,
-    schedule: &DueSchedule,
-    scheduled_for: DateTime<Utc>,
-    input: &Value,
-    detail: Option<&str>,
-) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "with run as (
-               insert into public.app_runs
-                 (app_id, company_id, run_type, status, input_data, schedule_id, scheduled_for)
-               values ($1, $2, 'cron', 'pending', $3, $4, $5)
-               on conflict (schedule_id, scheduled_for) do nothing
-               returning id
-             ), tick as (
-               insert into public.app_cron_ticks (schedule_id, scheduled_for, outcome, run_id, detail)
-               select $4, $5, 'fired', id, $6 from run
-               on conflict (schedule_id, scheduled_for) do nothing
-             )
-             select id from run",
-            &[
-                &schedule.app_id,
-                &schedule.company_id,
-                input,
-                &schedule.id,
-                &scheduled_for,
-                &detail,
-            ],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
 /// Records ticks that did not fire, with one reason for all of them; already recorded ticks
 /// are left as they are.
 pub async fn record_skipped_ticks(
@@ -452,38 +384,25 @@ pub async fn record_skipped_ticks(
     .await
 }
 
-/// Moves the schedule to its next tick and, when something fired, remembers the newest run
-/// (`last_run_at` is that run's nominal instant).
-pub async fn advance_schedule(
-    tx: &Transaction<'_>,
-    schedule_id: Uuid,
-    next_run_at: DateTime<Utc>,
-    last_run: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<(), tokio_postgres::Error> {
-    let (last_at, last_id) = last_run.unzip();
-    tx.execute(
-        "update public.app_cron_schedules
-         set next_run_at = $2,
-             last_run_at = coalesce($3, last_run_at),
-             last_run_id = coalesce($4, last_run_id)
-         where id = $1",
-        &[&schedule_id, &next_run_at, &last_at, &last_id],
-    )
-    .await?;
-    Ok(())
-}
-
-/// When the scheduler next has work: the earliest `next_run_at` of an active schedule, where
-/// a schedule not yet planned (another daemon is planning it) counts as due at `now`.
-pub async fn earliest_next_run_at(
+/// When the scheduler next has work: the earliest `next_run_at` of an active schedule (one not
+/// yet planned, which another daemon is planning, counts as due at `now`), and the earliest
+/// after `horizon` (the end of the fire-ahead window).
+pub async fn next_run_at_bounds(
     client: &Client,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    horizon: DateTime<Utc>,
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), tokio_postgres::Error> {
     let row = client
         .query_one(
-            "select min(coalesce(next_run_at, $1)) from public.app_cron_schedules where is_active",
-            &[&now],
+            // Each part an index probe of app_cron_schedules_due_idx (which holds nulls too).
+            "select case when exists (select 1 from public.app_cron_schedules
+                                       where is_active and next_run_at is null) then $1
+                        else (select min(next_run_at) from public.app_cron_schedules where is_active)
+                   end,
+                   (select min(next_run_at) from public.app_cron_schedules
+                     where is_active and next_run_at > $2)",
+            &[&now, &horizon],
         )
         .await?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }

@@ -1,6 +1,7 @@
 //! The runner: keeps up to `max_concurrent_runs` runs in flight, each under a lease.
 //!
-//! One loop claims runs while slots are free, then waits for a NOTIFY wake-up, a freed slot or
+//! One loop claims runs while slots are free, then waits for a NOTIFY wake-up, a freed slot,
+//! the `run_after` of a run not claimable yet (a cron tick fired ahead, a retry's backoff) or
 //! the poll interval. Each claimed run gets a task that renews its lease (fenced on executor
 //! and attempt), executes it through the [`RunExecutor`] seam, and writes the outcome —
 //! retrying database errors until the write lands or the run is provably no longer ours.
@@ -31,6 +32,9 @@ use crate::model::{ClaimedRun, StopReason};
 use crate::ops::metrics;
 use crate::ops::DaemonStatus;
 pub use execution::{RunExecutor, Stop};
+
+/// Added to the wait for a run's `run_after`, so the claim's `now()` is past it.
+const DUE_MARGIN: Duration = Duration::from_millis(1);
 
 /// Runs registered in this process, by id.
 type Registry = Arc<Mutex<HashMap<Uuid, Stop>>>;
@@ -169,12 +173,22 @@ impl Runner {
                 }
             }
 
+            let mut wait = status.idle_wait(settings.poll_interval);
+            if found_nothing {
+                // A run inserted ahead of its time sent its NOTIFY already; wake when it is due.
+                match queue::time_until_next_waiting_run(&pool).await {
+                    Ok(Some(until)) => wait = wait.min(until + DUE_MARGIN),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot look up the next waiting run"),
+                }
+            }
+
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = &mut pending => {}
                 _ = &mut freed => {}
-                _ = tokio::time::sleep(status.idle_wait(settings.poll_interval)) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
 

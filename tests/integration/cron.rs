@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::harness::daemon::{Daemon, DaemonOptions};
 use crate::harness::insert_tenant as tenant;
 use crate::harness::TestDb;
 
@@ -32,6 +33,8 @@ fn settings(catch_up_cap: usize) -> CronSettings {
         max_sleep: Duration::from_secs(30),
         catch_up_cap,
         batch_size: 100,
+        // These tests fire at the instant; fire ahead has its own tests below.
+        fire_ahead: Duration::ZERO,
     }
 }
 
@@ -505,4 +508,307 @@ async fn a_notified_scheduler_plans_a_new_schedule_without_waiting_for_max_sleep
     );
     token.cancel();
     handle.await.unwrap();
+}
+
+/// An instant after the real clock, so the database's `now()` sees every tick of these tests
+/// as still to come (what withdrawing and `run_after` compare against).
+fn future() -> DateTime<Utc> {
+    "2030-06-01T00:00:00Z".parse().unwrap()
+}
+
+fn ahead(seconds: u64) -> CronSettings {
+    let mut settings = settings(100);
+    settings.fire_ahead = Duration::from_secs(seconds);
+    settings
+}
+
+/// (scheduled_for, run_after, status, input_data) of the schedule's runs, oldest first.
+async fn runs_of(
+    client: &Client,
+    schedule: Uuid,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>, String, Value)> {
+    client
+        .query(
+            "select scheduled_for, run_after, status, input_data from public.app_runs
+             where schedule_id = $1 order by scheduled_for",
+            &[&schedule],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tick_fires_ahead_when_nothing_can_change_it_and_waits_for_its_instant_otherwise() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner = tenant(&client).await;
+    let mut by_policy = Vec::new();
+    for policy in ["skip", "queue", "allow"] {
+        let config = json!({"overlap": policy});
+        by_policy.push(add_schedule(&client, owner, "* * * * *", "UTC", config).await);
+    }
+    let [skip, queue, allow] = by_policy[..] else {
+        unreachable!()
+    };
+    let clock = ManualClock::new(future());
+    let scheduler = scheduler(&db, &clock, ahead(2));
+    let seconds = chrono::Duration::seconds;
+    let tick1 = future() + minutes(1);
+    assert_eq!(scheduler.pass(future()).await.unwrap().planned, 3);
+
+    // 3 s before the tick is outside the 2 s lead; 2 s before, every schedule fires: none has
+    // an active run, so nothing before the instant can change the decision.
+    assert_eq!(scheduler.pass(tick1 - seconds(3)).await.unwrap().fired, 0);
+    let report = scheduler.pass(tick1 - seconds(2)).await.unwrap();
+    assert_eq!((report.fired, report.fired_ahead), (3, 3));
+    assert!(report.fire_lags.iter().all(|lag| lag.is_zero()));
+    for schedule in [skip, queue, allow] {
+        // Claimable at the instant, not before.
+        let runs = runs_of(&client, schedule).await;
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].0, runs[0].1), (tick1, tick1));
+        assert_eq!(
+            schedule_state(&client, schedule).await.2,
+            Some(tick1 + minutes(1))
+        );
+    }
+
+    // The next tick, 2 s ahead again, with the first runs still pending: skip and queue look
+    // at that run, which may end before the instant, so they wait for it; allow does not care.
+    let tick2 = tick1 + minutes(1);
+    let report = scheduler.pass(tick2 - seconds(2)).await.unwrap();
+    assert_eq!(
+        (
+            report.fired,
+            report.fired_ahead,
+            report.deferred,
+            report.skipped
+        ),
+        (1, 1, 2, 0)
+    );
+    assert_eq!(run_times(&client, allow).await, vec![tick1, tick2]);
+    for deferred in [skip, queue] {
+        assert_eq!(run_times(&client, deferred).await, vec![tick1]);
+        assert_eq!(
+            tick_counts(&client, deferred).await,
+            counts(&[("fired", None, 1)])
+        );
+        assert_eq!(schedule_state(&client, deferred).await.2, Some(tick2));
+    }
+
+    // The skip schedule's run ends before the instant, so at the instant its tick fires;
+    // the queue schedule's run is still pending, so its tick is queued behind it.
+    client
+        .execute(
+            "update public.app_runs set status = 'cancelled' where schedule_id = $1",
+            &[&skip],
+        )
+        .await
+        .unwrap();
+    let report = scheduler.pass(tick2).await.unwrap();
+    assert_eq!(
+        (report.fired, report.fired_ahead, report.deferred),
+        (2, 0, 0)
+    );
+    assert_eq!(run_times(&client, skip).await, vec![tick1, tick2]);
+    let detail: Option<String> = client
+        .query_one(
+            "select detail from public.app_cron_ticks where schedule_id = $1 and scheduled_for = $2",
+            &[&queue, &tick2],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.unwrap().contains("was pending"));
+}
+
+#[tokio::test]
+async fn editing_or_deleting_a_schedule_withdraws_the_run_it_fired_ahead() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner = tenant(&client).await;
+    // overlap "allow": the pending run below would otherwise defer its ticks (that is tested
+    // above).
+    let config = json!({"input": {"v": 1}, "overlap": "allow"});
+    let edited = add_schedule(&client, owner, "* * * * *", "UTC", config).await;
+    let deleted = add_schedule(&client, owner, "* * * * *", "UTC", json!({})).await;
+    let clock = ManualClock::new(future());
+    let scheduler = scheduler(&db, &clock, ahead(2));
+    let tick = future() + minutes(1);
+    let before_tick = tick - chrono::Duration::seconds(2);
+    scheduler.pass(future()).await.unwrap();
+    assert_eq!(scheduler.pass(before_tick).await.unwrap().fired_ahead, 2);
+    let last_run = |schedule: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "select last_run_at, last_run_id from public.app_cron_schedules where id = $1",
+                    &[&schedule],
+                )
+                .await
+                .unwrap();
+            (
+                row.get::<_, Option<DateTime<Utc>>>(0),
+                row.get::<_, Option<Uuid>>(1),
+            )
+        }
+    };
+    assert_eq!(last_run(edited).await.0, Some(tick));
+
+    // A run whose instant has come is the schedule's history, whatever the edit.
+    let came: Uuid = client
+        .query_one(
+            "insert into public.app_runs (app_id, company_id, run_type, schedule_id, scheduled_for)
+             values ($1, $2, 'cron', $3, now() - interval '1 minute') returning id",
+            &[&owner.1, &owner.0, &edited],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // A new input before the instant: the early run and its tick go, the schedule is planned
+    // again, and the tick fires once more with the new input.
+    client
+        .execute(
+            "update public.app_cron_schedules
+                set config = '{\"input\": {\"v\": 2}, \"overlap\": \"allow\"}' where id = $1",
+            &[&edited],
+        )
+        .await
+        .unwrap();
+    let runs = runs_of(&client, edited).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].0 < tick);
+    assert_eq!(tick_counts(&client, edited).await, counts(&[]));
+    assert_eq!(schedule_state(&client, edited).await.2, None);
+    assert_eq!(last_run(edited).await, (None, None));
+    let report = scheduler.pass(before_tick).await.unwrap();
+    assert_eq!((report.planned, report.fired_ahead), (1, 1));
+    let runs = runs_of(&client, edited).await;
+    assert_eq!((runs[1].0, &runs[1].3), (tick, &json!({"v": 2})));
+    assert_eq!(last_run(edited).await.0, Some(tick));
+
+    // Deactivated before the instant: the early run goes and nothing fires.
+    client
+        .execute(
+            "update public.app_cron_schedules set is_active = false where id = $1",
+            &[&edited],
+        )
+        .await
+        .unwrap();
+    assert_eq!(runs_of(&client, edited).await.len(), 1);
+    let status: String = client
+        .query_one("select status from public.app_runs where id = $1", &[&came])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "pending");
+
+    // Deleted before the instant: the early run is cancelled, saying why, instead of starting
+    // as a run of no schedule.
+    let run: Uuid = client
+        .query_one(
+            "select id from public.app_runs where schedule_id = $1",
+            &[&deleted],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "delete from public.app_cron_schedules where id = $1",
+            &[&deleted],
+        )
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "select status, error_kind, schedule_id from public.app_runs where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<Uuid>>(2)
+        ),
+        (
+            "cancelled".to_owned(),
+            Some("schedule_deleted".to_owned()),
+            None
+        )
+    );
+}
+
+/// The whole path in real time: a daemon process fires a schedule ticking every 4 s 2 s ahead,
+/// and its own queue claims each run at its instant. The queue's poll interval is a minute and
+/// the NOTIFY of each insert comes 2 s before the instant (the next one 2 s after it), so only
+/// the wake-up at `run_after` can start a run on time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_starts_runs_fired_ahead_at_their_instant_not_before() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner = tenant(&client).await;
+    let schedule = add_schedule(
+        &client,
+        owner,
+        "*/4 * * * * *",
+        "UTC",
+        json!({"overlap": "allow"}),
+    )
+    .await;
+    let mut options = DaemonOptions::new("").queue("poll_interval", "60s");
+    options
+        .env
+        .push(("APP_EXECUTOR_CRON__FIRE_AHEAD".to_owned(), "2s".to_owned()));
+    let mut daemon = Daemon::spawn(&db, options);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    daemon.signal("TERM");
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.log_text()
+    );
+
+    let runs = client
+        .query(
+            "select scheduled_for, created_at, started_at from public.app_runs
+             where schedule_id = $1 and started_at is not null order by scheduled_for",
+            &[&schedule],
+        )
+        .await
+        .unwrap();
+    assert!(
+        runs.len() >= 2,
+        "{} runs started\n{}",
+        runs.len(),
+        daemon.log_text()
+    );
+    for run in &runs {
+        let (scheduled_for, created_at, started_at): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) =
+            (run.get(0), run.get(1), run.get(2));
+        assert!(
+            started_at >= scheduled_for,
+            "started before its instant: {scheduled_for} {started_at}"
+        );
+        assert!(
+            started_at - scheduled_for < chrono::Duration::seconds(1),
+            "started {} after its instant (poll interval 60 s)",
+            started_at - scheduled_for
+        );
+        // Every tick but the very first (planned less than the lead before it) was inserted
+        // ahead of its instant.
+        if scheduled_for > runs[0].get::<_, DateTime<Utc>>(0) {
+            assert!(
+                created_at < scheduled_for,
+                "not fired ahead: {scheduled_for} {created_at}"
+            );
+        }
+    }
 }

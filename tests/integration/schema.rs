@@ -400,10 +400,11 @@ async fn advancing_a_schedule_is_quiet_but_every_edit_notifies() {
     }
 }
 
-/// Migration 20250801000009 lists the columns whose edits notify the schedulers; a new column
-/// must be added there too, or edits of it would not wake them.
+/// Migrations 20250801000009 and 20250801000010 list the columns whose edits notify the
+/// schedulers and withdraw runs fired ahead; a new column must be added to both, or edits of
+/// it would go unnoticed.
 #[tokio::test]
-async fn the_schedule_change_trigger_knows_every_column() {
+async fn the_schedule_edit_triggers_know_every_column() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let columns: Vec<String> = client
@@ -418,25 +419,30 @@ async fn the_schedule_change_trigger_knows_every_column() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(
-        columns,
-        [
-            "app_id",
-            "company_id",
-            "config",
-            "created_at",
-            "created_by",
-            "cron_expression",
-            "disabled_reason",
-            "id",
-            "is_active",
-            "last_run_at",
-            "last_run_id",
-            "name",
-            "next_run_at",
-            "timezone",
-            "updated_at",
-        ],
-        "app_cron_schedules changed: update the WHEN clause of app_cron_schedules_notify_update"
-    );
+    // The scheduler's own bookkeeping; every other column is an edit.
+    let bookkeeping = ["next_run_at", "last_run_at", "last_run_id", "updated_at"];
+    for trigger in [
+        "app_cron_schedules_notify_update",
+        "app_cron_schedules_withdraw_on_edit",
+    ] {
+        let definition: String = client
+            .query_one(
+                "select pg_get_triggerdef(oid) from pg_trigger where tgname = $1",
+                &[&trigger],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        for column in columns
+            .iter()
+            .filter(|c| !bookkeeping.contains(&c.as_str()))
+        {
+            assert!(
+                definition.contains(&format!("old.{column}"))
+                    && definition.contains(&format!("new.{column}")),
+                "app_cron_schedules.{column} is missing from the WHEN clause of {trigger}: \
+                 an edit of it would go unnoticed\n{definition}"
+            );
+        }
+    }
 }
