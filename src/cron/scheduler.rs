@@ -273,7 +273,11 @@ impl Scheduler {
         if let Some(e) = first_error {
             return Err(e);
         }
-        report.more |= claimed.load(Ordering::Relaxed) >= limit;
+        // A full pass may have left work behind, unless all it took were deferred ticks: those
+        // wait for their instant (see `wake_after_clean_pass`), and passing again at once would
+        // only take them again.
+        let claimed = claimed.load(Ordering::Relaxed);
+        report.more |= claimed >= limit && report.deferred < claimed;
         Ok(report)
     }
 

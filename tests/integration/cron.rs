@@ -626,6 +626,35 @@ async fn a_tick_fires_ahead_when_nothing_can_change_it_and_waits_for_its_instant
 }
 
 #[tokio::test]
+async fn a_full_pass_of_deferred_ticks_does_not_ask_for_another_at_once() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner = tenant(&client).await;
+    for _ in 0..2 {
+        let id = add_schedule(&client, owner, "* * * * *", "UTC", json!({})).await;
+        client
+            .execute(
+                "insert into public.app_runs (app_id, company_id, run_type, schedule_id, scheduled_for)
+                 values ($1, $2, 'cron', $3, $4)",
+                &[&owner.1, &owner.0, &id, &future()],
+            )
+            .await
+            .unwrap();
+    }
+    let clock = ManualClock::new(future());
+    let mut settings = ahead(2);
+    settings.batch_size = 2;
+    let scheduler = scheduler(&db, &clock, settings);
+    scheduler.pass(future()).await.unwrap();
+    let report = scheduler
+        .pass(future() + minutes(1) - chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    // Both taken, both deferred: the loop must sleep until their instant, not spin.
+    assert_eq!((report.deferred, report.fired, report.more), (2, 0, false));
+}
+
+#[tokio::test]
 async fn editing_or_deleting_a_schedule_withdraws_the_run_it_fired_ahead() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
