@@ -216,8 +216,10 @@ impl Scheduler {
             // After a pass that fired ahead, the schedule's following tick may already be
             // within the window too.
             Ok(report) if report.more || report.fired_ahead > 0 => Wake::Now,
-            Ok(_) => match self.next_run_at_bounds(now, horizon).await {
-                Ok(bounds) => wake_after_clean_pass(now, self.fire_ahead(), cap, bounds),
+            Ok(report) => match self.next_run_at_bounds(now, horizon).await {
+                Ok(bounds) => {
+                    wake_after_clean_pass(now, self.fire_ahead(), cap, bounds, report.deferred)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cron scheduler cannot read its next wake time; retrying");
                     retry
@@ -238,12 +240,11 @@ impl Scheduler {
         chrono::Duration::from_std(self.settings.fire_ahead).unwrap_or(chrono::Duration::zero())
     }
 
-    /// The earliest `next_run_at` of an active schedule, and the earliest after `horizon`.
     async fn next_run_at_bounds(
         &self,
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), SchedulerError> {
+    ) -> Result<sql::NextRunAtBounds, SchedulerError> {
         let client = self.pool.get().await?;
         sql::next_run_at_bounds(&client, now, horizon)
             .await
@@ -584,25 +585,29 @@ impl Scheduler {
     }
 }
 
-/// When to pass again after a pass that did all it could, from the earliest `next_run_at` of an
-/// active schedule and the earliest beyond the fire-ahead window (`now + lead`); never later
-/// than `cap`.
+/// When to pass again after a pass that did all it could and deferred `deferred` schedules,
+/// from where the active schedules' `next_run_at` stand (`bounds`, with the fire-ahead window
+/// ending at `now + lead`); never later than `cap`.
 fn wake_after_clean_pass(
     now: DateTime<Utc>,
     lead: chrono::Duration,
     cap: DateTime<Utc>,
-    (earliest, beyond): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    bounds: sql::NextRunAtBounds,
+    deferred: usize,
 ) -> Wake {
-    // Still due (or unplanned) after a clean pass: another daemon holds its row lock.
-    if earliest.is_some_and(|t| t <= now) {
+    // Still due (or unplanned) after a clean pass, or more ticks in the window than this pass
+    // deferred: another daemon holds their row locks. Look again shortly; if it died holding
+    // them, its transaction ends and they are ours to fire.
+    let in_window = usize::try_from(bounds.in_window).unwrap_or(usize::MAX);
+    if bounds.earliest.is_some_and(|t| t <= now) || in_window > deferred {
         return Wake::Contended;
     }
-    // A tick within the window that the pass did not fire was deferred (or is being fired by
-    // another daemon): look again at its instant. A tick beyond the window: when it enters it.
-    let deferred = earliest.filter(|t| *t <= now + lead);
-    let entering = beyond.map(|t| t - lead);
+    // The ticks in the window were all deferred: look again at the first one's instant. A tick
+    // beyond the window: when it enters it.
+    let deferred_instant = bounds.earliest.filter(|t| *t <= now + lead);
+    let entering = bounds.beyond.map(|t| t - lead);
     Wake::At(
-        deferred
+        deferred_instant
             .into_iter()
             .chain(entering)
             .fold(cap, DateTime::min),
@@ -657,44 +662,38 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
     }
 
+    fn bounds(earliest: Option<i64>, in_window: i64, beyond: Option<i64>) -> sql::NextRunAtBounds {
+        sql::NextRunAtBounds {
+            earliest: earliest.map(at),
+            in_window,
+            beyond: beyond.map(at),
+        }
+    }
+
     #[test]
     fn after_a_clean_pass_the_loop_wakes_when_the_next_tick_enters_the_window() {
         let lead = chrono::Duration::seconds(2);
         let cap = at(30);
+        let wake = |b, deferred| wake_after_clean_pass(at(0), lead, cap, b, deferred);
         // Nothing in the window: wake when the earliest tick is `lead` away.
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (Some(at(10)), Some(at(10)))),
-            Wake::At(at(8))
-        );
+        assert_eq!(wake(bounds(Some(10), 0, Some(10)), 0), Wake::At(at(8)));
         // A deferred tick at 1 s, the next one beyond the window at 5 s: its instant first.
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (Some(at(1)), Some(at(5)))),
-            Wake::At(at(1))
-        );
+        assert_eq!(wake(bounds(Some(1), 1, Some(5)), 1), Wake::At(at(1)));
         // ... unless the later one enters the window sooner than the deferred instant.
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (Some(at(2)), Some(at(3)))),
-            Wake::At(at(1))
-        );
+        assert_eq!(wake(bounds(Some(2), 1, Some(3)), 1), Wake::At(at(1)));
+        // More ticks in the window than were deferred: another daemon holds one.
+        assert_eq!(wake(bounds(Some(1), 2, Some(5)), 1), Wake::Contended);
+        assert_eq!(wake(bounds(Some(2), 1, None), 0), Wake::Contended);
+        // A tick still due after a clean pass is held by another daemon.
+        assert_eq!(wake(bounds(Some(0), 1, Some(9)), 0), Wake::Contended);
         // Without a lead, a future tick is waited for at its instant.
         let none = chrono::Duration::zero();
         assert_eq!(
-            wake_after_clean_pass(at(0), none, cap, (Some(at(10)), Some(at(10)))),
+            wake_after_clean_pass(at(0), none, cap, bounds(Some(10), 0, Some(10)), 0),
             Wake::At(at(10))
         );
-        // A tick still due after a clean pass is held by another daemon.
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (Some(at(0)), Some(at(9)))),
-            Wake::Contended
-        );
         // Nothing at all, or everything far away: max_sleep.
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (None, None)),
-            Wake::At(cap)
-        );
-        assert_eq!(
-            wake_after_clean_pass(at(0), lead, cap, (Some(at(90)), Some(at(90)))),
-            Wake::At(cap)
-        );
+        assert_eq!(wake(bounds(None, 0, None), 0), Wake::At(cap));
+        assert_eq!(wake(bounds(Some(90), 0, Some(90)), 0), Wake::At(cap));
     }
 }

@@ -384,14 +384,24 @@ pub async fn record_skipped_ticks(
     .await
 }
 
-/// When the scheduler next has work: the earliest `next_run_at` of an active schedule (one not
-/// yet planned, which another daemon is planning, counts as due at `now`), and the earliest
-/// after `horizon` (the end of the fire-ahead window).
+/// What the scheduler needs to know to sleep after a pass; see [`next_run_at_bounds`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NextRunAtBounds {
+    /// The earliest `next_run_at` of an active schedule; one not yet planned (another daemon is
+    /// planning it) counts as due at `now`.
+    pub earliest: Option<DateTime<Utc>>,
+    /// Active schedules due by the horizon (the end of the fire-ahead window).
+    pub in_window: i64,
+    /// The earliest `next_run_at` after the horizon.
+    pub beyond: Option<DateTime<Utc>>,
+}
+
+/// When the scheduler next has work, as of `now` with the fire-ahead window ending at `horizon`.
 pub async fn next_run_at_bounds(
     client: &Client,
     now: DateTime<Utc>,
     horizon: DateTime<Utc>,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), tokio_postgres::Error> {
+) -> Result<NextRunAtBounds, tokio_postgres::Error> {
     let row = client
         .query_one(
             // Each part an index probe of app_cron_schedules_due_idx (which holds nulls too).
@@ -399,10 +409,16 @@ pub async fn next_run_at_bounds(
                                        where is_active and next_run_at is null) then $1
                         else (select min(next_run_at) from public.app_cron_schedules where is_active)
                    end,
+                   (select count(*) from public.app_cron_schedules
+                     where is_active and next_run_at <= $2),
                    (select min(next_run_at) from public.app_cron_schedules
                      where is_active and next_run_at > $2)",
             &[&now, &horizon],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok(NextRunAtBounds {
+        earliest: row.get(0),
+        in_window: row.get(1),
+        beyond: row.get(2),
+    })
 }

@@ -150,6 +150,18 @@ async fn until_zero(client: &Client, query: &str, now: DateTime<Utc>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_schedulers_fire_every_second_exactly_once_even_when_one_is_killed() {
+    three_schedulers_fire_every_second(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_schedulers_firing_ahead_fire_every_second_exactly_once_even_when_one_is_killed() {
+    three_schedulers_fire_every_second(2).await;
+}
+
+/// Three schedulers on per-second schedules, time moved a second at a time for 40 s, one of
+/// them aborted at 15 s: every tick has exactly one run. With a lead, the ticks up to `lead`
+/// seconds past the last instant have fired too.
+async fn three_schedulers_fire_every_second(lead: i64) {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("app_executor=trace")
@@ -166,12 +178,13 @@ async fn three_schedulers_fire_every_second_exactly_once_even_when_one_is_killed
     let mut daemons = Vec::new();
     for _ in 0..3 {
         let token = CancellationToken::new();
-        let handle = tokio::spawn(scheduler(&db, &clock, settings(100)).run(token.clone()));
+        let handle = tokio::spawn(scheduler(&db, &clock, ahead(lead as u64)).run(token.clone()));
         daemons.push((token, handle));
     }
+    let lead = chrono::Duration::seconds(lead);
     let pending = "select count(*) from public.app_cron_schedules
                    where is_active and (next_run_at is null or next_run_at <= $1)";
-    until_zero(&client, pending, t0()).await;
+    until_zero(&client, pending, t0() + lead).await;
 
     let seconds = 40;
     for step in 1..=seconds {
@@ -180,10 +193,11 @@ async fn three_schedulers_fire_every_second_exactly_once_even_when_one_is_killed
             // Killed without a chance to clean up: whatever it held rolls back.
             daemons[0].1.abort();
         }
-        until_zero(&client, pending, clock.now()).await;
+        until_zero(&client, pending, clock.now() + lead).await;
     }
 
-    let expected: Vec<DateTime<Utc>> = (1..=seconds)
+    let last = seconds + lead.num_seconds();
+    let expected: Vec<DateTime<Utc>> = (1..=last)
         .map(|s| t0() + chrono::Duration::seconds(s))
         .collect();
     for schedule in schedules {
@@ -194,7 +208,7 @@ async fn three_schedulers_fire_every_second_exactly_once_even_when_one_is_killed
         );
         assert_eq!(
             tick_counts(&client, schedule).await,
-            counts(&[("fired", None, seconds)])
+            counts(&[("fired", None, last)])
         );
     }
     for (token, handle) in daemons {
