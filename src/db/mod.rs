@@ -6,7 +6,8 @@
 //! - [`alert`]: alert events as `NOTIFY <namespace>_events`.
 //! - [`retention`]: what the retention policy selects and deletes, and its advisory lock.
 //!
-//! - [`tls`]: TLS with libpq's `sslmode` meanings (`verify-full`, `sslrootcert`, ...).
+//! - [`tls`]: TLS with libpq's `sslmode` meanings (`verify-full`, `sslrootcert`, ...), and
+//!   SCRAM channel binding to the server's certificate ([`channel_binding`]).
 //!
 //! Connections: [`connect`] opens one dedicated session (migrations); [`pool`] builds the
 //! deadpool pool every other component shares; the LISTEN task opens its own. All use
@@ -14,6 +15,7 @@
 
 pub mod alert;
 pub mod artifact;
+mod channel_binding;
 pub mod listener;
 pub mod migration;
 pub mod output;

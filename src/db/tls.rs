@@ -17,6 +17,10 @@
 //! Trusted roots: the PEM file named by `sslrootcert` (Supabase's is `prod-ca-2021.crt` from the
 //! project's database settings), or the public web roots for `sslrootcert=system` or when none
 //! is given. The signatures of the handshake are always verified, whatever the mode.
+//!
+//! Every TLS session also carries SCRAM channel binding data, so a password login over TLS
+//! cannot be relayed by a man in the middle, even in the modes that do not check certificates
+//! (`channel_binding=require` in the URL refuses a session without it).
 
 use std::future::Future;
 use std::io;
@@ -269,10 +273,16 @@ where
 pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
-    /// No channel binding: SCRAM authenticates without `-PLUS` (as with `channel_binding=prefer`
-    /// against a server that offers none).
+    /// `tls-server-end-point` of the server's certificate, so SCRAM logins use
+    /// `SCRAM-SHA-256-PLUS` (see [`super::channel_binding`]); none when the certificate's
+    /// signature algorithm names no hash.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, session) = self.0.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|certificate| super::channel_binding::tls_server_end_point(certificate))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
     }
 }
 

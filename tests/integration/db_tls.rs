@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use app_executor::config::DatabaseUrl;
 
+use app_executor::embedded_postgres::EmbeddedPostgres;
+
 use crate::harness::postgres::{url_for, TestDb};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -23,26 +25,33 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Writes `ca.crt`, `other-ca.crt`, `server.crt` and `server.key` (for `localhost`) into `dir`.
-fn make_certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let (key, crt, subject) = (
-            format!("{ca}.key"),
-            format!("{ca}.crt"),
-            format!("/CN=test {ca}"),
-        );
-        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &crt]);
-        openssl(dir, &args);
-    }
+/// Key options for `openssl req`: an EC P-256 key, or RSA for `rsa`.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+const RSA_KEY: [&str; 3] = ["-newkey", "rsa:2048", "-nodes"];
+const ED25519_KEY: [&str; 3] = ["-newkey", "ed25519", "-nodes"];
+
+/// A self-signed CA `<name>.crt` / `<name>.key` in `dir`.
+fn make_ca(dir: &Path, name: &str, key: &[&str]) {
+    let (key_file, crt, subject) = (
+        format!("{name}.key"),
+        format!("{name}.crt"),
+        format!("/CN=test {name}"),
+    );
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+    args.extend(key);
+    args.extend(["-keyout", &key_file, "-out", &crt]);
+    openssl(dir, &args);
+}
+
+/// `server.crt` / `server.key` for `localhost` in `dir`, signed by the CA `ca` with the
+/// signature hash `digest` (`sha256`, `sha384`, ...; ignored for an Ed25519 CA).
+fn make_server_certificate(dir: &Path, ca: &str, key: &[&str], digest: &str) {
     let mut args = vec![
         "req",
         "-subj",
@@ -52,29 +61,81 @@ fn make_certificates(dir: &Path) {
         "-out",
         "server.csr",
     ];
-    args.extend(ec);
+    args.extend(key);
     openssl(dir, &args);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ],
+    let (ca_crt, ca_key, digest) = (
+        format!("{ca}.crt"),
+        format!("{ca}.key"),
+        format!("-{digest}"),
     );
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ];
+    if !key.contains(&"ed25519") {
+        args.push(&digest);
+    }
+    openssl(dir, &args);
+}
+
+/// Writes `ca.crt`, `other-ca.crt`, `server.crt` and `server.key` (for `localhost`) into `dir`.
+fn make_certificates(dir: &Path) {
+    make_ca(dir, "ca", &EC_KEY);
+    make_ca(dir, "other-ca", &EC_KEY);
+    make_server_certificate(dir, "ca", &EC_KEY, "sha256");
+}
+
+/// Puts `certs/server.crt` and `server.key` in the cluster's data directory, owned by the
+/// server's user as PostgreSQL insists, and has the server load them (`ssl = on`).
+async fn serve_certificate(cluster: &EmbeddedPostgres, db: &TestDb, certs: &Path) {
+    let data = cluster.root().join("data");
+    for name in ["server.crt", "server.key"] {
+        std::fs::copy(certs.join(name), data.join(name)).unwrap();
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", data.join(name).to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    std::fs::set_permissions(
+        data.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let admin = db.client().await;
+    admin
+        .batch_execute("alter system set ssl = on")
+        .await
+        .unwrap();
+    admin
+        .query_one("select pg_reload_conf()", &[])
+        .await
+        .unwrap();
+}
+
+/// Waits until a new session to `url` connects (the reload is asynchronous).
+async fn wait_until_connects(url: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while session_uses_tls(url).await != Ok(true) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Whether the session `url` opens is encrypted, or why it could not be opened.
@@ -108,32 +169,7 @@ async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
     tokio::task::spawn_blocking(move || make_certificates(&certs_for_openssl))
         .await
         .unwrap();
-    let data = cluster.root().join("data");
-    for name in ["server.crt", "server.key"] {
-        std::fs::copy(certs.join(name), data.join(name)).unwrap();
-        if running_as_root() {
-            let status = Command::new("chown")
-                .args(["postgres:postgres", data.join(name).to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-    }
-    std::fs::set_permissions(
-        data.join("server.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let admin = db.client().await;
-    admin
-        .batch_execute("alter system set ssl = on")
-        .await
-        .unwrap();
-    admin
-        .query_one("select pg_reload_conf()", &[])
-        .await
-        .unwrap();
-    drop(admin);
+    serve_certificate(cluster, &db, &certs).await;
 
     let port = cluster.port();
     let ca = certs.join("ca.crt");
@@ -144,15 +180,11 @@ async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
         Some(root) => format!("?sslmode={mode}&sslrootcert={}", root.display()),
         None => format!("?sslmode={mode}"),
     };
-    // The reload is asynchronous: wait until a new session is offered TLS.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while session_uses_tls(&url("127.0.0.1", with("require", None))).await != Ok(true) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server never offered TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_connects(
+        &url("127.0.0.1", with("require", None)),
+        "the server never offered TLS",
+    )
+    .await;
 
     let encrypted = [
         ("disable", url("127.0.0.1", with("disable", None)), false),
@@ -223,6 +255,84 @@ async fn each_sslmode_encrypts_and_checks_the_server_as_libpq_does() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("reachable over TLSv1."), "{stdout}");
+}
+
+/// A password login over TLS is bound to the server's certificate (`SCRAM-SHA-256-PLUS`)
+/// whichever hash signed it, so `channel_binding=require` connects. A certificate whose
+/// signature names no hash (Ed25519) gets plain SCRAM: the default accepts it, `require` refuses.
+#[tokio::test]
+async fn password_logins_over_tls_are_bound_to_the_server_certificate() {
+    let (cluster, db) = TestDb::private_cluster("tls-scram").await;
+    let cluster = StopOnDrop(cluster);
+    let cluster = &cluster.0;
+    db.client()
+        .await
+        .batch_execute("create role binder login password 'bind-secret'")
+        .await
+        .unwrap();
+    // Password logins for `binder` over TLS; the other rules stay as initdb wrote them. The
+    // reload in `serve_certificate` applies it.
+    let hba = cluster.root().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all binder all scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+
+    let port = cluster.port();
+    let cases: [(&str, &[&str], &str, bool); 4] = [
+        ("ec-sha256", &EC_KEY, "sha256", true),
+        ("ec-sha384", &EC_KEY, "sha384", true),
+        ("rsa-sha512", &RSA_KEY, "sha512", true),
+        ("ed25519", &ED25519_KEY, "", false),
+    ];
+    for (case, key, digest, bound) in cases {
+        let certs = cluster.root().join(case);
+        std::fs::create_dir_all(&certs).unwrap();
+        let (dir, key_args) = (certs.clone(), key.to_vec());
+        tokio::task::spawn_blocking(move || {
+            make_ca(&dir, "ca", &key_args);
+            make_server_certificate(&dir, "ca", &key_args, digest);
+        })
+        .await
+        .unwrap();
+        serve_certificate(cluster, &db, &certs).await;
+        let login = |password: &str, binding: &str| {
+            format!(
+                "postgres://binder:{password}@localhost:{port}/postgres\
+                 ?sslmode=verify-full&sslrootcert={}&channel_binding={binding}",
+                certs.join("ca.crt").display()
+            )
+        };
+        // Only this case's CA verifies this case's certificate: a session means it is served.
+        wait_until_connects(
+            &login("bind-secret", "disable"),
+            &format!("{case}: the server never served the new certificate"),
+        )
+        .await;
+        // The default uses the binding when it has one: a wrong hash would fail every login.
+        assert_eq!(
+            session_uses_tls(&login("bind-secret", "prefer")).await,
+            Ok(true),
+            "{case}: channel_binding=prefer"
+        );
+        let required = session_uses_tls(&login("bind-secret", "require")).await;
+        if bound {
+            assert_eq!(required, Ok(true), "{case}: channel_binding=require");
+        } else {
+            let error = required.unwrap_err();
+            assert!(error.contains("channel binding"), "{case}: {error}");
+        }
+        // The login really is SCRAM with the password, not a trust rule.
+        let error = session_uses_tls(&login("wrong", "prefer"))
+            .await
+            .unwrap_err();
+        assert!(
+            error.contains("password authentication failed"),
+            "{case}: {error}"
+        );
+    }
 }
 
 #[tokio::test]
