@@ -2,45 +2,55 @@
 //! `NOTIFY <namespace>_events` and, when configured, as signed POSTs to a webhook.
 //!
 //! - [`event`]: which endings raise an event, and its JSON document (pure).
-//! - [`webhook`]: signing and the bounded retry loop of one delivery.
+//! - [`webhook`]: signing, and what one attempt's answer means.
 //! - [`settings`]: the `[alerts]` section.
 //!
-//! Raising an event never waits: [`Alerts::emit`] puts it on a bounded queue per sink and
-//! returns; one task per sink sends them in order. A full queue drops the new event with a
-//! warning (and a metric), so a slow or dead receiver can never hold up a run's completion. On
-//! shutdown the queues are worked off for at most [`DRAIN_GRACE`]; what is left is dropped with
-//! a warning. Nothing here logs the webhook secret or the URL's path.
+//! An alert is raised inside the transaction of the run ending it reports
+//! ([`crate::db::alert::raise`]): its NOTIFY goes out when that ending commits, and its webhook
+//! delivery is a row of `app_exec.alert_outbox`, sent by whichever daemon with a webhook takes it
+//! ([`start`]). A daemon that crashes, restarts or drains right after a run failed therefore
+//! loses no alert, a receiver that is down gets its events when it is back (within
+//! `max_attempts`), and raising never waits for the receiver. The outbox holds at most
+//! `queue_capacity` deliveries; beyond that a new event skips the webhook with a warning (its
+//! NOTIFY still goes out). Nothing here logs the webhook secret or the URL's path.
 
 pub mod event;
 pub mod settings;
 pub mod webhook;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{classify, AlertEvent, EventKind};
 pub use settings::{AlertSettings, WebhookSecret, WebhookSettings};
-use webhook::{Delivery, DeliveryResult, Webhook};
+use webhook::{Delivery, Verdict, Webhook};
 
 use crate::db;
+use crate::db::alert::{Raised, Recorded};
 use crate::model::ClaimedRun;
 use crate::ops::metrics;
 
-/// How long queued events may still be sent after shutdown began.
+/// How long an attempt in flight may still finish after shutdown began (an unfinished one is
+/// sent again by the next daemon, once its hold runs out).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long past the request timeout a daemon holds a delivery it is sending.
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
+/// How often an idle sender looks for deliveries other daemons queued or that became due.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The handle components raise events through. Cheap to clone; [`Alerts::disabled`] drops
-/// everything (tests, one-shot subcommands).
+/// The handle components raise events through: which sinks are on, and the local sender's
+/// wake-up. Cheap to clone; [`Alerts::disabled`] raises nothing (tests, one-shot subcommands).
 #[derive(Debug, Clone, Default)]
 pub struct Alerts {
-    notify: Option<mpsc::Sender<AlertEvent>>,
-    webhook: Option<mpsc::Sender<Delivery>>,
+    notify: bool,
+    /// `Some(queue_capacity)` when a webhook is configured.
+    webhook_capacity: Option<i64>,
+    wake: Arc<Notify>,
 }
 
 impl Alerts {
@@ -48,52 +58,34 @@ impl Alerts {
         Self::default()
     }
 
-    /// Queues `event` for every sink, without waiting.
-    pub fn emit(&self, event: AlertEvent) {
-        tracing::debug!(run_id = %event.run_id, app_id = %event.app_id, company_id = %event.company_id, event = event.event.as_str(), "alert raised");
-        if let Some(webhook) = &self.webhook {
-            let delivery = Delivery {
-                id: uuid::Uuid::new_v4(),
-                event: event.event,
-                run_id: event.run_id,
-                body: event.to_json(),
-            };
-            enqueue(webhook, delivery, "webhook", event.event);
-        }
-        if let Some(notify) = &self.notify {
-            let kind = event.event;
-            enqueue(notify, event, "notify", kind);
-        }
-    }
-
-    /// Raises the event a run's final write implies, if any (see [`event::classify`]).
-    pub fn run_ended(
+    /// The alert a run's final write raises, if any (see [`event::classify`]), to pass to the
+    /// write so both commit together.
+    pub fn for_ending(
         &self,
         run: &ClaimedRun,
         executor_id: &str,
         status: &str,
         error_kind: Option<&str>,
         error_message: Option<&str>,
-    ) {
-        if let Some(kind) = classify(status, error_kind) {
-            self.emit(AlertEvent {
-                event: kind,
-                run_id: run.id,
-                app_id: run.app_id,
-                company_id: run.company_id,
-                status: status.to_owned(),
-                error_kind: error_kind.map(str::to_owned),
-                error_message: error_message.map(str::to_owned),
-                attempt: run.attempt,
-                executor_id: Some(executor_id.to_owned()),
-                at: chrono::Utc::now(),
-            });
-        }
+    ) -> Option<Raised> {
+        let kind = classify(status, error_kind)?;
+        self.raise(AlertEvent {
+            event: kind,
+            run_id: run.id,
+            app_id: run.app_id,
+            company_id: run.company_id,
+            status: status.to_owned(),
+            error_kind: error_kind.map(str::to_owned),
+            error_message: error_message.map(str::to_owned),
+            attempt: run.attempt,
+            executor_id: Some(executor_id.to_owned()),
+            at: chrono::Utc::now(),
+        })
     }
 
-    /// Raises `run_rescued` for a run whose lease expired (requeued, or failed out of attempts).
-    pub fn run_rescued(&self, rescued: &db::queue::Rescued) {
-        self.emit(AlertEvent {
+    /// `run_rescued` for a run whose lease expired (requeued, or failed out of attempts).
+    pub fn for_rescue(&self, rescued: &db::queue::Rescued) -> Option<Raised> {
+        self.raise(AlertEvent {
             event: EventKind::RunRescued,
             run_id: rescued.run_id,
             app_id: rescued.app_id,
@@ -104,115 +96,139 @@ impl Alerts {
             attempt: rescued.attempt,
             executor_id: rescued.previous_executor.clone(),
             at: chrono::Utc::now(),
-        });
+        })
+    }
+
+    fn raise(&self, event: AlertEvent) -> Option<Raised> {
+        if !self.notify && self.webhook_capacity.is_none() {
+            return None;
+        }
+        Some(Raised {
+            event: event.event.as_str(),
+            run_id: event.run_id,
+            body: event.to_json(),
+            notify: self.notify,
+            webhook_capacity: self.webhook_capacity,
+        })
+    }
+
+    /// Accounts for an alert whose ending committed, and wakes the webhook sender for it.
+    pub fn raised(&self, raised: &Raised, recorded: Recorded) {
+        tracing::debug!(run_id = %raised.run_id, event = raised.event, "alert raised");
+        if recorded.notified {
+            metrics::alert_sent("notify", "sent");
+        }
+        match recorded.queued {
+            Some(true) => self.wake.notify_one(),
+            Some(false) => {
+                metrics::alert_sent("webhook", "dropped");
+                tracing::warn!(
+                    run_id = %raised.run_id,
+                    event = raised.event,
+                    capacity = self.webhook_capacity,
+                    "alert outbox full (alerts.queue_capacity deliveries waiting); event not queued for the webhook"
+                );
+            }
+            None => {}
+        }
     }
 }
 
-fn enqueue<T>(queue: &mpsc::Sender<T>, item: T, sink: &'static str, event: EventKind) {
-    match queue.try_send(item) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            metrics::alert_sent(sink, "dropped");
-            tracing::warn!(
-                sink,
-                event = event.as_str(),
-                "alert queue full; event dropped"
-            );
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            metrics::alert_sent(sink, "dropped");
-            tracing::warn!(
-                sink,
-                event = event.as_str(),
-                "alerts are shutting down; event dropped"
-            );
-        }
-    }
-}
-
-/// The sink tasks; [`AlertTasks::stop`] drains them.
+/// The webhook sender; [`AlertTasks::stop`] ends it.
 pub struct AlertTasks {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts one task per configured sink and returns the handle to raise events through.
-/// `http` is the client the webhook is POSTed with (built by `app`).
+/// Returns the handle to raise events through and, with a webhook configured, starts the task
+/// that sends the outbox's deliveries. `http` is the client the webhook is POSTed with (built
+/// by `app`).
 pub fn start(settings: &AlertSettings, pool: Pool, http: reqwest::Client) -> (Alerts, AlertTasks) {
     let stop = CancellationToken::new();
-    let mut alerts = Alerts::default();
+    let alerts = Alerts {
+        notify: settings.notify,
+        webhook_capacity: settings
+            .webhook
+            .as_ref()
+            .map(|_| i64::try_from(settings.queue_capacity).unwrap_or(i64::MAX)),
+        wake: Arc::new(Notify::new()),
+    };
     let mut tasks = Vec::new();
-    if settings.notify {
-        let (tx, rx) = mpsc::channel::<AlertEvent>(settings.queue_capacity);
-        alerts.notify = Some(tx);
-        tasks.push(tokio::spawn(work_off(rx, stop.clone(), move |event| {
-            let pool = pool.clone();
-            async move {
-                match db::alert::notify_event(&pool, &event.to_json()).await {
-                    Ok(()) => metrics::alert_sent("notify", "sent"),
-                    Err(e) => {
-                        metrics::alert_sent("notify", "failed");
-                        tracing::warn!(run_id = %event.run_id, event = event.event.as_str(), error = %e, "could not NOTIFY an alert");
-                    }
-                }
-            }
-        })));
-    }
     if let Some(webhook_settings) = &settings.webhook {
-        let (tx, rx) = mpsc::channel::<Delivery>(settings.queue_capacity);
-        alerts.webhook = Some(tx);
-        let webhook = Arc::new(Webhook {
+        let webhook = Webhook {
             client: http,
             settings: webhook_settings.clone(),
-        });
-        let target = webhook_settings.redacted_url();
-        tracing::info!(webhook = %target, signed = webhook_settings.secret.is_some(), "alerts go to a webhook");
-        tasks.push(tokio::spawn(work_off(rx, stop.clone(), move |delivery| {
-            let (webhook, target) = (webhook.clone(), target.clone());
-            async move {
-                match webhook.deliver(&delivery).await {
-                    DeliveryResult::Delivered { attempts } => {
-                        metrics::alert_sent("webhook", "sent");
-                        tracing::debug!(run_id = %delivery.run_id, delivery_id = %delivery.id, attempts, "alert delivered to the webhook");
-                    }
-                    DeliveryResult::Failed { attempts, last } => {
-                        metrics::alert_sent("webhook", "failed");
-                        tracing::warn!(run_id = %delivery.run_id, delivery_id = %delivery.id, event = delivery.event.as_str(), webhook = %target, attempts, last = %last, "alert not delivered to the webhook");
-                    }
-                }
-            }
-        })));
+        };
+        tracing::info!(webhook = %webhook_settings.redacted_url(), signed = webhook_settings.secret.is_some(), "alerts go to a webhook");
+        tasks.push(tokio::spawn(send_outbox(
+            pool,
+            webhook,
+            alerts.wake.clone(),
+            stop.clone(),
+        )));
     }
     (alerts, AlertTasks { stop, tasks })
 }
 
-/// Handles queued items one at a time, in order. Once `stop` fires, what is already queued is
-/// still handled (the caller bounds that with its grace period).
-async fn work_off<T, F, Fut>(mut queue: mpsc::Receiver<T>, stop: CancellationToken, mut handle: F)
-where
-    F: FnMut(T) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    loop {
-        let item = tokio::select! {
+/// Sends due deliveries one at a time, oldest first, until `stop`; idles until woken by a local
+/// ending or for [`POLL_INTERVAL`].
+async fn send_outbox(pool: Pool, webhook: Webhook, wake: Arc<Notify>, stop: CancellationToken) {
+    let hold = webhook.settings.timeout + HOLD_MARGIN;
+    while !stop.is_cancelled() {
+        match db::alert::claim_delivery(&pool, hold).await {
+            Ok(Some(delivery)) => {
+                send_one(&pool, &webhook, delivery).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the alert outbox"),
+        }
+        tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
-            item = queue.recv() => item,
-        };
-        match item {
-            Some(item) => handle(item).await,
-            None => return,
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
-    queue.close();
-    while let Some(item) = queue.recv().await {
-        handle(item).await;
+}
+
+/// One attempt at `delivery`, and what the outbox keeps of it.
+async fn send_one(pool: &Pool, webhook: &Webhook, delivery: db::alert::Claimed) {
+    let settings = &webhook.settings;
+    let attempt = webhook
+        .attempt(Delivery {
+            id: delivery.id,
+            event: &delivery.event,
+            body: &delivery.body,
+        })
+        .await;
+    let attempts = u32::try_from(delivery.attempt).unwrap_or(u32::MAX);
+    let target = settings.redacted_url();
+    let result = match attempt.verdict {
+        Verdict::Delivered => {
+            metrics::alert_sent("webhook", "sent");
+            tracing::debug!(run_id = %delivery.run_id, delivery_id = %delivery.id, attempts, "alert delivered to the webhook");
+            db::alert::remove_delivery(pool, delivery.id).await
+        }
+        Verdict::Retry if attempts < settings.max_attempts => {
+            let wait = webhook::retry_wait(settings.retry_backoff, attempts, attempt.asked_wait);
+            tracing::debug!(run_id = %delivery.run_id, delivery_id = %delivery.id, attempts, last = %attempt.last, retry_in = ?wait, "webhook attempt failed; retrying");
+            db::alert::retry_delivery(pool, delivery.id, wait, &attempt.last).await
+        }
+        Verdict::Retry | Verdict::GiveUp => {
+            metrics::alert_sent("webhook", "failed");
+            tracing::warn!(run_id = %delivery.run_id, delivery_id = %delivery.id, event = %delivery.event, webhook = %target, attempts, last = %attempt.last, "alert not delivered to the webhook; giving up on it");
+            db::alert::remove_delivery(pool, delivery.id).await
+        }
+    };
+    if let Err(e) = result {
+        // The hold runs out and the delivery is due again: sent once more at worst.
+        tracing::warn!(delivery_id = %delivery.id, error = %e, "could not record a webhook attempt in the outbox");
     }
 }
 
 impl AlertTasks {
-    /// Stops taking events and sends what is queued, for at most `grace`; then gives up on the
-    /// rest with a warning.
+    /// Stops the sender, letting an attempt in flight finish for at most `grace`.
     pub async fn stop(self, grace: Duration) {
         self.stop.cancel();
         let mut tasks = self.tasks;
@@ -220,7 +236,7 @@ impl AlertTasks {
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(
                 ?grace,
-                "alerts still queued at shutdown were not all sent; giving up on them"
+                "a webhook attempt was still in flight at shutdown; it stays in the outbox and is sent again later"
             );
             for task in &tasks {
                 task.abort();

@@ -40,7 +40,7 @@ impl Default for RawAlerts {
             webhook_timeout: "10s".into(),
             max_attempts: 5,
             retry_backoff: "1s".into(),
-            queue_capacity: 1000,
+            queue_capacity: 10_000,
             webhook_secret: None,
             resolved_secret: None,
         }
@@ -75,8 +75,9 @@ pub struct AlertSettings {
     pub notify: bool,
     /// `None` when `webhook_url` is empty.
     pub webhook: Option<WebhookSettings>,
-    /// Events waiting per sink; beyond it new events are dropped with a warning, so a slow
-    /// receiver never holds up a run's completion.
+    /// Webhook deliveries the outbox (`app_exec.alert_outbox`, shared by all daemons) holds;
+    /// beyond it a new event skips the webhook with a warning, so a receiver that stays down
+    /// cannot grow the table without bound.
     pub queue_capacity: usize,
 }
 
@@ -88,7 +89,8 @@ pub struct WebhookSettings {
     pub secret: Option<WebhookSecret>,
     /// Per request, connection included.
     pub timeout: Duration,
-    /// Attempts per event, the first included (5xx, 429 and connection errors are retried).
+    /// Attempts per event, the first included (5xx, 429 and connection errors are retried),
+    /// whichever daemons make them.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles per attempt, capped at [`MAX_BACKOFF`].
     pub retry_backoff: Duration,

@@ -1,19 +1,18 @@
-//! POSTing events to the configured webhook: the signature, which answers are retried, and the
-//! bounded retry loop of one delivery.
+//! POSTing events to the configured webhook: the signature, and what one attempt's answer
+//! means for the delivery.
 //!
 //! A delivery is one event with a delivery id (`X-App-Executor-Delivery`, the same on every
 //! attempt, so a receiver can drop duplicates). 2xx ends it; 5xx, 429, timeouts and connection
 //! errors are retried with exponential backoff up to `max_attempts`, waiting at least what a
 //! `Retry-After` header asks (capped like the backoff); any other answer (a 4xx other than 429,
-//! a redirect) is final. Never logs the secret, nor the URL's path (it often
-//! carries a token).
+//! a redirect) is final. The waiting happens in the outbox (`next_attempt_at`), not here. Never
+//! logs the secret, nor the URL's path (it often carries a token).
 
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
 use uuid::Uuid;
 
-use super::event::EventKind;
 use super::settings::{WebhookSecret, WebhookSettings, MAX_BACKOFF};
 
 pub const SIGNATURE_HEADER: &str = "X-App-Executor-Signature";
@@ -32,13 +31,13 @@ pub fn signature(secret: &WebhookSecret, body: &[u8]) -> String {
 }
 
 /// One event on its way to the webhook.
-#[derive(Debug, Clone)]
-pub struct Delivery {
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
     pub id: Uuid,
-    pub event: EventKind,
-    pub run_id: Uuid,
+    /// The event's name (`X-App-Executor-Event`).
+    pub event: &'a str,
     /// The event's JSON document, sent byte for byte as signed.
-    pub body: String,
+    pub body: &'a str,
 }
 
 /// What an attempt's result means for the delivery.
@@ -65,6 +64,14 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// The wait before the next attempt: the backoff, or longer when the receiver asked for it
+/// (`Retry-After`), and never more than [`MAX_BACKOFF`].
+pub fn retry_wait(base: Duration, attempt: u32, asked: Option<Duration>) -> Duration {
+    backoff(base, attempt)
+        .max(asked.unwrap_or_default())
+        .min(MAX_BACKOFF)
+}
+
 /// The wait a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 §10.2.3);
 /// `None` when it is neither. A date in the past asks for no wait.
 pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -76,17 +83,14 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or_default())
 }
 
-/// How a delivery ended.
+/// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryResult {
-    Delivered {
-        attempts: u32,
-    },
-    /// Out of attempts, or a final refusal; `last` describes the last attempt.
-    Failed {
-        attempts: u32,
-        last: String,
-    },
+pub struct Attempt {
+    pub verdict: Verdict,
+    /// The answer (`HTTP 503 Service Unavailable`) or the error, for logs and `last_error`.
+    pub last: String,
+    /// What a `Retry-After` header asked for.
+    pub asked_wait: Option<Duration>,
 }
 
 /// The webhook client: the HTTP client `app` built, and the settings.
@@ -97,60 +101,43 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Sends one delivery, retrying as the module header says.
-    pub async fn deliver(&self, delivery: &Delivery) -> DeliveryResult {
+    /// POSTs `delivery` once, signed when a secret is set.
+    pub async fn attempt(&self, delivery: Delivery<'_>) -> Attempt {
         let settings = &self.settings;
-        let signature = settings
-            .secret
-            .as_ref()
-            .map(|s| signature(s, delivery.body.as_bytes()));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut request = self
-                .client
-                .post(settings.url.clone())
-                .timeout(settings.timeout)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(EVENT_HEADER, delivery.event.as_str())
-                .header(DELIVERY_HEADER, delivery.id.to_string())
-                .body(delivery.body.clone());
-            if let Some(signature) = &signature {
-                request = request.header(SIGNATURE_HEADER, signature);
-            }
-            let (verdict, last, asked_wait) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let asked_wait = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry_after(v, SystemTime::now()));
-                    (
-                        verdict(status.as_u16()),
-                        format!("HTTP {status}"),
-                        asked_wait,
-                    )
-                }
-                // Connection refused, reset, TLS, timeout: the receiver may come back.
-                Err(e) => (Verdict::Retry, describe(&e), None),
-            };
-            match verdict {
-                Verdict::Delivered => return DeliveryResult::Delivered { attempts: attempt },
-                Verdict::Retry if attempt < settings.max_attempts => {
-                    let wait = backoff(settings.retry_backoff, attempt)
-                        .max(asked_wait.unwrap_or_default())
-                        .min(MAX_BACKOFF);
-                    tracing::debug!(delivery_id = %delivery.id, attempt, %last, retry_in = ?wait, "webhook attempt failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Verdict::Retry | Verdict::GiveUp => {
-                    return DeliveryResult::Failed {
-                        attempts: attempt,
-                        last,
-                    }
+        let mut request = self
+            .client
+            .post(settings.url.clone())
+            .timeout(settings.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(EVENT_HEADER, delivery.event)
+            .header(DELIVERY_HEADER, delivery.id.to_string())
+            .body(delivery.body.to_owned());
+        if let Some(secret) = &settings.secret {
+            request = request.header(
+                SIGNATURE_HEADER,
+                signature(secret, delivery.body.as_bytes()),
+            );
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let asked_wait = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry_after(v, SystemTime::now()));
+                Attempt {
+                    verdict: verdict(status.as_u16()),
+                    last: format!("HTTP {status}"),
+                    asked_wait,
                 }
             }
+            // Connection refused, reset, TLS, timeout: the receiver may come back.
+            Err(e) => Attempt {
+                verdict: Verdict::Retry,
+                last: describe(&e),
+                asked_wait: None,
+            },
         }
     }
 }
@@ -228,5 +215,20 @@ mod tests {
         assert_eq!(backoff(base, 4), Duration::from_secs(8));
         assert_eq!(backoff(base, 10), MAX_BACKOFF);
         assert_eq!(backoff(base, u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_retry_waits_at_least_what_the_receiver_asked_up_to_the_cap() {
+        let base = Duration::from_millis(10);
+        assert_eq!(retry_wait(base, 1, None), base);
+        assert_eq!(
+            retry_wait(base, 1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(retry_wait(base, 3, Some(Duration::ZERO)), base * 4);
+        assert_eq!(
+            retry_wait(base, 1, Some(Duration::from_secs(3600))),
+            MAX_BACKOFF
+        );
     }
 }

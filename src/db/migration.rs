@@ -62,6 +62,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000008_executor_claim_indexed_pick.sql"),
     migration!("20250801000009_executor_cron_advance_without_trigger_call.sql"),
     migration!("20250801000010_executor_cron_fire_ahead.sql"),
+    migration!("20250801000011_executor_alert_outbox.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -216,6 +216,34 @@ pub async fn schema_version(client: &Client) -> Result<Option<String>, tokio_pos
     Ok(row.get(0))
 }
 
+/// A statement's error as an operator needs it: tokio-postgres prints a server's error as just
+/// "db error", so the server's message, SQLSTATE and hint are spelled out here.
+pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "{} {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

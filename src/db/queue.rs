@@ -10,6 +10,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::alert::{self, Raised, Recorded};
 use crate::model::{ClaimedRun, FinalStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +21,7 @@ pub enum QueueError {
         #[source]
         source: deadpool_postgres::PoolError,
     },
-    #[error("failed to {action}: {source}")]
+    #[error("failed to {action}: {}", super::error_text(source))]
     Query {
         action: &'static str,
         #[source]
@@ -43,7 +44,7 @@ pub(crate) fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) 
 }
 
 /// Postgres `interval` from a duration, as text (`'1500 milliseconds'`).
-fn interval(d: Duration) -> String {
+pub(crate) fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
 
@@ -163,6 +164,14 @@ pub struct Completion<'a> {
     pub exit_code: Option<i32>,
 }
 
+/// The fenced final write: `$1` run, `$2` executor, `$3` attempt, `$4` status, `$5` error
+/// kind, `$6` message, `$7` exit code.
+const FINISH_RUN: &str = "update public.app_runs
+    set status = $4, completed_at = now(),
+        duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
+        error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
+  where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'";
+
 /// Writes a terminal status, fenced. `false` when the run is no longer ours (nothing written).
 pub async fn finish_run(
     pool: &Pool,
@@ -173,31 +182,83 @@ pub async fn finish_run(
 ) -> Result<bool> {
     let client = client(pool, "finishing a run").await?;
     let statement = client
-        .prepare_cached(
-            "update public.app_runs
-                set status = $4, completed_at = now(),
-                    duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
-                    error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
-        )
+        .prepare_cached(FINISH_RUN)
         .await
         .map_err(query("prepare a queue statement"))?;
     let n = client
         .execute(
             &statement,
-            &[
+            &finish_params(
                 &run_id,
                 &executor_id,
                 &attempt,
                 &completion.status.as_str(),
-                &completion.error_kind,
-                &completion.error_message,
-                &completion.exit_code,
-            ],
+                completion,
+            ),
         )
         .await
         .map_err(query("write a run's final status"))?;
     Ok(n == 1)
+}
+
+/// [`finish_run`] for an ending that raises an alert: the final status and the alert (NOTIFY,
+/// webhook outbox) commit together or not at all. `None` when the fence matched no row (and
+/// nothing was raised).
+pub async fn finish_run_raising(
+    pool: &Pool,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    completion: &Completion<'_>,
+    raised: &Raised,
+) -> Result<Option<Recorded>> {
+    let mut client = client(pool, "finishing a run").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("begin a run's final write"))?;
+    let n = tx
+        .execute(
+            FINISH_RUN,
+            &finish_params(
+                &run_id,
+                &executor_id,
+                &attempt,
+                &completion.status.as_str(),
+                completion,
+            ),
+        )
+        .await
+        .map_err(query("write a run's final status"))?;
+    if n != 1 {
+        return Ok(None);
+    }
+    let recorded = alert::raise(&tx, raised)
+        .await
+        .map_err(query("raise the alert of a run's ending"))?;
+    tx.commit()
+        .await
+        .map_err(query("commit a run's final write"))?;
+    Ok(Some(recorded))
+}
+
+/// [`FINISH_RUN`]'s parameters.
+fn finish_params<'a>(
+    run_id: &'a Uuid,
+    executor_id: &'a &'a str,
+    attempt: &'a i32,
+    status: &'a &'static str,
+    completion: &'a Completion<'a>,
+) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
+    [
+        run_id,
+        executor_id,
+        attempt,
+        status,
+        &completion.error_kind,
+        &completion.error_message,
+        &completion.exit_code,
+    ]
 }
 
 /// Completes the record of a run a client cancelled while we ran it: completion time and
@@ -275,15 +336,21 @@ pub struct Rescued {
 }
 
 /// Requeues (or fails, when attempts are exhausted) up to `limit` running runs whose lease
-/// expired, and marks executors silent for `stale_after` as stopped.
+/// expired, and marks executors silent for `stale_after` as stopped. `alert_for` names the alert
+/// each rescue raises; it is raised in the rescue's transaction (see [`alert::raise`]).
 pub async fn rescue_expired_leases(
     pool: &Pool,
     limit: i64,
     retry_delay: Duration,
     stale_after: Duration,
-) -> Result<Vec<Rescued>> {
-    let client = client(pool, "rescuing expired leases").await?;
-    let rows = client
+    alert_for: impl Fn(&Rescued) -> Option<Raised>,
+) -> Result<Vec<(Rescued, Option<(Raised, Recorded)>)>> {
+    let mut client = client(pool, "rescuing expired leases").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("begin a rescue"))?;
+    let rows = tx
         .query(
             "with expired as (
                select id, executor_id from public.app_runs
@@ -308,6 +375,29 @@ pub async fn rescue_expired_leases(
         )
         .await
         .map_err(query("rescue runs with expired leases"))?;
+    let mut rescued = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let run = Rescued {
+            run_id: r.get(0),
+            previous_executor: r.get(1),
+            status: r.get(2),
+            app_id: r.get(3),
+            company_id: r.get(4),
+            attempt: r.get(5),
+            error_message: r.get(6),
+        };
+        let recorded = match alert_for(&run) {
+            Some(raised) => {
+                let recorded = alert::raise(&tx, &raised)
+                    .await
+                    .map_err(query("raise the alert of a rescue"))?;
+                Some((raised, recorded))
+            }
+            None => None,
+        };
+        rescued.push((run, recorded));
+    }
+    tx.commit().await.map_err(query("commit a rescue"))?;
     client
         .execute(
             "update public.app_executors set state = 'stopped', running = 0
@@ -316,18 +406,7 @@ pub async fn rescue_expired_leases(
         )
         .await
         .map_err(query("mark silent executors stopped"))?;
-    Ok(rows
-        .iter()
-        .map(|r| Rescued {
-            run_id: r.get(0),
-            previous_executor: r.get(1),
-            status: r.get(2),
-            app_id: r.get(3),
-            company_id: r.get(4),
-            attempt: r.get(5),
-            error_message: r.get(6),
-        })
-        .collect())
+    Ok(rescued)
 }
 
 /// Pending runs, whether eligible now or waiting for a retry delay.

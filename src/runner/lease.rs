@@ -116,20 +116,18 @@ pub(super) async fn record_outcome(
                 error_message: error_message.as_deref(),
                 exit_code,
             };
-            let written = retry_write("write the final status", run_id, || {
-                queue::finish_run(pool, run_id, executor_id, attempt, &completion)
-            })
+            let written = write_final(
+                "write the final status",
+                pool,
+                executor_id,
+                run,
+                &completion,
+                alerts,
+            )
             .await;
             if written {
                 metrics::run_finished(status.as_str(), completion.error_kind);
                 tracing::info!(%run_id, status = status.as_str(), error_kind = ?completion.error_kind, "run finished");
-                alerts.run_ended(
-                    run,
-                    executor_id,
-                    status.as_str(),
-                    completion.error_kind,
-                    completion.error_message,
-                );
             } else {
                 settle_unwritten_finish(pool, executor_id, run).await;
             }
@@ -167,19 +165,17 @@ pub(super) async fn record_outcome(
                     error_message: Some(&message),
                     exit_code: None,
                 };
-                let written = retry_write("fail a run out of attempts", run_id, || {
-                    queue::finish_run(pool, run_id, executor_id, attempt, &completion)
-                })
+                let written = write_final(
+                    "fail a run out of attempts",
+                    pool,
+                    executor_id,
+                    run,
+                    &completion,
+                    alerts,
+                )
                 .await;
                 if written {
                     metrics::run_finished("failed", Some(&error_kind));
-                    alerts.run_ended(
-                        run,
-                        executor_id,
-                        "failed",
-                        Some(&error_kind),
-                        Some(&message),
-                    );
                 }
                 tracing::warn!(%run_id, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; run failed");
             }
@@ -226,12 +222,50 @@ async fn settle_unwritten_finish(pool: &Pool, executor_id: &str, run: &ClaimedRu
     }
 }
 
+/// Writes a final status together with the alert it raises, if any (one transaction, so the
+/// alert exists exactly when the ending does). Returns whether the write matched a row.
+async fn write_final(
+    what: &str,
+    pool: &Pool,
+    executor_id: &str,
+    run: &ClaimedRun,
+    completion: &Completion<'_>,
+    alerts: &Alerts,
+) -> bool {
+    let (run_id, attempt) = (run.id, run.attempt);
+    let status = completion.status.as_str();
+    match alerts.for_ending(
+        run,
+        executor_id,
+        status,
+        completion.error_kind,
+        completion.error_message,
+    ) {
+        None => {
+            retry_write(what, run_id, || {
+                queue::finish_run(pool, run_id, executor_id, attempt, completion)
+            })
+            .await
+        }
+        Some(raised) => {
+            let recorded = retry_write(what, run_id, || {
+                queue::finish_run_raising(pool, run_id, executor_id, attempt, completion, &raised)
+            })
+            .await;
+            if let Some(recorded) = recorded {
+                alerts.raised(&raised, recorded);
+            }
+            recorded.is_some()
+        }
+    }
+}
+
 /// Retries a fenced write on database errors (outages, restarts) with capped backoff. Returns
-/// whether the write matched a row.
-async fn retry_write<F, Fut>(what: &str, run_id: Uuid, mut write: F) -> bool
+/// what the write returned (whether it matched a row).
+async fn retry_write<T, F, Fut>(what: &str, run_id: Uuid, mut write: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, QueueError>>,
+    Fut: Future<Output = Result<T, QueueError>>,
 {
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -281,13 +281,19 @@ async fn rescue_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(settings.rescue_interval) => {}
         }
-        match queue::rescue_expired_leases(&pool, 100, Duration::ZERO, settings.lease * 3).await {
+        let rescue =
+            queue::rescue_expired_leases(&pool, 100, Duration::ZERO, settings.lease * 3, |run| {
+                alerts.for_rescue(run)
+            });
+        match rescue.await {
             Ok(rescued) => {
-                let failed = rescued.iter().filter(|r| r.status == "failed").count() as u64;
+                let failed = rescued.iter().filter(|(r, _)| r.status == "failed").count() as u64;
                 metrics::runs_rescued(rescued.len() as u64 - failed, failed);
-                for run in &rescued {
+                for (run, alert) in &rescued {
                     tracing::warn!(run_id = %run.run_id, previous_executor = ?run.previous_executor, status = %run.status, "rescued run with an expired lease");
-                    alerts.run_rescued(run);
+                    if let Some((raised, recorded)) = alert {
+                        alerts.raised(raised, *recorded);
+                    }
                 }
                 if !rescued.is_empty() {
                     run_pending.notify_waiters();

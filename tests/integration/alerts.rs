@@ -1,8 +1,10 @@
 //! Alerts from the real daemon: a failed run is announced on `<namespace>_events` and POSTed to
-//! a loopback webhook (signed, retried after a 500), a rescued run raises `run_rescued`, and a
-//! webhook that never answers holds up neither the runs nor the shutdown; a 429's `Retry-After`
-//! is honoured.
+//! a loopback webhook (signed, retried after a 500), a rescued run raises `run_rescued`, a
+//! webhook that never answers holds up neither the runs nor the shutdown, a 429's `Retry-After`
+//! is honoured, and an undelivered alert outlives the daemon that raised it and is sent exactly
+//! once by one of two others.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -288,37 +290,189 @@ async fn a_webhook_that_never_answers_holds_up_neither_runs_nor_shutdown() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The NOTIFY sink shares the tiny queue capacity, so some events may have been dropped
-    // too; those that went out are run_oom.
-    let mut heard = 0;
+    // NOTIFY goes out with each ending's commit, whatever the webhook does: one per run.
+    let mut heard = Vec::new();
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
         assert_eq!(event["event"], "run_oom");
-        heard += 1;
+        heard.push(event["run_id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
-    assert!((1..=runs.len()).contains(&heard), "{heard} events");
+    heard.sort();
+    runs.sort();
+    assert_eq!(heard, runs, "every ending is announced exactly once");
 
     let stopping = Instant::now();
     daemon.signal("TERM");
     assert!(daemon.wait(Duration::from_secs(20)).success());
-    // Alerts get 5 s to drain on shutdown, then are given up on.
+    // An attempt in flight gets 5 s, then is left in the outbox for the next daemon.
     assert!(
         stopping.elapsed() < Duration::from_secs(12),
         "{:?}",
         stopping.elapsed()
     );
     let log = daemon.log_text();
-    assert!(log.contains("alert queue full; event dropped"), "{log}");
-    assert!(log.contains("were not all sent"), "{log}");
+    assert!(log.contains("alert outbox full"), "{log}");
+    assert!(log.contains("it stays in the outbox"), "{log}");
+    // The outbox kept as many deliveries as it may hold, for whichever daemon comes next.
+    let waiting: i64 = client
+        .query_one("select count(*) from app_exec.alert_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 2);
     drop(silent);
+}
+
+/// What a [`switchable_receiver`] got: headers, body and the status it answered.
+type Answered = Arc<Mutex<Vec<(HeaderMap, String, StatusCode)>>>;
+
+/// A webhook receiver on a loopback port answering 503 while `down` is set, 200 otherwise.
+async fn switchable_receiver(down: Arc<AtomicBool>) -> (String, Answered) {
+    let answered: Answered = Arc::default();
+    let seen = answered.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let (seen, down) = (seen.clone(), down.clone());
+            async move {
+                let status = if down.load(Ordering::SeqCst) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                seen.lock().unwrap().push((headers, body, status));
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, answered)
+}
+
+/// The webhook was down when a run failed and its daemon was killed (`kill -9`): the alert
+/// waited in the outbox, and once the receiver is back, one of two new daemons sends it, with
+/// the delivery id of the attempts before; every alert of the two arrives exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_outlives_the_daemon_that_raised_it_and_is_sent_once_by_one_of_two_others() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let (url, answered) = switchable_receiver(down.clone()).await;
+    let options = || {
+        let mut options = alerting("fail=nonzero_exit", Some(&url));
+        options.env.extend([
+            ("APP_EXECUTOR_ALERTS__RETRY_BACKOFF".into(), "200ms".into()),
+            ("APP_EXECUTOR_ALERTS__MAX_ATTEMPTS".into(), "20".into()),
+            ("APP_EXECUTOR_ALERTS__WEBHOOK_TIMEOUT".into(), "2s".into()),
+        ]);
+        options
+    };
+
+    let first = insert_run(&client, company, app).await;
+    let mut raiser = Daemon::spawn(&db, options());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the alert was never attempted twice; log:\n{}",
+            raiser.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raiser.kill_hard();
+    let early_id = header(&answered.lock().unwrap()[0].0, "x-app-executor-delivery").to_owned();
+    let row = client
+        .query_one(
+            "select id::text, run_id, attempts from app_exec.alert_outbox",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        early_id,
+        "the outbox row is the delivery"
+    );
+    assert_eq!(row.get::<_, Uuid>(1), first);
+    assert!(row.get::<_, i32>(2) >= 2);
+
+    down.store(false, Ordering::SeqCst);
+    let mut daemons = [Daemon::spawn(&db, options()), Daemon::spawn(&db, options())];
+    let mut runs = vec![first];
+    for _ in 0..10 {
+        runs.push(insert_run(&client, company, app).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (waiting, delivered): (i64, usize) = (
+            client
+                .query_one("select count(*) from app_exec.alert_outbox", &[])
+                .await
+                .unwrap()
+                .get(0),
+            answered
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, _, status)| *status == StatusCode::OK)
+                .count(),
+        );
+        if waiting == 0 && delivered >= runs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} alerts still in the outbox, {delivered} delivered; logs:\n{}\n{}",
+            daemons[0].log_text(),
+            daemons[1].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let any duplicate that was on its way arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answered = answered.lock().unwrap().clone();
+    let delivered: Vec<_> = answered
+        .iter()
+        .filter(|(_, _, status)| *status == StatusCode::OK)
+        .collect();
+    let mut delivery_ids: Vec<&str> = delivered
+        .iter()
+        .map(|(headers, _, _)| header(headers, "x-app-executor-delivery"))
+        .collect();
+    delivery_ids.sort();
+    delivery_ids.dedup();
+    assert_eq!(delivered.len(), runs.len(), "no delivery sent twice");
+    assert_eq!(delivery_ids.len(), runs.len());
+    let mut delivered_runs: Vec<Uuid> = delivered
+        .iter()
+        .map(|(_, body, _)| {
+            let event: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(event["event"], "run_failed");
+            event["run_id"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    delivered_runs.sort();
+    runs.sort();
+    assert_eq!(delivered_runs, runs, "one alert per failed run");
+    assert!(
+        delivery_ids.contains(&early_id.as_str()),
+        "the first alert kept its delivery id across daemons"
+    );
+    for daemon in &mut daemons {
+        daemon.signal("TERM");
+        assert!(daemon.wait(Duration::from_secs(20)).success());
+    }
 }
 
 /// A receiver that is rate limiting says when to come back; the retry waits at least that long
 /// even when the configured backoff is far shorter.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
-    use app_executor::alerts::webhook::{Delivery, DeliveryResult, Webhook};
-    use app_executor::alerts::{EventKind, WebhookSettings};
-
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
     let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let seen = arrivals.clone();
     let router = axum::Router::new().route(
@@ -340,30 +494,29 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let webhook = Webhook {
-        client: reqwest::Client::new(),
-        settings: WebhookSettings {
-            url: url.parse().unwrap(),
-            secret: None,
-            timeout: Duration::from_secs(5),
-            max_attempts: 3,
-            retry_backoff: Duration::from_millis(10),
-        },
+    let mut options = alerting("fail=nonzero_exit", Some(&url));
+    options
+        .env
+        .push(("APP_EXECUTOR_ALERTS__RETRY_BACKOFF".into(), "10ms".into()));
+    insert_run(&client, company, app).await;
+    let mut daemon = Daemon::spawn(&db, options);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no retry; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = {
+        let arrivals = arrivals.lock().unwrap();
+        arrivals[1] - arrivals[0]
     };
-    let delivery = Delivery {
-        id: Uuid::new_v4(),
-        event: EventKind::RunFailed,
-        run_id: Uuid::new_v4(),
-        body: "{}".into(),
-    };
-    assert_eq!(
-        webhook.deliver(&delivery).await,
-        DeliveryResult::Delivered { attempts: 2 }
-    );
-    let arrivals = arrivals.lock().unwrap();
-    let waited = arrivals[1] - arrivals[0];
     assert!(
         waited >= Duration::from_secs(2),
         "retried after {waited:?}, Retry-After asked for 2 s"
     );
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(20)).success());
 }
