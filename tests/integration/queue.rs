@@ -763,3 +763,32 @@ async fn the_claim_takes_priority_then_age_and_passes_over_an_app_at_its_cap() {
     assert_eq!(claim(2).await, Some(busy_first), "then oldest first");
     assert_eq!(claim(3).await, Some(busy_second));
 }
+
+/// tokio-postgres prints a server's error as just "db error"; a queue error carries the
+/// server's message and SQLSTATE, so an operator reading the daemon's log sees the cause.
+#[tokio::test]
+async fn a_failing_statement_names_the_servers_reason() {
+    let db = TestDb::empty().await;
+    let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 1).unwrap();
+    let error = app_executor::db::queue::finish_run(
+        &pool,
+        Uuid::new_v4(),
+        "e1",
+        1,
+        &app_executor::db::queue::Completion {
+            status: app_executor::model::FinalStatus::Success,
+            error_kind: None,
+            error_message: None,
+            exit_code: Some(0),
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("failed to prepare a queue statement")
+            && error.contains("relation \"public.app_runs\" does not exist")
+            && error.contains("SQLSTATE 42P01"),
+        "{error}"
+    );
+}
