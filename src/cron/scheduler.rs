@@ -66,13 +66,16 @@ enum Wake {
 pub enum SchedulerError {
     #[error("cannot get a database connection for the cron scheduler: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("failed to plan cron schedules: {0}")]
+    #[error("failed to plan cron schedules: {}", crate::db::error_text(.0))]
     Plan(#[source] tokio_postgres::Error),
-    #[error("failed to list due cron schedules: {0}")]
+    #[error("failed to list due cron schedules: {}", crate::db::error_text(.0))]
     ListDue(#[source] tokio_postgres::Error),
-    #[error("failed to commit fired cron schedules: {0}")]
+    #[error("failed to commit fired cron schedules: {}", crate::db::error_text(.0))]
     Commit(#[source] tokio_postgres::Error),
-    #[error("failed to fire cron schedule {schedule_id}: {source}")]
+    #[error(
+        "failed to fire cron schedule {schedule_id}: {}",
+        crate::db::error_text(source)
+    )]
     Fire {
         schedule_id: Uuid,
         #[source]

@@ -218,7 +218,7 @@ pub async fn schema_version(client: &Client) -> Result<Option<String>, tokio_pos
 
 /// A statement's error as an operator needs it: tokio-postgres prints a server's error as just
 /// "db error", so the server's message, SQLSTATE and hint are spelled out here.
-pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
+pub fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut text = format!(
