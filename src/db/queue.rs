@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -185,20 +185,17 @@ pub async fn finish_run(
         .prepare_cached(FINISH_RUN)
         .await
         .map_err(query("prepare a queue statement"))?;
-    let n = client
-        .execute(
-            &statement,
-            &finish_params(
-                &run_id,
-                &executor_id,
-                &attempt,
-                &completion.status.as_str(),
-                completion,
-            ),
-        )
-        .await
-        .map_err(query("write a run's final status"))?;
-    Ok(n == 1)
+    let matched = execute_finish(
+        &client,
+        &statement,
+        run_id,
+        executor_id,
+        attempt,
+        completion,
+    )
+    .await
+    .map_err(query("write a run's final status"))?;
+    Ok(matched)
 }
 
 /// [`finish_run`] for an ending that raises an alert: the final status and the alert (NOTIFY,
@@ -217,20 +214,10 @@ pub async fn finish_run_raising(
         .transaction()
         .await
         .map_err(query("begin a run's final write"))?;
-    let n = tx
-        .execute(
-            FINISH_RUN,
-            &finish_params(
-                &run_id,
-                &executor_id,
-                &attempt,
-                &completion.status.as_str(),
-                completion,
-            ),
-        )
+    let matched = execute_finish(&tx, FINISH_RUN, run_id, executor_id, attempt, completion)
         .await
         .map_err(query("write a run's final status"))?;
-    if n != 1 {
+    if !matched {
         return Ok(None);
     }
     let recorded = alert::raise(&tx, raised)
@@ -242,23 +229,34 @@ pub async fn finish_run_raising(
     Ok(Some(recorded))
 }
 
-/// [`FINISH_RUN`]'s parameters.
-fn finish_params<'a>(
-    run_id: &'a Uuid,
-    executor_id: &'a &'a str,
-    attempt: &'a i32,
-    status: &'a &'static str,
-    completion: &'a Completion<'a>,
-) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
-    [
-        run_id,
-        executor_id,
-        attempt,
-        status,
-        &completion.error_kind,
-        &completion.error_message,
-        &completion.exit_code,
-    ]
+/// Runs [`FINISH_RUN`] (or its prepared form) on `client`; whether it matched the run.
+async fn execute_finish<T>(
+    client: &impl GenericClient,
+    statement: &T,
+    run_id: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    completion: &Completion<'_>,
+) -> Result<bool, tokio_postgres::Error>
+where
+    T: ?Sized + tokio_postgres::ToStatement + Sync + Send,
+{
+    let status = completion.status.as_str();
+    let n = client
+        .execute(
+            statement,
+            &[
+                &run_id,
+                &executor_id,
+                &attempt,
+                &status,
+                &completion.error_kind,
+                &completion.error_message,
+                &completion.exit_code,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// Completes the record of a run a client cancelled while we ran it: completion time and
