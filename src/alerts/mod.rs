@@ -180,7 +180,10 @@ async fn send_outbox(pool: Pool, webhook: Webhook, wake: Arc<Notify>, stop: Canc
                 send_one(&pool, &webhook, delivery).await;
                 continue;
             }
-            Ok(None) => {}
+            Ok(None) => match db::alert::count_deliveries(&pool).await {
+                Ok(waiting) => metrics::set_alerts_waiting(waiting),
+                Err(e) => tracing::warn!(error = %e, "could not count the alert outbox"),
+            },
             Err(e) => tracing::warn!(error = %e, "could not read the alert outbox"),
         }
         tokio::select! {

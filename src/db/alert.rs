@@ -143,3 +143,13 @@ pub async fn retry_delivery(
         .map_err(query("reschedule an alert"))?;
     Ok(())
 }
+
+/// Webhook deliveries in the outbox, due or waiting for a retry.
+pub async fn count_deliveries(pool: &Pool) -> Result<i64, QueueError> {
+    let client = client(pool, "counting waiting alerts").await?;
+    let row = client
+        .query_one("select count(*) from app_exec.alert_outbox", &[])
+        .await
+        .map_err(query("count waiting alerts"))?;
+    Ok(row.get(0))
+}

@@ -33,6 +33,7 @@ pub const CRON_SKIPS: &str = "app_executor_cron_skips_total";
 pub const CRON_LAG: &str = "app_executor_cron_fire_lag_seconds";
 pub const BUILD_INFO: &str = "app_executor_build_info";
 pub const ALERTS: &str = "app_executor_alerts_total";
+pub const ALERTS_WAITING: &str = "app_executor_alerts_waiting";
 pub const RETENTION_DELETED: &str = "app_executor_retention_deleted_total";
 
 /// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
@@ -173,6 +174,10 @@ fn describe() {
         ALERTS,
         "Alert events by sink (notify, webhook) and outcome (sent, failed, dropped)"
     );
+    describe_gauge!(
+        ALERTS_WAITING,
+        "Webhook deliveries in the alert outbox (all daemons), refreshed when this daemon's sender is idle"
+    );
     describe_counter!(
         RETENTION_DELETED,
         "What the retention policy deleted, by kind (log_objects, output_objects, output_rows, builds, version_objects, version_rows)"
@@ -239,6 +244,11 @@ pub fn retention_deleted(kind: &'static str, count: u64) {
     if count > 0 {
         counter!(RETENTION_DELETED, "kind" => kind).increment(count);
     }
+}
+
+/// Webhook deliveries waiting in the alert outbox.
+pub fn set_alerts_waiting(waiting: i64) {
+    gauge!(ALERTS_WAITING).set(waiting as f64);
 }
 
 /// Pending runs in the queue.

@@ -381,6 +381,22 @@ async fn an_alert_outlives_the_daemon_that_raised_it_and_is_sent_once_by_one_of_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // While it waits, the outbox shows on /metrics.
+    let metrics_url = format!("http://{}/metrics", raiser.ops_addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.lines().any(|l| l == "app_executor_alerts_waiting 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no alerts_waiting 1 in:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     raiser.kill_hard();
     let early_id = header(&answered.lock().unwrap()[0].0, "x-app-executor-delivery").to_owned();
     let row = client
