@@ -682,3 +682,83 @@ async fn the_gvisor_runtime_runs_the_sample_app_when_configured() {
     assert_eq!(stored.trim(), "4.4.0", "not gVisor's kernel: {stored}");
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
+
+/// `sandbox.pull = "if-absent"` against a registry on a loopback port serving the runtime
+/// image: the first run pulls it (manifest, config and layer fetched, progress in the log) and
+/// succeeds; the next run finds it on the host and fetches nothing; a tag the registry does
+/// not have fails the run with `image_pull_failed` naming the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_is_pulled_once_and_an_unknown_tag_fails_the_run() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), Path::new(apps::HELLO), app);
+    // The sample app asks for Node 20: the registry serves the runtime image as tag 20.
+    let registry = crate::harness::registry::Registry::serving(docker::runtime_image(), "20").await;
+    let repository = format!("{}/pull-test-{}", registry.addr, Uuid::new_v4().simple());
+    let pulled = format!("{repository}:20");
+    let _remove = RemoveImage(pulled.clone());
+    let pulling = |image: &str| {
+        DaemonOptions::production(state.path())
+            .sandbox("image", image)
+            .sandbox("pull", "if-absent")
+    };
+
+    let first = enqueue(&client, app, company, json!({})).await;
+    let log = run_until_idle(&db, pulling(&format!("{repository}:{{version}}")));
+    assert_status(&run_record(&client, first).await, "success/-", &log);
+    assert!(log.contains("image not on this host; pulling it"), "{log}");
+    assert!(log.contains("image pulled"), "{log}");
+    let fetched = registry.requests();
+    let blobs = fetched.iter().filter(|p| p.contains("/blobs/")).count();
+    assert!(
+        fetched.iter().any(|p| p.ends_with("/manifests/20")) && blobs >= 2,
+        "the engine did not fetch the manifest, config and layer: {fetched:?}"
+    );
+    let inspected = std::process::Command::new("docker")
+        .args(["image", "inspect", &pulled])
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "{pulled} is not on the host");
+
+    let second = enqueue(&client, app, company, json!({})).await;
+    let log = run_until_idle(&db, pulling(&pulled));
+    assert_status(&run_record(&client, second).await, "success/-", &log);
+    assert_eq!(
+        registry.requests().len(),
+        fetched.len(),
+        "the second run went to the registry again"
+    );
+    assert!(!log.contains("pulling it"), "{log}");
+
+    let missing = format!("{repository}:20-missing");
+    let third = enqueue(&client, app, company, json!({})).await;
+    client
+        .execute(
+            "update public.app_runs set max_attempts = 1 where id = $1",
+            &[&third],
+        )
+        .await
+        .unwrap();
+    let log = run_until_idle(&db, pulling(&missing));
+    let record = run_record(&client, third).await;
+    assert_status(&record, "failed/image_pull_failed", &log);
+    let message = record.error_message.unwrap_or_default();
+    assert!(
+        message.contains(&format!("could not pull image {missing}")),
+        "{message}"
+    );
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
+/// Removes a pulled test image however the test ends.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["image", "rm", "-f", &self.0])
+            .output();
+    }
+}

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod daemon;
 pub mod docker;
 pub mod postgres;
+pub mod registry;
 pub mod run;
 pub mod storage_double;
 
