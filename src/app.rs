@@ -416,7 +416,7 @@ async fn check_docker(config: &Config) -> Check {
         Ok(engine) => {
             let image = config.sandbox.image_for("20");
             let present = engine
-                .ensure_image(&image, crate::sandbox::PullPolicy::Never)
+                .ensure_image(&image, crate::sandbox::PullPolicy::Never, None)
                 .await
                 .is_ok();
             (

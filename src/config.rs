@@ -553,6 +553,12 @@ impl Config {
         })?;
         raw.storage.resolved_key = resolve_service_key(env)?;
         raw.alerts.resolved_secret = resolve_webhook_secret(env)?;
+        raw.sandbox.resolved_registry_password = resolve_secret(
+            env,
+            &[crate::sandbox::settings::REGISTRY_PASSWORD_ENV],
+            crate::sandbox::settings::REGISTRY_PASSWORD_CREDENTIAL,
+        )?
+        .map(crate::sandbox::RegistryPassword::new);
         let url = resolve_database_url(overrides, env, raw.database.url.as_deref(), &source_file)?;
         let mut config = Self::from_raw(raw, url, source_file)?;
         // Under systemd, stderr is the journal: `auto` means structured journald fields there.
@@ -793,6 +799,7 @@ impl EnvOverrides {
                 || key == "database__url"
                 || key == "storage__service_key"
                 || key == "alerts__webhook_secret"
+                || key == "sandbox__registry_password"
             {
                 continue;
             }
@@ -1229,21 +1236,12 @@ fn ops_from_raw(raw: &RawOps, violations: &mut Vec<String>) -> Option<OpsConfig>
 /// `SUPABASE_SERVICE_ROLE_KEY` or the systemd credential `storage-service-key`, in that order.
 fn resolve_service_key(env: &BTreeMap<String, String>) -> Result<Option<ServiceKey>, ConfigError> {
     let env_name = format!("{ENV_PREFIX}STORAGE__SERVICE_KEY");
-    for name in [env_name.as_str(), "SUPABASE_SERVICE_ROLE_KEY"] {
-        if let Some(key) = env.get(name).filter(|v| !v.trim().is_empty()) {
-            return Ok(Some(ServiceKey::new(key.trim())));
-        }
-    }
-    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
-        let path = Path::new(dir).join(SERVICE_KEY_CREDENTIAL);
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
-            })?;
-            return Ok(Some(ServiceKey::new(text.trim())));
-        }
-    }
-    Ok(None)
+    let key = resolve_secret(
+        env,
+        &[env_name.as_str(), "SUPABASE_SERVICE_ROLE_KEY"],
+        SERVICE_KEY_CREDENTIAL,
+    )?;
+    Ok(key.map(|key| ServiceKey::new(&key)))
 }
 
 /// The webhook signing secret, from `APP_EXECUTOR_ALERTS__WEBHOOK_SECRET` or the systemd
@@ -1252,16 +1250,29 @@ fn resolve_webhook_secret(
     env: &BTreeMap<String, String>,
 ) -> Result<Option<crate::alerts::WebhookSecret>, ConfigError> {
     use crate::alerts::settings::{SECRET_CREDENTIAL, SECRET_ENV};
-    if let Some(secret) = env.get(SECRET_ENV).filter(|v| !v.trim().is_empty()) {
-        return Ok(Some(crate::alerts::WebhookSecret::new(secret.trim())));
+    Ok(resolve_secret(env, &[SECRET_ENV], SECRET_CREDENTIAL)?
+        .map(crate::alerts::WebhookSecret::new))
+}
+
+/// A secret from the first non-empty environment variable of `names`, else from the systemd
+/// credential `credential` (a file in `$CREDENTIALS_DIRECTORY`); trimmed. Never from the file.
+fn resolve_secret(
+    env: &BTreeMap<String, String>,
+    names: &[&str],
+    credential: &str,
+) -> Result<Option<String>, ConfigError> {
+    for name in names {
+        if let Some(secret) = env.get(*name).filter(|v| !v.trim().is_empty()) {
+            return Ok(Some(secret.trim().to_owned()));
+        }
     }
     if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
-        let path = Path::new(dir).join(SECRET_CREDENTIAL);
+        let path = Path::new(dir).join(credential);
         if path.is_file() {
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
             })?;
-            return Ok(Some(crate::alerts::WebhookSecret::new(text.trim())));
+            return Ok(Some(text.trim().to_owned()));
         }
     }
     Ok(None)
@@ -1761,6 +1772,45 @@ mod tests {
             Config::load_from(&overrides, &env(&[("CREDENTIALS_DIRECTORY", &creds)])).unwrap();
         let webhook = config.alerts.webhook.unwrap();
         assert_eq!(webhook.secret.unwrap().expose(), b"from-cred");
+    }
+
+    #[test]
+    fn the_registry_login_needs_both_parts_and_its_password_never_comes_from_or_goes_to_print() {
+        let err = load_error("[sandbox]\nregistry_password = \"hunter2\"\n", &[]);
+        assert!(
+            err.contains("sandbox.registry_password")
+                && err.contains("APP_EXECUTOR_SANDBOX__REGISTRY_PASSWORD")
+                && err.contains("registry-password"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "the password leaked: {err}");
+        let err = load_error("[sandbox]\nregistry_username = \"puller\"\n", &[]);
+        assert!(err.contains("has no password"), "{err}");
+        let err = load_error("", &[("APP_EXECUTOR_SANDBOX__REGISTRY_PASSWORD", "pw")]);
+        assert!(err.contains("registry_username is empty"), "{err}");
+
+        let (dir, overrides) = write_config("[sandbox]\nregistry_username = \"puller\"\n");
+        let config = Config::load_from(
+            &overrides,
+            &env(&[("APP_EXECUTOR_SANDBOX__REGISTRY_PASSWORD", "from-env")]),
+        )
+        .unwrap();
+        let auth = config.sandbox.registry.as_ref().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.expose()),
+            ("puller", "from-env")
+        );
+        let printed = format!("{} {config:?}", config.redacted_json());
+        assert!(!printed.contains("from-env"), "{printed}");
+        assert!(printed.contains("puller"), "{printed}");
+        std::fs::write(dir.path().join("registry-password"), "from-cred\n").unwrap();
+        let creds = dir.path().display().to_string();
+        let config =
+            Config::load_from(&overrides, &env(&[("CREDENTIALS_DIRECTORY", &creds)])).unwrap();
+        assert_eq!(
+            config.sandbox.registry.unwrap().password.expose(),
+            "from-cred"
+        );
     }
 
     #[test]

@@ -105,7 +105,14 @@ async fn demo_with_database(
 
     let image = config.sandbox.image_for("20");
     let engine = Engine::connect(&config.sandbox).await?;
-    if let Err(e) = engine.ensure_image(&image, config.sandbox.pull).await {
+    if let Err(e) = engine
+        .ensure_image(
+            &image,
+            config.sandbox.pull,
+            config.sandbox.registry.as_ref(),
+        )
+        .await
+    {
         anyhow::bail!(
             "the runtime image {image} is not available: {e}\nOn a host that cannot pull images, build one from this host's Node.js with scripts/build-runtime-image and set APP_EXECUTOR_SANDBOX__IMAGE to the tag it prints (scripts/demo does this for you)."
         );

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::profile::{
     container_config, ContainerSpec, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_MANAGED, LABEL_RUN,
 };
-use super::settings::{PullPolicy, SandboxSettings};
+use super::settings::{PullPolicy, RegistryAuth, SandboxSettings};
 
 /// Which of the container's streams a piece of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +170,14 @@ impl Engine {
             })
     }
 
-    /// The image's id (`sha256:…`), pulling it first when absent and allowed.
-    pub async fn ensure_image(&self, image: &str, pull: PullPolicy) -> Result<String, EngineError> {
+    /// The image's id (`sha256:…`), pulling it first when absent and allowed (with `auth` when
+    /// the registry needs a login).
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        pull: PullPolicy,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<String, EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(found) => return Ok(found.id.unwrap_or_else(|| image.to_owned())),
             Err(e) if !is_not_found(&e) => return Err(docker("inspect an image")(e)),
@@ -189,7 +195,13 @@ impl Engine {
             tag: Some(tag.to_owned()),
             ..Default::default()
         };
-        let mut progress = self.long.create_image(Some(options), None, None);
+        let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.expose().to_owned()),
+            serveraddress: Some(registry_host(image).to_owned()),
+            ..Default::default()
+        });
+        let mut progress = self.long.create_image(Some(options), None, credentials);
         let mut last_report = Instant::now();
         while let Some(item) = progress.next().await {
             let info = item.map_err(|e| EngineError::PullFailed {
@@ -438,6 +450,15 @@ fn is_not_found(e: &DockerError) -> bool {
 }
 
 /// `repo[:tag]` (a registry port is not a tag) → (repo, tag or `latest`).
+/// The registry an image reference names: its first path component when that looks like a
+/// host (has a `.` or `:`, or is `localhost`), else Docker Hub.
+fn registry_host(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
 fn split_tag(image: &str) -> (&str, &str) {
     match image.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
@@ -527,5 +548,14 @@ mod tests {
             split_tag("registry:5000/team/node:20"),
             ("registry:5000/team/node", "20")
         );
+    }
+
+    #[test]
+    fn the_registry_is_the_first_component_when_it_looks_like_a_host() {
+        assert_eq!(registry_host("node:20"), "docker.io");
+        assert_eq!(registry_host("library/node:20"), "docker.io");
+        assert_eq!(registry_host("ghcr.io/acme/node:20"), "ghcr.io");
+        assert_eq!(registry_host("127.0.0.1:5000/node:20"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/node"), "localhost");
     }
 }

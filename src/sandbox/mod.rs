@@ -17,7 +17,7 @@ pub mod engine;
 pub mod install;
 mod output;
 pub mod profile;
-mod settings;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ pub use engine::{
 use install::{InstallError, InstallRequest, Installer};
 use output::Tail;
 use profile::{ContainerSpec, Mount, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_PHASE, LABEL_RUN};
-pub use settings::{PullPolicy, RawSandbox, SandboxSettings};
+pub use settings::{PullPolicy, RawSandbox, RegistryAuth, RegistryPassword, SandboxSettings};
 
 /// Where the app's files, dependencies and outputs appear inside a container.
 const APP_DIR: &str = "/app";
@@ -126,7 +126,7 @@ impl DockerExecution {
         let image_id = tokio::select! {
             biased;
             _ = stop.cancelled() => return not_recorded(Outcome::Stopped),
-            id = self.engine.ensure_image(&image, self.settings.pull) => match id {
+            id = self.engine.ensure_image(&image, self.settings.pull, self.settings.registry.as_ref()) => match id {
                 Ok(id) => id,
                 Err(e @ EngineError::ImageMissing { .. }) => return not_recorded(Outcome::failed(e.error_kind(), e.to_string())),
                 Err(e) => return not_recorded(infra(e.error_kind(), e.to_string())),

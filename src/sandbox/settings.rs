@@ -30,6 +30,53 @@ pub struct RawSandbox {
     install_tmp_size: String,
     install_scripts_apps: Vec<String>,
     labels: BTreeMap<String, String>,
+    registry_username: String,
+    /// Only to refuse it with a message naming the fix: the password never lives in the file.
+    #[serde(skip_serializing)]
+    registry_password: Option<String>,
+    /// Resolved from the environment or credentials by `config`, never from the file.
+    #[serde(skip)]
+    pub(crate) resolved_registry_password: Option<RegistryPassword>,
+}
+
+/// Name of the environment variable holding the registry password.
+pub const REGISTRY_PASSWORD_ENV: &str = "APP_EXECUTOR_SANDBOX__REGISTRY_PASSWORD";
+/// Name of the systemd credential holding the registry password.
+pub const REGISTRY_PASSWORD_CREDENTIAL: &str = "registry-password";
+
+/// The password (or token) for pulling `sandbox.image`: `Debug` never shows it.
+#[derive(Clone)]
+pub struct RegistryPassword(String);
+
+impl RegistryPassword {
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// For the pull request only. Never log this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RegistryPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryPassword(***)")
+    }
+}
+
+/// The login the engine pulls `sandbox.image` with.
+#[derive(Debug, Clone)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: RegistryPassword,
+}
+
+impl Serialize for RegistryAuth {
+    /// As `check` prints it: the user name, and the password only as `***`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({"username": self.username, "password": "***"}).serialize(s)
+    }
 }
 
 impl Default for RawSandbox {
@@ -52,6 +99,9 @@ impl Default for RawSandbox {
             install_tmp_size: "512MiB".into(),
             install_scripts_apps: Vec::new(),
             labels: BTreeMap::new(),
+            registry_username: String::new(),
+            registry_password: None,
+            resolved_registry_password: None,
         }
     }
 }
@@ -95,6 +145,8 @@ pub struct SandboxSettings {
     pub install_scripts_apps: Vec<uuid::Uuid>,
     /// Extra labels on every container (operators' own bookkeeping, tests' cleanup checks).
     pub labels: BTreeMap<String, String>,
+    /// The login for pulling `image` from a registry that needs one (`None`: pull anonymously).
+    pub registry: Option<RegistryAuth>,
 }
 
 fn human<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -173,10 +225,36 @@ impl SandboxSettings {
                 )),
             }
         }
+        if raw.registry_password.is_some() {
+            violations.push(format!(
+                "sandbox.registry_password: the registry password must not be in the config file; remove it and set {REGISTRY_PASSWORD_ENV} or the systemd credential {REGISTRY_PASSWORD_CREDENTIAL}"
+            ));
+        }
+        let username = raw.registry_username.trim();
+        let registry = match (username, &raw.resolved_registry_password) {
+            ("", None) => None,
+            ("", Some(_)) => {
+                violations.push(format!(
+                    "sandbox.registry_username is empty but a registry password is set ({REGISTRY_PASSWORD_ENV} or the credential {REGISTRY_PASSWORD_CREDENTIAL}); set the user name the password belongs to"
+                ));
+                None
+            }
+            (_, None) => {
+                violations.push(format!(
+                    "sandbox.registry_username = {username:?} has no password; set {REGISTRY_PASSWORD_ENV} or the systemd credential {REGISTRY_PASSWORD_CREDENTIAL}"
+                ));
+                None
+            }
+            (username, Some(password)) => Some(RegistryAuth {
+                username: username.to_owned(),
+                password: password.clone(),
+            }),
+        };
         if violations.len() > before {
             return None;
         }
         Some(Self {
+            registry,
             image: raw.image.clone(),
             pull: raw.pull,
             docker_host: raw.docker_host.clone(),

@@ -762,3 +762,65 @@ impl Drop for RemoveImage {
             .output();
     }
 }
+
+/// A registry that needs a login: without `sandbox.registry_username` and the password the
+/// pull is refused (`image_pull_failed`); with them it succeeds, and the password appears
+/// nowhere in the daemon's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_needs_a_login_is_pulled_from_with_the_configured_one() {
+    const PASSWORD: &str = "registry-pw-canary-7d1f";
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), Path::new(apps::HELLO), app);
+    let registry = crate::harness::registry::Registry::requiring_login(
+        docker::runtime_image(),
+        "20",
+        "puller",
+        PASSWORD,
+    )
+    .await;
+    let image = format!(
+        "{}/login-test-{}:20",
+        registry.addr,
+        Uuid::new_v4().simple()
+    );
+    let _remove = RemoveImage(image.clone());
+    let pulling = || {
+        DaemonOptions::production(state.path())
+            .sandbox("image", &image)
+            .sandbox("pull", "if-absent")
+    };
+
+    let refused = enqueue(&client, app, company, json!({})).await;
+    client
+        .execute(
+            "update public.app_runs set max_attempts = 1 where id = $1",
+            &[&refused],
+        )
+        .await
+        .unwrap();
+    let log = run_until_idle(&db, pulling());
+    assert_status(
+        &run_record(&client, refused).await,
+        "failed/image_pull_failed",
+        &log,
+    );
+
+    let allowed = enqueue(&client, app, company, json!({})).await;
+    let mut options = pulling().sandbox("registry_username", "puller");
+    options.env.push((
+        "APP_EXECUTOR_SANDBOX__REGISTRY_PASSWORD".into(),
+        PASSWORD.into(),
+    ));
+    let log = run_until_idle(&db, options);
+    assert_status(&run_record(&client, allowed).await, "success/-", &log);
+    assert!(log.contains("image pulled"), "{log}");
+    assert!(!log.contains(PASSWORD), "the registry password was logged");
+    assert!(
+        registry.requests().iter().any(|p| p.contains("/blobs/")),
+        "{:?}",
+        registry.requests()
+    );
+}

@@ -3,10 +3,12 @@
 //! registries on 127.0.0.0/8 as insecure, so plain HTTP is accepted.
 //!
 //! It serves one local image, exported with `docker save`, as the Docker v2 (schema 2)
-//! manifest of one tag under any repository name: the config with a label of its own (so the
-//! engine sees a new image and fetches it), each layer gzip-compressed, every object addressed
-//! by its SHA-256. Other tags answer 404
-//! `MANIFEST_UNKNOWN` as a real registry does. The paths asked for are recorded.
+//! manifest of one tag under any repository name: the config with a label of its own and each
+//! layer gzip-compressed with a header comment of its own (so the engine sees a new image and
+//! new blobs, and fetches them), every object addressed by its SHA-256. Other tags answer 404
+//! `MANIFEST_UNKNOWN` as a real registry does. With a login ([`Registry::requiring_login`]) every
+//! request without it gets 401 and a `Basic` challenge, as a private registry answers. The paths
+//! asked for are recorded.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -28,6 +30,8 @@ pub struct Registry {
 }
 
 struct Served {
+    /// The `Authorization` header value a request must carry, if any.
+    authorization: Option<String>,
     tag: String,
     manifest: Vec<u8>,
     manifest_digest: String,
@@ -38,12 +42,23 @@ struct Served {
 impl Registry {
     /// Serves the local image `image` as `<any repository>:<tag>`.
     pub async fn serving(image: &str, tag: &str) -> Self {
+        Self::start(image, tag, None).await
+    }
+
+    /// [`Registry::serving`], answering only requests with HTTP Basic `user`:`password`.
+    pub async fn requiring_login(image: &str, tag: &str, user: &str, password: &str) -> Self {
+        let token = base64(format!("{user}:{password}").as_bytes());
+        Self::start(image, tag, Some(format!("Basic {token}"))).await
+    }
+
+    async fn start(image: &str, tag: &str, authorization: Option<String>) -> Self {
         let image = image.to_owned();
         let (manifest, blobs) = tokio::task::spawn_blocking(move || export(&image))
             .await
             .unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let served = Arc::new(Served {
+            authorization,
             tag: tag.to_owned(),
             manifest_digest: digest(&manifest),
             manifest,
@@ -109,13 +124,18 @@ fn export(image: &str) -> (Vec<u8>, HashMap<String, Vec<u8>>) {
     if !config["config"]["Labels"].is_object() {
         config["config"]["Labels"] = serde_json::json!({});
     }
+    let unique = uuid::Uuid::new_v4().to_string();
     config["config"]["Labels"]["app-executor.registry-double"] =
-        serde_json::Value::String(uuid::Uuid::new_v4().to_string());
+        serde_json::Value::String(unique.clone());
     let config = serde_json::to_vec(&config).unwrap();
     let mut blobs = HashMap::new();
     let mut layers = Vec::new();
     for path in saved_manifest[0]["Layers"].as_array().unwrap() {
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        // The gzip header names this registry, so the compressed blob (and its digest) is new
+        // to the engine too: it remembers which blobs it has pulled, from any registry.
+        let mut gzip = flate2::GzBuilder::new()
+            .comment(unique.as_bytes())
+            .write(Vec::new(), flate2::Compression::fast());
         gzip.write_all(&files[path.as_str().unwrap()]).unwrap();
         let layer = gzip.finish().unwrap();
         layers.push(serde_json::json!({
@@ -140,12 +160,55 @@ fn export(image: &str) -> (Vec<u8>, HashMap<String, Vec<u8>>) {
     (manifest, blobs)
 }
 
-fn record(served: &Served, uri: &Uri) {
+/// Records the request; the 401 to answer when it lacks the login.
+fn refusal(served: &Served, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     served.requests.lock().unwrap().push(uri.path().to_owned());
+    let expected = served.authorization.as_deref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if given == Some(expected) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [
+                (header::WWW_AUTHENTICATE, "Basic realm=\"registry-double\""),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        )
+            .into_response(),
+    )
 }
 
-async fn api_version(State(served): State<Arc<Served>>, uri: Uri) -> Response {
-    record(&served, &uri);
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn api_version(State(served): State<Arc<Served>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&served, &uri, &headers) {
+        return refused;
+    }
     ([("docker-distribution-api-version", "registry/2.0")], "{}").into_response()
 }
 
@@ -153,8 +216,11 @@ async fn manifest_of(
     State(served): State<Arc<Served>>,
     Path((_name, reference)): Path<(String, String)>,
     uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
-    record(&served, &uri);
+    if let Some(refused) = refusal(&served, &uri, &headers) {
+        return refused;
+    }
     if reference != served.tag && reference != served.manifest_digest {
         return unknown("MANIFEST_UNKNOWN", "manifest unknown");
     }
@@ -174,8 +240,11 @@ async fn blob(
     State(served): State<Arc<Served>>,
     Path((_name, digest)): Path<(String, String)>,
     uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
-    record(&served, &uri);
+    if let Some(refused) = refusal(&served, &uri, &headers) {
+        return refused;
+    }
     match served.blobs.get(&digest) {
         Some(bytes) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -186,8 +255,10 @@ async fn blob(
     }
 }
 
-async fn not_found(State(served): State<Arc<Served>>, uri: Uri) -> Response {
-    record(&served, &uri);
+async fn not_found(State(served): State<Arc<Served>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&served, &uri, &headers) {
+        return refused;
+    }
     unknown("NAME_UNKNOWN", "repository name not known to registry")
 }
 
@@ -198,4 +269,19 @@ fn unknown(code: &str, message: &str) -> Response {
         serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string(),
     )
         .into_response()
+}
+
+#[test]
+fn base64_matches_rfc_4648() {
+    for (plain, encoded) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(base64(plain.as_bytes()), encoded);
+    }
 }
