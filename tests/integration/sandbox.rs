@@ -734,13 +734,7 @@ async fn a_missing_image_is_pulled_once_and_an_unknown_tag_fails_the_run() {
 
     let missing = format!("{repository}:20-missing");
     let third = enqueue(&client, app, company, json!({})).await;
-    client
-        .execute(
-            "update public.app_runs set max_attempts = 1 where id = $1",
-            &[&third],
-        )
-        .await
-        .unwrap();
+    single_attempt(&client, third).await;
     let log = run_until_idle(&db, pulling(&missing));
     let record = run_record(&client, third).await;
     assert_status(&record, "failed/image_pull_failed", &log);
@@ -750,6 +744,17 @@ async fn a_missing_image_is_pulled_once_and_an_unknown_tag_fails_the_run() {
         "{message}"
     );
     assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
+/// Lets `run` fail on its first infrastructure failure instead of being retried.
+async fn single_attempt(client: &tokio_postgres::Client, run: Uuid) {
+    client
+        .execute(
+            "update public.app_runs set max_attempts = 1 where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap();
 }
 
 /// Removes a pulled test image however the test ends.
@@ -794,13 +799,7 @@ async fn a_registry_that_needs_a_login_is_pulled_from_with_the_configured_one() 
     };
 
     let refused = enqueue(&client, app, company, json!({})).await;
-    client
-        .execute(
-            "update public.app_runs set max_attempts = 1 where id = $1",
-            &[&refused],
-        )
-        .await
-        .unwrap();
+    single_attempt(&client, refused).await;
     let log = run_until_idle(&db, pulling());
     assert_status(
         &run_record(&client, refused).await,
