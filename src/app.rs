@@ -513,6 +513,7 @@ pub async fn enqueue(
     config: &Config,
     app: &str,
     company: Option<&str>,
+    run_type: &str,
     input: &serde_json::Value,
 ) -> anyhow::Result<(deadpool_postgres::Pool, uuid::Uuid)> {
     let app: uuid::Uuid = app
@@ -539,7 +540,7 @@ pub async fn enqueue(
         (_, false) => anyhow::bail!("there is no company {company} in this database"),
         _ => {}
     }
-    let run = db::runs::insert_run(&pool, app, company, "manual", input).await?;
+    let run = db::runs::insert_run(&pool, app, company, run_type, input).await?;
     Ok((pool, run))
 }
 

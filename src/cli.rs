@@ -104,6 +104,10 @@ pub enum Command {
         company: Option<String>,
         #[arg(long)]
         input: Option<String>,
+        /// `app_runs.run_type` (the app sees it as RUN_TYPE)
+        #[arg(long, default_value = "manual",
+              value_parser = ["manual", "cron", "webhook", "test", "api"])]
+        run_type: String,
         #[arg(long)]
         wait: bool,
         #[arg(long)]
@@ -181,15 +185,16 @@ pub struct ExitWith {
 
 /// `enqueue`: create a run; with `--wait`, follow it to the end. Exit status with `--wait`:
 /// 0 success, 1 failed, 124 timeout, 130 cancelled.
-async fn enqueue(
-    config: &Config,
-    app: &str,
-    company: Option<&str>,
-    input: Option<&str>,
-    wait: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let input: serde_json::Value = match input {
+/// What `enqueue` was asked to create, as typed on the command line.
+struct NewRun<'a> {
+    app: &'a str,
+    company: Option<&'a str>,
+    input: Option<&'a str>,
+    run_type: &'a str,
+}
+
+async fn enqueue(config: &Config, new: NewRun<'_>, wait: bool, json: bool) -> anyhow::Result<()> {
+    let input: serde_json::Value = match new.input {
         None => serde_json::json!({}),
         Some(text) => serde_json::from_str(text).map_err(|e| {
             anyhow::anyhow!(
@@ -197,7 +202,7 @@ async fn enqueue(
             )
         })?,
     };
-    let (pool, run) = app::enqueue(config, app, company, &input).await?;
+    let (pool, run) = app::enqueue(config, new.app, new.company, new.run_type, &input).await?;
     if !wait {
         if json {
             println!("{}", serde_json::json!({ "run_id": run }));
@@ -346,18 +351,17 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             app,
             company,
             input,
+            run_type,
             wait,
             json,
         } => {
-            enqueue(
-                &config,
-                &app,
-                company.as_deref(),
-                input.as_deref(),
-                wait,
-                json,
-            )
-            .await
+            let run = NewRun {
+                app: &app,
+                company: company.as_deref(),
+                input: input.as_deref(),
+                run_type: &run_type,
+            };
+            enqueue(&config, run, wait, json).await
         }
         Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
         Command::Retention { dry_run, json } => retention(&config, dry_run, json).await,

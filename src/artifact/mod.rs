@@ -11,6 +11,7 @@
 //! - [`manifest`]: parsing and validating `manifest.json` against the host's limits.
 //! - [`app_dir`]: checking an app directory (manifest, paths, package files) for `validate`.
 //! - [`resource`]: the memory, CPU and timeout forms a manifest may use; the host's maxima.
+//! - [`object_key`]: keys of an app's files in app-storage and the path each gets in the app.
 //! - [`version`]: which published version a run executes, checksum syntax, the file-set digest.
 //! - [`resolve`]: a claimed run's files: version, verified download, layout, manifest, grants.
 //! - [`publish`]: uploading an app directory and recording its files (`app-executor publish`).
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod digest;
 pub mod extract;
 pub mod manifest;
+pub mod object_key;
 pub mod policy;
 pub mod publish;
 pub mod resolve;

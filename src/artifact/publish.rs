@@ -12,8 +12,9 @@ use std::sync::Arc;
 use super::digest::sha256_hex;
 use uuid::Uuid;
 
+use super::object_key::{check_app_key, version_file_key};
 use super::{check_app_dir, walk_regular_files, HostLimits, WalkLimits};
-use crate::db::artifact::{self as sql, AppFile, PublishRecord};
+use crate::db::artifact::{self as sql, AppFile, PermissionRow, PublishRecord};
 use crate::db::queue::QueueError;
 use crate::storage::{Storage, StorageError, UploadBody, APP_STORAGE_BUCKET};
 
@@ -107,13 +108,24 @@ pub async fn publish(
     let records: Vec<AppFile> = files
         .iter()
         .map(|(path, content)| AppFile {
-            file_path: path.clone(),
-            storage_path: format!("app_{app}/{version}/{path}"),
+            file_path: version_file_key(app, &version, path),
             file_type: file_type(path).to_owned(),
             file_size: content.len() as i64,
             checksum: format!("sha256:{}", sha256_hex(content)),
         })
         .collect();
+    // The database refuses keys Supabase Storage would refuse; say which file, before uploading.
+    let problems: Vec<String> = records
+        .iter()
+        .filter_map(|r| check_app_key(app, &r.file_path).err())
+        .map(|e| format!("{e}; rename the file"))
+        .collect();
+    if !problems.is_empty() {
+        return Err(PublishError::Invalid {
+            dir: dir.display().to_string(),
+            problems,
+        });
+    }
     let skipped = walked
         .skipped
         .iter()
@@ -129,7 +141,7 @@ pub async fn publish(
             storage
                 .upload(
                     APP_STORAGE_BUCKET,
-                    &record.storage_path,
+                    &record.file_path,
                     UploadBody::Bytes(content.into()),
                     content_type(&path),
                     true,
@@ -142,10 +154,14 @@ pub async fn publish(
             progress(i + 1, count, &path, bytes);
         }
     }
-    let permissions: Vec<(String, String)> = manifest
+    let permissions: Vec<PermissionRow> = manifest
         .permissions
         .iter()
-        .map(|p| (p.kind.as_str().to_owned(), p.scope.clone()))
+        .map(|p| PermissionRow {
+            permission_type: p.kind.as_str().to_owned(),
+            permission_value: p.scope.clone(),
+            is_required: p.required,
+        })
         .collect();
     let recorded =
         sql::record_published_version(client, app, &version, &records, &permissions).await?;
@@ -185,6 +201,7 @@ fn file_type(path: &str) -> &'static str {
     let name = path.rsplit('/').next().unwrap_or(path);
     match name {
         "manifest.json" if path == name => "manifest",
+        _ if path.starts_with("dist/") => "dist",
         "package.json" | "pnpm-lock.yaml" | "package-lock.json" | ".npmrc" | ".pnpmrc" => "config",
         _ if name.ends_with(".tgz")
             || name.ends_with(".tar.gz")
@@ -242,6 +259,7 @@ mod tests {
         assert_eq!(file_type("bundle.tgz"), "archive");
         assert_eq!(file_type("vendor/dep-1.0.0.tgz"), "asset");
         assert_eq!(file_type("logo.png"), "asset");
+        assert_eq!(file_type("dist/index.html"), "dist");
         assert_eq!(content_type("a/b.mjs"), "application/javascript");
         assert_eq!(content_type("logo.png"), "application/octet-stream");
     }

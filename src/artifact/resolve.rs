@@ -15,6 +15,7 @@ use futures_util::TryStreamExt;
 
 use super::cache::{BlobCache, CacheError};
 use super::manifest::{missing_permissions, validate_manifest, Manifest, PermissionType};
+use super::object_key::{check_app_key, path_in_app};
 use super::version::{choose_version, file_set_digest, parse_checksum, VersionError};
 use super::{extract_archive, ArchiveFormat, ExtractLimits, HostLimits};
 use crate::db::artifact::{self as sql, AppFile};
@@ -28,8 +29,16 @@ pub enum PrepareError {
     Version(#[from] VersionError),
     #[error("file {file}: checksum {checksum:?} is malformed; expected sha256:<64 lowercase hex>")]
     MalformedChecksum { file: String, checksum: String },
-    #[error("file {file}: path is not a plain relative path inside the app")]
-    UnsafePath { file: String },
+    #[error("file {key}: {reason}; nothing of the version was read")]
+    UnsafePath { key: String, reason: String },
+    #[error(
+        "files {first} and {second} both become {path} inside the app; remove one of the rows"
+    )]
+    DuplicatePath {
+        path: String,
+        first: String,
+        second: String,
+    },
     #[error("file {file}: object {key} is missing from bucket app-storage; republish the version")]
     MissingObject { file: String, key: String },
     #[error("file {file}: {source}; the stored object does not match what was published, nothing was run")]
@@ -70,6 +79,7 @@ impl PrepareError {
             PrepareError::Version(_) => "unknown_version",
             PrepareError::MalformedChecksum { .. } => "malformed_checksum",
             PrepareError::UnsafePath { .. } => "unsafe_path",
+            PrepareError::DuplicatePath { .. } => "duplicate_path",
             PrepareError::MissingObject { .. } => "missing_object",
             PrepareError::Corrupt { .. } => "checksum_mismatch",
             PrepareError::NoManifest { .. } => "missing_manifest",
@@ -150,18 +160,35 @@ impl Resolver {
             let granted = sql::granted_permissions(&client, run.app_id).await?;
             (version, files, granted)
         };
+        // Every key is checked before any I/O: a row pointing outside the app's folder never
+        // reaches storage or the blob cache.
+        let mut by_path = std::collections::BTreeMap::new();
+        let mut placed = Vec::with_capacity(files.len());
         for file in &files {
+            let path = path_in_app(run.app_id, &version, &file.file_path)
+                .ok()
+                .filter(|p| is_plain_relative(p))
+                .ok_or_else(|| PrepareError::UnsafePath {
+                    key: file.file_path.clone(),
+                    reason: match check_app_key(run.app_id, &file.file_path) {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "not a plain relative path inside the app".to_owned(),
+                    },
+                })?;
             if parse_checksum(&file.checksum).is_none() {
                 return Err(PrepareError::MalformedChecksum {
-                    file: file.file_path.clone(),
+                    file: path,
                     checksum: file.checksum.clone(),
                 });
             }
-            if !is_plain_relative(&file.file_path) {
-                return Err(PrepareError::UnsafePath {
-                    file: file.file_path.clone(),
+            if let Some(first) = by_path.insert(path.clone(), file.file_path.clone()) {
+                return Err(PrepareError::DuplicatePath {
+                    path,
+                    first,
+                    second: file.file_path.clone(),
                 });
             }
+            placed.push((file, path));
         }
 
         let run_dir = self.run_dir(run);
@@ -173,10 +200,10 @@ impl Resolver {
 
         let mut downloaded_bytes = 0;
         let mut archives = Vec::new();
-        for file in &files {
-            let blob = self.fetch(file).await?;
+        for (file, path) in &placed {
+            let blob = self.fetch(file, path).await?;
             downloaded_bytes += blob.downloaded;
-            let target = app_dir.join(&file.file_path);
+            let target = app_dir.join(path);
             place(&blob.path, &target).await?;
             if file.file_type == "archive" {
                 archives.push(target);
@@ -211,9 +238,9 @@ impl Resolver {
             ));
         }
         let digest = file_set_digest(
-            files
+            placed
                 .iter()
-                .map(|f| (f.file_path.as_str(), f.checksum.as_str())),
+                .map(|(f, path)| (path.as_str(), f.checksum.as_str())),
         );
         Ok(PreparedApp {
             dir: app_dir,
@@ -225,8 +252,9 @@ impl Resolver {
         })
     }
 
-    /// One file through the cache: downloaded and verified unless already cached.
-    async fn fetch(&self, file: &AppFile) -> Result<super::cache::Blob, PrepareError> {
+    /// One file through the cache: downloaded and verified unless already cached. `path` is
+    /// where it goes inside the app (for messages).
+    async fn fetch(&self, file: &AppFile, path: &str) -> Result<super::cache::Blob, PrepareError> {
         let hex = parse_checksum(&file.checksum).expect("checked by prepare");
         // The cache only sees a reader; keep the storage error's type for the outcome.
         let storage_error: Arc<Mutex<Option<StorageError>>> = Arc::default();
@@ -235,7 +263,7 @@ impl Resolver {
             .cache
             .get_or_fetch(hex, size, || {
                 let storage = self.storage.clone();
-                let key = file.storage_path.clone();
+                let key = file.file_path.clone();
                 let storage_error = storage_error.clone();
                 async move {
                     match storage.download(APP_STORAGE_BUCKET, &key).await {
@@ -252,11 +280,11 @@ impl Resolver {
             })
             .await;
         result.map_err(|e| {
-            let file_path = file.file_path.clone();
+            let file_path = path.to_owned();
             match (storage_error.lock().unwrap().take(), e) {
                 (Some(StorageError::NotFound { .. }), _) => PrepareError::MissingObject {
                     file: file_path,
-                    key: file.storage_path.clone(),
+                    key: file.file_path.clone(),
                 },
                 (Some(source), _) => PrepareError::Storage {
                     file: file_path,
@@ -274,7 +302,7 @@ impl Resolver {
                     file: file_path,
                     source: StorageError::Unavailable {
                         bucket: APP_STORAGE_BUCKET.into(),
-                        key: file.storage_path.clone(),
+                        key: file.file_path.clone(),
                         detail: e.to_string(),
                     },
                 },

@@ -10,10 +10,9 @@ use super::queue::QueueError;
 /// One `app_storage` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppFile {
-    /// Path relative to the app root, e.g. `src/index.js`.
+    /// Object key in the `app-storage` bucket, e.g. `app_<id>/1.0.0/src/index.js` (see
+    /// `artifact::object_key` for the path it gets inside the app).
     pub file_path: String,
-    /// Object key in the `app-storage` bucket.
-    pub storage_path: String,
     pub file_type: String,
     pub file_size: i64,
     /// `sha256:<64 hex>` as stored (validated again by the caller).
@@ -31,7 +30,7 @@ pub async fn build_version(
 ) -> Result<Option<(Uuid, String)>, QueueError> {
     let row = client
         .query_opt(
-            "select app_id, version from public.app_builds where id = $1",
+            "select app_id, build_version from public.app_builds where id = $1",
             &[&build_id],
         )
         .await
@@ -59,7 +58,7 @@ pub async fn app_files(
 ) -> Result<Vec<AppFile>, QueueError> {
     let rows = client
         .query(
-            "select file_path, storage_path, file_type, file_size, checksum
+            "select file_path, file_type, file_size, checksum
                from public.app_storage where app_id = $1 and version = $2 order by file_path",
             &[&app_id, &version],
         )
@@ -69,22 +68,21 @@ pub async fn app_files(
         .iter()
         .map(|r| AppFile {
             file_path: r.get(0),
-            storage_path: r.get(1),
-            file_type: r.get(2),
-            file_size: r.get(3),
-            checksum: r.get(4),
+            file_type: r.get(1),
+            file_size: r.get(2),
+            checksum: r.get(3),
         })
         .collect())
 }
 
-/// `(permission_type, scope)` rows the platform granted the app.
+/// `(permission_type, permission_value)` of the rows the platform granted the app.
 pub async fn granted_permissions(
     client: &Client,
     app_id: Uuid,
 ) -> Result<Vec<(String, String)>, QueueError> {
     let rows = client
         .query(
-            "select permission_type, scope from public.app_permissions where app_id = $1 order by 1, 2",
+            "select permission_type, permission_value from public.app_permissions where app_id = $1 order by 1, 2",
             &[&app_id],
         )
         .await
@@ -128,6 +126,16 @@ pub async fn app_exists(client: &Client, app_id: Uuid) -> Result<bool, QueueErro
         .is_some())
 }
 
+/// One `app_permissions` row as `publish` records it from a manifest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionRow {
+    pub permission_type: String,
+    /// The manifest's `scope`.
+    pub permission_value: String,
+    /// The manifest's `required`.
+    pub is_required: bool,
+}
+
 /// What [`record_published_version`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishRecord {
@@ -146,7 +154,7 @@ pub async fn record_published_version(
     app_id: Uuid,
     version: &str,
     files: &[AppFile],
-    permissions: &[(String, String)],
+    permissions: &[PermissionRow],
 ) -> Result<PublishRecord, QueueError> {
     let tx = client
         .transaction()
@@ -191,13 +199,12 @@ pub async fn record_published_version(
     }
     for file in files {
         tx.execute(
-            "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum)
-             values ($1, $2, $3, $4, $5, $6, $7)",
+            "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum)
+             values ($1, $2, $3, $4, $5, $6)",
             &[
                 &app_id,
                 &version,
                 &file.file_path,
-                &file.storage_path,
                 &file.file_type,
                 &file.file_size,
                 &file.checksum,
@@ -206,11 +213,14 @@ pub async fn record_published_version(
         .await
         .map_err(query("record a published file"))?;
     }
-    for (kind, scope) in permissions {
+    // The newest published manifest says whether a permission is required.
+    for p in permissions {
         tx.execute(
-            "insert into public.app_permissions (app_id, permission_type, scope) values ($1, $2, $3)
-             on conflict (app_id, permission_type, scope) do nothing",
-            &[&app_id, kind, scope],
+            "insert into public.app_permissions (app_id, permission_type, permission_value, is_required)
+             values ($1, $2, $3, $4)
+             on conflict (app_id, permission_type, permission_value)
+             do update set is_required = excluded.is_required",
+            &[&app_id, &p.permission_type, &p.permission_value, &p.is_required],
         )
         .await
         .map_err(query("record a permission"))?;

@@ -17,9 +17,10 @@ use super::queue::{client, query, QueueError};
 pub struct OutputRow {
     /// `stdout` | `stderr` | `result` | `metric` | `file` | `error`.
     pub output_type: &'static str,
-    pub name: Option<String>,
+    pub output_name: Option<String>,
     pub output_data: Option<Value>,
-    pub file_path: Option<String>,
+    /// Object key in `app-logs` (files, compacted logs).
+    pub output_path: Option<String>,
     pub file_size: Option<i64>,
     pub mime_type: Option<String>,
 }
@@ -99,13 +100,13 @@ async fn insert_run_outputs(
         return Ok(0);
     }
     let types: Vec<&str> = rows.iter().map(|r| r.output_type).collect();
-    let names: Vec<Option<&str>> = rows.iter().map(|r| r.name.as_deref()).collect();
+    let names: Vec<Option<&str>> = rows.iter().map(|r| r.output_name.as_deref()).collect();
     let data: Vec<Option<&Value>> = rows.iter().map(|r| r.output_data.as_ref()).collect();
-    let paths: Vec<Option<&str>> = rows.iter().map(|r| r.file_path.as_deref()).collect();
+    let paths: Vec<Option<&str>> = rows.iter().map(|r| r.output_path.as_deref()).collect();
     let sizes: Vec<Option<i64>> = rows.iter().map(|r| r.file_size).collect();
     let mimes: Vec<Option<&str>> = rows.iter().map(|r| r.mime_type.as_deref()).collect();
     tx.execute(
-        "insert into public.app_outputs (run_id, output_type, name, output_data, file_path, file_size, mime_type)
+        "insert into public.app_outputs (run_id, output_type, output_name, output_data, output_path, file_size, mime_type)
          select $1, t, n, d, p, s, m
            from unnest($2::text[], $3::text[], $4::jsonb[], $5::text[], $6::int8[], $7::text[])
                 with ordinality as u(t, n, d, p, s, m, i)

@@ -158,7 +158,7 @@ pub struct OldBuild {
 /// Non-current builds in a final state (`success`, `failed`) finished (or, without a completion
 /// time, created) more than `age` ago, that no pending or running run uses.
 const OLD_BUILDS: &str = "
-    select b.id, b.app_id, b.version, coalesce(b.completed_at, b.created_at) as ended
+    select b.id, b.app_id, b.build_version, coalesce(b.completed_at, b.created_at) as ended
       from public.app_builds b
      where not b.is_current and b.build_status in ('success', 'failed')
        and coalesce(b.completed_at, b.created_at) < now() - make_interval(secs => $1)
@@ -193,7 +193,7 @@ pub async fn delete_old_builds(pool: &Pool, age: Duration, limit: i64) -> Result
             &format!(
                 "with doomed as ({OLD_BUILDS} order by ended, b.id limit $2 for update of b skip locked)
                  delete from public.app_builds b using doomed d where b.id = d.id
-                 returning b.id, b.app_id, b.version"
+                 returning b.id, b.app_id, b.build_version"
             ),
             &[&seconds(age), &limit],
         )
@@ -214,7 +214,7 @@ fn old_build(row: &tokio_postgres::Row) -> OldBuild {
 /// run asks for it by `metadata.version`. (Runs naming a build are covered: a build a pending
 /// or running run uses is never deleted.)
 const UNUSED_VERSION: &str = "
-    not exists (select 1 from public.app_builds b where b.app_id = s.app_id and b.version = s.version)
+    not exists (select 1 from public.app_builds b where b.app_id = s.app_id and b.build_version = s.version)
     and not exists (select 1 from public.app_runs r
                      where r.app_id = s.app_id and r.status in ('pending', 'running')
                        and r.metadata->>'version' = s.version)";
@@ -275,11 +275,11 @@ pub async fn version_objects(pool: &Pool, app: Uuid, version: &str) -> Result<Ve
     let client = client(pool, "listing a version's objects").await?;
     let rows = client
         .query(
-            "select distinct s.storage_path from public.app_storage s
+            "select distinct s.file_path from public.app_storage s
               where s.app_id = $1 and s.version = $2
-                and starts_with(s.storage_path, 'app_' || $1::text || '/')
+                and starts_with(s.file_path, 'app_' || $1::text || '/')
                 and not exists (select 1 from public.app_storage o
-                                 where o.storage_path = s.storage_path
+                                 where o.file_path = s.file_path
                                    and (o.app_id <> $1 or o.version <> $2))
               order by 1",
             &[&app, &version],

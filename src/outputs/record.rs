@@ -243,7 +243,7 @@ fn rows(
     let collected = what.collected;
     if let Some(result) = collected.and_then(|c| c.result.as_ref()) {
         rows.push(OutputRow {
-            name: Some("result".into()),
+            output_name: Some("result".into()),
             output_data: Some(result.clone()),
             ..row_of("result")
         });
@@ -266,8 +266,8 @@ fn rows(
     }
     for file in uploaded {
         rows.push(OutputRow {
-            name: Some(file.relative.clone()),
-            file_path: Some(format!("{prefix}{}", file.relative)),
+            output_name: Some(file.relative.clone()),
+            output_path: Some(format!("{prefix}{}", file.relative)),
             file_size: Some(i64::try_from(file.size).unwrap_or(i64::MAX)),
             mime_type: Some(file.mime_type.to_owned()),
             ..row_of("file")
@@ -275,7 +275,7 @@ fn rows(
     }
     if let Some(failure) = what.failure {
         rows.push(OutputRow {
-            name: Some(failure.kind.clone()),
+            output_name: Some(failure.kind.clone()),
             output_data: Some(json!({"kind": failure.kind, "message": failure.message})),
             ..row_of("error")
         });
@@ -283,7 +283,7 @@ fn rows(
     let problems = collected.map(|c| c.problems.as_slice()).unwrap_or_default();
     for problem in problems.iter().chain(failed) {
         rows.push(OutputRow {
-            name: Some("invalid_output".into()),
+            output_name: Some("invalid_output".into()),
             output_data: Some(json!({
                 "path": problem.path,
                 "reason": problem.reason,
@@ -295,7 +295,7 @@ fn rows(
     let omitted = collected.map_or(0, |c| c.problems_omitted);
     if omitted > 0 {
         rows.push(OutputRow {
-            name: Some("invalid_output".into()),
+            output_name: Some("invalid_output".into()),
             output_data: Some(json!({
                 "path": "",
                 "reason": "more_problems",
@@ -310,9 +310,9 @@ fn rows(
 fn row_of(output_type: &'static str) -> OutputRow {
     OutputRow {
         output_type,
-        name: None,
+        output_name: None,
         output_data: None,
-        file_path: None,
+        output_path: None,
         file_size: None,
         mime_type: None,
     }
@@ -320,7 +320,7 @@ fn row_of(output_type: &'static str) -> OutputRow {
 
 fn metric(name: &str, value: Value) -> OutputRow {
     OutputRow {
-        name: Some(name.to_owned()),
+        output_name: Some(name.to_owned()),
         output_data: Some(value),
         ..row_of("metric")
     }
@@ -328,13 +328,13 @@ fn metric(name: &str, value: Value) -> OutputRow {
 
 fn log_row(stream: &StreamSummary, compacted: bool) -> OutputRow {
     OutputRow {
-        name: Some(stream.stream.as_str().to_owned()),
+        output_name: Some(stream.stream.as_str().to_owned()),
         output_data: Some(json!({
             "received_bytes": stream.received_bytes,
             "dropped_bytes": stream.dropped_bytes,
             "complete": compacted,
         })),
-        file_path: compacted.then(|| stream.key.clone()),
+        output_path: compacted.then(|| stream.key.clone()),
         file_size: Some(i64::try_from(stream.stored_bytes).unwrap_or(i64::MAX)),
         mime_type: Some("text/plain".into()),
         ..row_of(stream.stream.as_str())

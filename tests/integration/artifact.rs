@@ -75,21 +75,22 @@ impl Fixture {
         let checksum = checksum
             .map(str::to_owned)
             .unwrap_or_else(|| format!("sha256:{}", sha(content)));
-        self.register(version, path, &key, content.len() as i64, &checksum)
+        self.register(version, &key, content.len() as i64, &checksum)
             .await;
     }
 
-    async fn register(&self, version: &str, path: &str, key: &str, size: i64, checksum: &str) {
-        let file_type = if path == "manifest.json" {
+    /// Registers the object `key` (under the app's folder) as a file of `version`.
+    async fn register(&self, version: &str, key: &str, size: i64, checksum: &str) {
+        let file_type = if key.ends_with("/manifest.json") {
             "manifest"
         } else {
             "source"
         };
         self.client
             .execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum)
-                 values ($1, $2, $3, $4, $5, $6, $7)",
-                &[&self.app, &version, &path, &key, &file_type, &size, &checksum],
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum)
+                 values ($1, $2, $3, $4, $5, $6)",
+                &[&self.app, &version, &key, &file_type, &size, &checksum],
             )
             .await
             .unwrap();
@@ -238,8 +239,13 @@ async fn a_row_pointing_to_a_missing_object_fails_naming_it() {
     let f = fixture(&db).await;
     f.publish_hello("1.0.0").await;
     let checksum = format!("sha256:{}", sha(b"gone"));
-    f.register("1.0.0", "gone.js", "app_x/1.0.0/gone.js", 4, &checksum)
-        .await;
+    f.register(
+        "1.0.0",
+        &format!("app_{}/1.0.0/gone.js", f.app),
+        4,
+        &checksum,
+    )
+    .await;
     let err = failure(&f, &db, serde_json::json!({})).await;
     assert_eq!(err.error_kind(), "missing_object");
     assert!(!err.is_retryable());
@@ -257,8 +263,13 @@ async fn a_malformed_checksum_fails_naming_the_file() {
         .batch_execute("alter table public.app_storage drop constraint app_storage_checksum_check")
         .await
         .unwrap();
-    f.register("1.0.0", "odd.js", "app_x/1.0.0/odd.js", 1, "sha256:XYZ")
-        .await;
+    f.register(
+        "1.0.0",
+        &format!("app_{}/1.0.0/odd.js", f.app),
+        1,
+        "sha256:XYZ",
+    )
+    .await;
     let err = failure(&f, &db, serde_json::json!({})).await;
     assert_eq!(err.error_kind(), "malformed_checksum");
     assert!(err.to_string().contains("odd.js") && err.to_string().contains("sha256:XYZ"));
@@ -293,7 +304,7 @@ async fn a_required_permission_that_was_not_granted_fails() {
     assert_eq!(err.error_kind(), "permission_not_granted");
     f.client
         .execute(
-            "insert into public.app_permissions (app_id, permission_type, scope) values ($1, 'network', 'api.example.com')",
+            "insert into public.app_permissions (app_id, permission_type, permission_value) values ($1, 'network', 'api.example.com')",
             &[&f.app],
         )
         .await

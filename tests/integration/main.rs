@@ -23,4 +23,5 @@ mod rls;
 mod run_logs;
 mod sandbox;
 mod schema;
+mod seed_contract;
 mod storage;

@@ -22,7 +22,7 @@ use crate::harness::run::{claim_run, EXECUTOR};
 use crate::harness::storage_double::{StorageDouble, SERVICE_KEY};
 use crate::harness::TestDb;
 
-/// One `app_outputs` row: (type, name, output_data, file_path, file_size, mime_type), ordered
+/// One `app_outputs` row: (type, output_name, output_data, output_path, file_size, mime_type), ordered
 /// by type, name, then path and message of the data.
 type Row = (
     String,
@@ -37,9 +37,9 @@ async fn output_rows(db: &TestDb, run: &ClaimedRun) -> Vec<Row> {
     db.client()
         .await
         .query(
-            "select output_type, name, output_data, file_path, file_size, mime_type
+            "select output_type, output_name, output_data, output_path, file_size, mime_type
                from public.app_outputs where run_id = $1
-              order by output_type, name, output_data->>'path', output_data->>'message'",
+              order by output_type, output_name, output_data->>'path', output_data->>'message'",
             &[&run.id],
         )
         .await

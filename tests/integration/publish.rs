@@ -35,15 +35,23 @@ async fn publishing_is_idempotent_refuses_changed_content_and_what_it_publishes_
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["version"], "1.0.0");
     assert_eq!(report["already_published"], false);
+    // (path inside the app, file_type, object key)
+    let folder = format!("app_{app}/1.0.0/");
     let rows: Vec<(String, String, String)> = client
         .query(
-            "select file_path, file_type, storage_path from public.app_storage where app_id = $1 order by 1",
+            "select file_path, file_type from public.app_storage where app_id = $1 order by 1",
             &[&app],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| {
+            let key: String = r.get(0);
+            let path = key
+                .strip_prefix(&folder)
+                .unwrap_or_else(|| panic!("{key} is not under the version's folder {folder}"));
+            (path.to_owned(), r.get(1), key.clone())
+        })
         .collect();
     let paths: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     for expected in [

@@ -609,9 +609,9 @@ async fn bad_input_fails_runs_with_a_clear_reason_and_the_queue_keeps_flowing() 
         };
         client
             .execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum)
-                 values ($1, '1.0.0', $2, $3, $4, $5, $6)",
-                &[&app, &file, &key, &file_type, &(bytes.len() as i64), &checksum],
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum)
+                 values ($1, '1.0.0', $2, $3, $4, $5)",
+                &[&app, &key, &file_type, &(bytes.len() as i64), &checksum],
             )
             .await
             .unwrap();

@@ -86,7 +86,7 @@ async fn run_with_data(
     ] {
         client
             .execute(
-                "insert into public.app_outputs (run_id, output_type, name) values ($1, $2, $3)",
+                "insert into public.app_outputs (run_id, output_type, output_name) values ($1, $2, $3)",
                 &[&run, &kind, &name],
             )
             .await
@@ -164,12 +164,12 @@ async fn publish(
             .unwrap();
         files.push(("lib.js".into(), key));
     }
-    for (file, key) in files {
+    for (_, key) in files {
         client
             .execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum, created_at, updated_at)
-                 values ($1, $2, $3, $4, 'source', 1, $5, now() - make_interval(secs => $6), now() - make_interval(secs => $6))",
-                &[&app, &version, &file, &key, &CHECKSUM, &((days_ago * DAY) as f64)],
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum, created_at, updated_at)
+                 values ($1, $2, $3, 'source', 1, $4, now() - make_interval(secs => $5), now() - make_interval(secs => $5))",
+                &[&app, &version, &key, &CHECKSUM, &((days_ago * DAY) as f64)],
             )
             .await
             .unwrap();
@@ -179,7 +179,7 @@ async fn publish(
 async fn build(client: &Client, app: Uuid, version: &str, days_ago: i64, current: bool) -> Uuid {
     client
         .query_one(
-            "insert into public.app_builds (app_id, version, build_status, is_current, created_at, completed_at)
+            "insert into public.app_builds (app_id, build_version, build_status, is_current, created_at, completed_at)
              values ($1, $2, 'success', $3, now() - make_interval(secs => $4), now() - make_interval(secs => $4))
              returning id",
             &[&app, &version, &current, &((days_ago * DAY) as f64)],
@@ -238,24 +238,6 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     publish(&client, s, app, "1.5.0", 200, false).await; // an old build a running run uses
     publish(&client, s, app, "2.0.0", 200, true).await; // the highest
     publish(&client, s, app, "0.9.0", 10, false).await; // recent (and the newest)
-                                                        // A row of 1.0.0 naming an object outside the app's folder: the row goes, the object stays.
-    s.upload(
-        APP_STORAGE_BUCKET,
-        "legacy/common.js",
-        b"3".to_vec().into(),
-        "text/javascript",
-        false,
-    )
-    .await
-    .unwrap();
-    client
-        .execute(
-            "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum, created_at, updated_at)
-             values ($1, '1.0.0', 'common.js', 'legacy/common.js', 'source', 1, $2, now() - interval '200 days', now() - interval '200 days')",
-            &[&app, &CHECKSUM],
-        )
-        .await
-        .unwrap();
     let old_build = build(&client, app, "1.1.0", 120, false).await;
     let current = build(&client, app, "1.2.0", 200, true).await;
     let young = build(&client, app, "1.4.0", 10, false).await;
@@ -343,7 +325,7 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
             report.versions.objects,
             report.versions.rows
         ),
-        (2, 2, 4)
+        (2, 2, 3)
     );
     assert_eq!(report.failures, 0);
 
@@ -422,10 +404,6 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     assert!(
         exists(s, APP_STORAGE_BUCKET, &format!("app_{app}/shared/lib.js")).await,
         "an object 2.0.0 still names was deleted"
-    );
-    assert!(
-        exists(s, APP_STORAGE_BUCKET, "legacy/common.js").await,
-        "an object outside the app's folder was deleted"
     );
 
     // A second pass finds nothing left to do.

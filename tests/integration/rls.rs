@@ -91,7 +91,7 @@ async fn tenants(client: &Client) -> Tenants {
             .unwrap();
         client
             .execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum) values ($1, '1.0.0', 'index.js', 'x', 'source', 1, $2)",
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum) values ($1, '1.0.0', 'app_' || $1::uuid::text || '/1.0.0/index.js', 'source', 1, $2)",
                 &[&app, &sha],
             )
             .await

@@ -171,14 +171,14 @@ fn assert_success(record: &RunRecord, log: &str) {
     assert!(record.completed, "completed_at not set");
 }
 
-/// `(output_type, name) → (output_data, file_path, file_size)` of a run's outputs.
+/// `(output_type, output_name) → (output_data, output_path, file_size)` of a run's outputs.
 async fn outputs(
     client: &Client,
     run: Uuid,
 ) -> BTreeMap<(String, String), (Option<Value>, Option<String>, Option<i64>)> {
     client
         .query(
-            "select output_type, coalesce(name, ''), output_data, file_path, file_size
+            "select output_type, coalesce(output_name, ''), output_data, output_path, file_size
                from public.app_outputs where run_id = $1",
             &[&run],
         )

@@ -114,23 +114,6 @@ async fn a_lockfile_that_does_not_match_fails_the_install_with_its_log() {
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 
-/// The host's address on Docker's default bridge network (reachable from containers there).
-fn bridge_gateway() -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ])
-        .output()
-        .unwrap();
-    let gateway = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(!gateway.is_empty(), "no bridge gateway");
-    gateway
-}
-
 /// A tiny HTTP server on the Docker bridge's gateway address (reachable from containers on the
 /// default bridge network, nowhere else). Counts the requests it answers; stops with the test.
 struct BridgeServer {
@@ -140,7 +123,9 @@ struct BridgeServer {
 
 impl BridgeServer {
     fn start() -> Self {
-        let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
+        let listener =
+            std::net::TcpListener::bind((crate::harness::docker::bridge_gateway().as_str(), 0))
+                .unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = hits.clone();
@@ -310,7 +295,7 @@ async fn hostile_apps_get_their_outcome_and_leave_the_host_unchanged() {
         let permissions = if network {
             client
                 .execute(
-                    "insert into public.app_permissions (app_id, permission_type, scope) values ($1, 'network', '*')",
+                    "insert into public.app_permissions (app_id, permission_type, permission_value) values ($1, 'network', '*')",
                     &[&app],
                 )
                 .await
@@ -521,7 +506,9 @@ async fn a_real_run_container_has_every_hardening_field() {
 /// A TCP server on the Docker bridge that accepts connections and never answers: an install
 /// pointed at it as its registry hangs until it is stopped.
 fn black_hole_registry() -> String {
-    let listener = std::net::TcpListener::bind((bridge_gateway().as_str(), 0)).unwrap();
+    let listener =
+        std::net::TcpListener::bind((crate::harness::docker::bridge_gateway().as_str(), 0))
+            .unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let mut held = Vec::new();

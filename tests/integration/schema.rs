@@ -78,21 +78,21 @@ async fn every_check_enum_rejects_a_bad_value() {
         (
             "app_storage.file_type",
             client.execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum) values ($1, '1.0.0', 'a.js', 'x', 'binary', 1, $2)",
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum) values ($1, '1.0.0', 'app_' || $1::uuid::text || '/1.0.0/a.js', 'binary', 1, $2)",
                 &[&f.app, &sha],
             ).await,
         ),
         (
             "app_storage.checksum",
             client.execute(
-                "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum) values ($1, '1.0.0', 'a.js', 'x', 'source', 1, 'md5:abc')",
+                "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum) values ($1, '1.0.0', 'app_' || $1::uuid::text || '/1.0.0/a.js', 'source', 1, 'md5:abc')",
                 &[&f.app],
             ).await,
         ),
         (
             "app_builds.build_status",
             client.execute(
-                "insert into public.app_builds (app_id, version, build_status) values ($1, '1.0.0', 'done')",
+                "insert into public.app_builds (app_id, build_version, build_status) values ($1, '1.0.0', 'done')",
                 &[&f.app],
             ).await,
         ),
@@ -158,7 +158,7 @@ async fn duplicates_are_rejected_by_unique_constraints() {
     let client = db.client().await;
     let f = fixture(&client).await;
     let sha = format!("sha256:{}", "b".repeat(64));
-    let insert_file = "insert into public.app_storage (app_id, version, file_path, storage_path, file_type, file_size, checksum) values ($1, '1.0.0', 'index.js', 'x', 'source', 1, $2)";
+    let insert_file = "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum) values ($1, '1.0.0', 'app_' || $1::uuid::text || '/1.0.0/index.js', 'source', 1, $2)";
     client.execute(insert_file, &[&f.app, &sha]).await.unwrap();
     assert_eq!(
         sqlstate(client.execute(insert_file, &[&f.app, &sha]).await),

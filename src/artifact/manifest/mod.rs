@@ -72,31 +72,41 @@ pub struct FrontendRuntime {
     pub assets: Vec<String>,
 }
 
-/// The permission kinds of the `app_permissions.permission_type` CHECK constraint.
+/// The permission kinds of the `app_permissions.permission_type` CHECK constraint: the original
+/// document's six, then our two (`secrets`, `filesystem`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PermissionType {
-    Network,
     Storage,
+    Network,
     Database,
+    Api,
+    System,
+    Custom,
     Secrets,
     Filesystem,
 }
 
 impl PermissionType {
-    pub const ALL: [Self; 5] = [
-        Self::Network,
+    pub const ALL: [Self; 8] = [
         Self::Storage,
+        Self::Network,
         Self::Database,
+        Self::Api,
+        Self::System,
+        Self::Custom,
         Self::Secrets,
         Self::Filesystem,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Network => "network",
             Self::Storage => "storage",
+            Self::Network => "network",
             Self::Database => "database",
+            Self::Api => "api",
+            Self::System => "system",
+            Self::Custom => "custom",
             Self::Secrets => "secrets",
             Self::Filesystem => "filesystem",
         }
@@ -110,12 +120,13 @@ impl std::str::FromStr for PermissionType {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                "must be one of network, storage, database, secrets, filesystem".to_owned()
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+                format!("must be one of {}", names.join(", "))
             })
     }
 }
 
-/// One entry of `permissions`. `scope` defaults to `*` (as in `app_permissions`), `required`
+/// One entry of `permissions`. `scope` (`app_permissions.permission_value`) defaults to `*`, `required`
 /// to `true`: an app that lists a permission is taken to need it unless it says otherwise.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Permission {

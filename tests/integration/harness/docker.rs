@@ -27,6 +27,49 @@ pub fn ensure_engine() {
     });
 }
 
+/// The host's address on Docker's default bridge network (reachable from containers there).
+///
+/// A freshly installed engine reports only the `Subnet` in the bridge's IPAM config, no
+/// `Gateway`; the address is then read off the bridge's interface on the host (`docker0` unless
+/// the engine names another in `com.docker.network.bridge.name`).
+pub fn bridge_gateway() -> String {
+    ensure_engine();
+    let inspect = |format: &str| {
+        let out = Command::new("docker")
+            .args(["network", "inspect", "bridge", "--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker network inspect bridge: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let gateway = inspect("{{range .IPAM.Config}}{{.Gateway}} {{end}}");
+    if let Some(gateway) = gateway.split_whitespace().find(|g| g.contains('.')) {
+        return gateway.to_owned();
+    }
+    let name = inspect(r#"{{index .Options "com.docker.network.bridge.name"}}"#);
+    let name = if name.is_empty() || name == "<no value>" {
+        "docker0".to_owned()
+    } else {
+        name
+    };
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &name])
+        .output()
+        .unwrap_or_else(|e| panic!("ip (iproute2) is needed to read {name}'s address: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `5: docker0    inet 172.17.0.1/16 brd ... scope global docker0`
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("the bridge {name} has no IPv4 address: {text:?}"))
+}
+
 /// The tag of the node + pnpm runtime image, built on first use.
 pub fn runtime_image() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
