@@ -329,9 +329,11 @@ fn database_url(config: &Config) -> Result<&DatabaseUrl, ConfigError> {
     })
 }
 
-/// The storage backend `[storage]` selects. Config validation guarantees the URL and key of
-/// the supabase backend; their absence here is reported, not assumed.
-pub fn storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+/// The storage backend `[storage]` selects. Config validation guarantees the supabase backend's
+/// URL. A missing service key is a configuration error (exit 78) of the command asking for
+/// storage; commands that never use storage (`migrate`, `validate`, `enqueue`, `cron next`) do
+/// not ask, so they run without the key.
+pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     let settings = &config.storage;
     match settings.backend {
         StorageBackend::Local => Ok(Arc::new(LocalStorage::new(
@@ -345,10 +347,9 @@ pub fn storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
                 detail: format!("storage.backend = \"supabase\" but {what} is not configured"),
             };
             let url = settings.url.clone().ok_or_else(|| missing("storage.url"))?;
-            let key = settings
-                .service_key
-                .clone()
-                .ok_or_else(|| missing("the service key"))?;
+            let key = settings.service_key.clone().ok_or_else(|| {
+                crate::config::ConfigError::Invalid(crate::config::missing_service_key_fix())
+            })?;
             let mut options = SupabaseOptions::new(url, key);
             options.connect_timeout = settings.connect_timeout;
             options.read_timeout = settings.read_timeout;

@@ -26,6 +26,13 @@ pub const CONFIG_PATH_ENV: &str = "APP_EXECUTOR_CONFIG";
 const DEFAULT_CONFIG_PATHS: &[&str] = &["executor.toml", "/etc/app-executor/executor.toml"];
 /// Name of the systemd credential (`LoadCredential=database-url:…`) holding the database URL.
 const DATABASE_URL_CREDENTIAL: &str = "database-url";
+/// What to do when the service key is missing, for the commands that use storage.
+pub fn missing_service_key_fix() -> String {
+    format!(
+        "storage.backend = \"supabase\" needs the service key: set {ENV_PREFIX}STORAGE__SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY, or the systemd credential {SERVICE_KEY_CREDENTIAL}"
+    )
+}
+
 /// Name of the systemd credential holding the Supabase service key.
 const SERVICE_KEY_CREDENTIAL: &str = "storage-service-key";
 
@@ -1169,11 +1176,9 @@ fn storage_from_raw(
     if raw.backend == StorageBackend::Supabase && raw.url.is_none() {
         violations.push("storage.backend = \"supabase\" needs storage.url, the project URL (e.g. \"https://<ref>.supabase.co\")".into());
     }
-    if raw.backend == StorageBackend::Supabase && raw.resolved_key.is_none() {
-        violations.push(format!(
-            "storage.backend = \"supabase\" needs the service key: set {ENV_PREFIX}STORAGE__SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY, or the systemd credential {SERVICE_KEY_CREDENTIAL}"
-        ));
-    }
+    // The service key is required by the commands that use storage (`app::storage`), not here:
+    // `migrate`, `validate`, `enqueue` and `cron next` never touch storage, and a migration job
+    // should not need the key.
     let local_root = raw
         .local_root
         .clone()
@@ -1830,10 +1835,14 @@ mod tests {
     }
 
     #[test]
-    fn the_supabase_backend_needs_a_url_and_a_key() {
+    fn the_supabase_backend_needs_a_url_but_the_key_only_where_storage_is_used() {
         let err = load_error("[storage]\nbackend = \"supabase\"\n", &[]);
         assert!(err.contains("needs storage.url"), "{err}");
-        assert!(err.contains("needs the service key"), "{err}");
+        assert!(!err.contains("service key"), "{err}");
+        let (_dir, overrides) =
+            write_config("[storage]\nbackend = \"supabase\"\nurl = \"https://x.supabase.co\"\n");
+        let config = Config::load_from(&overrides, &env(&[])).unwrap();
+        assert!(config.storage.service_key.is_none());
     }
 
     #[test]

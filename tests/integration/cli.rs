@@ -72,6 +72,33 @@ fn migrate_without_a_database_exits_78_and_says_how_to_configure_one() {
 }
 
 #[tokio::test]
+async fn only_commands_that_use_storage_need_the_supabase_service_key() {
+    let db = TestDb::empty().await;
+    let supabase_without_key = [
+        ("DATABASE_URL", db.url.expose()),
+        ("APP_EXECUTOR_STORAGE__BACKEND", "supabase"),
+        ("APP_EXECUTOR_STORAGE__URL", "http://127.0.0.1:9"),
+    ];
+    let out = run(&["migrate"], &supabase_without_key);
+    assert_eq!(out.status.code(), Some(0), "migrate: {}", stderr(&out));
+    let out = run(&["validate", &example("hello")], &supabase_without_key);
+    assert_eq!(out.status.code(), Some(0), "validate: {}", stderr(&out));
+    for args in [
+        &["run"][..],
+        &["logs", "00000000-0000-4000-8000-000000000001"][..],
+    ] {
+        let out = run(args, &supabase_without_key);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("needs the service key")
+                && stderr(&out).contains("APP_EXECUTOR_STORAGE__SERVICE_KEY"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[tokio::test]
 async fn enqueue_names_bad_input_and_creates_nothing() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
