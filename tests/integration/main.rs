@@ -25,3 +25,4 @@ mod sandbox;
 mod schema;
 mod seed_contract;
 mod storage;
+mod supabase_cli;
