@@ -6,6 +6,13 @@
 //! digest in this process wait for the one download. Use refreshes a blob's mtime; when the cache
 //! grows past its cap the least recently used blobs are removed (never ones used in the last
 //! minute, which a run may be about to link).
+//!
+//! **Tenant isolation.** Knowing a digest is not proof of owning its bytes: an app's file row
+//! could carry the checksum of another app's secret. So a blob is served to an owner (an app)
+//! only after that owner's own object was downloaded and verified to have that digest once; the
+//! proof is an empty marker file `<blob>.owners/<owner>`, removed with the blob. The bytes are
+//! stored once however many owners proved them, so sharing saves disk but never lets one app
+//! read what only another app stored.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,10 +89,24 @@ impl BlobCache {
         self.root.join("sha256").join(&hex[..2]).join(hex)
     }
 
-    /// The blob with SHA-256 `expected_hex`, fetched with `fetch` (a reader of its bytes) when
-    /// not cached. `expected_size`, when known, is checked too.
+    /// The directory of the owners that proved they hold the blob at `blob`.
+    fn owners_dir(blob: &Path) -> PathBuf {
+        let mut dir = blob.as_os_str().to_owned();
+        dir.push(".owners");
+        PathBuf::from(dir)
+    }
+
+    /// The marker saying `owner` proved it holds the blob at `blob`.
+    fn owner_marker(blob: &Path, owner: &str) -> PathBuf {
+        Self::owners_dir(blob).join(owner)
+    }
+
+    /// The blob with SHA-256 `expected_hex` for `owner` (a file name: the app's id), fetched
+    /// with `fetch` (a reader of the owner's own object) unless this owner already proved it
+    /// holds these bytes. `expected_size`, when known, is checked too.
     pub async fn get_or_fetch<F, Fut, R>(
         &self,
+        owner: &str,
         expected_hex: &str,
         expected_size: Option<u64>,
         fetch: F,
@@ -104,7 +125,8 @@ impl BlobCache {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        if touch(&path).await {
+        let marker = Self::owner_marker(&path, owner);
+        if tokio::fs::try_exists(&marker).await.unwrap_or(false) && touch(&path).await {
             metrics::blob_cache_hit();
             return Ok(Blob {
                 path,
@@ -121,6 +143,11 @@ impl BlobCache {
         };
         self.fetching.lock().unwrap().remove(expected_hex);
         let downloaded = result?;
+        let marker_dir = marker.parent().expect("markers have a parent");
+        tokio::fs::create_dir_all(marker_dir)
+            .await
+            .map_err(io(marker_dir))?;
+        tokio::fs::write(&marker, b"").await.map_err(io(&marker))?;
         metrics::blob_downloaded(downloaded);
         self.evict_over_cap().await;
         Ok(Blob { path, downloaded })
@@ -248,6 +275,10 @@ impl BlobCache {
                 })
                 .filter_map(|entry| {
                     let meta = entry.metadata().ok()?;
+                    // `<blob>.owners/` directories go with their blob.
+                    if !meta.is_file() {
+                        return None;
+                    }
                     Some((meta.modified().ok()?, meta.len(), entry.path()))
                 })
                 .collect();
@@ -261,6 +292,7 @@ impl BlobCache {
                 let recent = now.duration_since(used).unwrap_or_default() < EVICTION_GRACE;
                 if !recent && std::fs::remove_file(&path).is_ok() {
                     total -= size;
+                    let _ = std::fs::remove_dir_all(Self::owners_dir(&path));
                 }
             }
         })
@@ -298,12 +330,14 @@ mod tests {
         let data = b"console.log('hi')".to_vec();
         let digest = sha(&data);
         let first = cache
-            .get_or_fetch(&digest, Some(data.len() as u64), || async { Ok(&data[..]) })
+            .get_or_fetch("app-a", &digest, Some(data.len() as u64), || async {
+                Ok(&data[..])
+            })
             .await
             .unwrap();
         assert_eq!(first.downloaded, data.len() as u64);
         let second = cache
-            .get_or_fetch(&digest, None, || async {
+            .get_or_fetch("app-a", &digest, None, || async {
                 Err::<&[u8], _>("must not fetch".to_owned())
             })
             .await
@@ -325,7 +359,7 @@ mod tests {
                     (cache.clone(), data.clone(), digest.clone(), fetches.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_fetch(&digest, None, || async move {
+                        .get_or_fetch("app-a", &digest, None, || async move {
                             fetches.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Ok(std::io::Cursor::new(data))
@@ -350,7 +384,9 @@ mod tests {
         let cache = BlobCache::new(dir.path().to_path_buf(), u64::MAX);
         let wanted = sha(b"the real file");
         let err = cache
-            .get_or_fetch(&wanted, None, || async { Ok(&b"a tampered file"[..]) })
+            .get_or_fetch("app-a", &wanted, None, || async {
+                Ok(&b"a tampered file"[..])
+            })
             .await
             .unwrap_err();
         match err {
@@ -377,7 +413,7 @@ mod tests {
         for i in 0..3u8 {
             let data = vec![i; 100];
             let blob = cache
-                .get_or_fetch(&sha(&data), None, || async {
+                .get_or_fetch("app-a", &sha(&data), None, || async {
                     Ok(std::io::Cursor::new(data.clone()))
                 })
                 .await
@@ -394,6 +430,52 @@ mod tests {
         }
         cache.evict_over_cap().await;
         assert!(!paths[0].exists(), "the oldest blob survived");
+        assert!(
+            !BlobCache::owners_dir(&paths[0]).exists(),
+            "its owners stayed"
+        );
         assert!(paths[1].exists() && paths[2].exists());
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_served_only_to_owners_that_proved_they_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(dir.path().to_path_buf(), u64::MAX);
+        let secret = b"app a's secret".to_vec();
+        let digest = sha(&secret);
+        cache
+            .get_or_fetch("app-a", &digest, None, || async { Ok(&secret[..]) })
+            .await
+            .unwrap();
+        // App b names the digest but its own object holds other bytes: refused, not served.
+        let err = cache
+            .get_or_fetch("app-b", &digest, None, || async {
+                Ok(&b"something else"[..])
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::ChecksumMismatch { .. }), "{err}");
+        // Its own object missing: the fetch error, not a's bytes.
+        let err = cache
+            .get_or_fetch("app-b", &digest, None, || async {
+                Err::<&[u8], _>("object not found".to_owned())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::Fetch(_)), "{err}");
+        // Once b's own object verifies, b is served from the shared blob without a download.
+        let proved = cache
+            .get_or_fetch("app-b", &digest, None, || async { Ok(&secret[..]) })
+            .await
+            .unwrap();
+        assert_eq!(proved.downloaded, secret.len() as u64);
+        let again = cache
+            .get_or_fetch("app-b", &digest, None, || async {
+                Err::<&[u8], _>("must not fetch".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.downloaded, 0);
+        assert_eq!(again.path, proved.path, "the bytes are stored once");
     }
 }

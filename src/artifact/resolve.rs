@@ -201,7 +201,7 @@ impl Resolver {
         let mut downloaded_bytes = 0;
         let mut archives = Vec::new();
         for (file, path) in &placed {
-            let blob = self.fetch(file, path).await?;
+            let blob = self.fetch(run.app_id, file, path).await?;
             downloaded_bytes += blob.downloaded;
             let target = app_dir.join(path);
             place(&blob.path, &target).await?;
@@ -254,14 +254,21 @@ impl Resolver {
 
     /// One file through the cache: downloaded and verified unless already cached. `path` is
     /// where it goes inside the app (for messages).
-    async fn fetch(&self, file: &AppFile, path: &str) -> Result<super::cache::Blob, PrepareError> {
+    async fn fetch(
+        &self,
+        app_id: uuid::Uuid,
+        file: &AppFile,
+        path: &str,
+    ) -> Result<super::cache::Blob, PrepareError> {
         let hex = parse_checksum(&file.checksum).expect("checked by prepare");
         // The cache only sees a reader; keep the storage error's type for the outcome.
         let storage_error: Arc<Mutex<Option<StorageError>>> = Arc::default();
         let size = u64::try_from(file.file_size).ok();
+        // Served from the cache only if this app's own object proved these bytes before.
+        let owner = app_id.to_string();
         let result = self
             .cache
-            .get_or_fetch(hex, size, || {
+            .get_or_fetch(&owner, hex, size, || {
                 let storage = self.storage.clone();
                 let key = file.file_path.clone();
                 let storage_error = storage_error.clone();

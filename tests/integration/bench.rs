@@ -87,7 +87,7 @@ async fn bench_artifacts_download_and_verify() {
         let cache = BlobCache::new(dir.path().join(format!("cache-{round}")), u64::MAX);
         let start = Instant::now();
         let blob = cache
-            .get_or_fetch(&hex, Some(SIZE as u64), || {
+            .get_or_fetch("bench-app", &hex, Some(SIZE as u64), || {
                 let storage = storage.clone();
                 async move {
                     let download = storage
@@ -110,7 +110,7 @@ async fn bench_artifacts_download_and_verify() {
     for _ in 0..5 {
         let start = Instant::now();
         let blob = cache
-            .get_or_fetch(&hex, None, || async {
+            .get_or_fetch("bench-app", &hex, None, || async {
                 Err::<&[u8], _>("a warm cache must not fetch".to_owned())
             })
             .await

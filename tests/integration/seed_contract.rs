@@ -577,6 +577,40 @@ async fn the_documents_insert_example_runs_through_the_supabase_storage_api() {
     the_documents_example_runs(Some(&double)).await;
 }
 
+/// Files under the daemon's run directories of `run` whose bytes contain `needle`.
+fn walk_contains(state: &Path, needle: &[u8], run: Uuid) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, needle: &[u8], found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(&path, needle, found),
+                Ok(t) if t.is_file() => {
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(state.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&run.to_string())
+        {
+            walk(&entry.path(), needle, &mut found);
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn a_row_naming_another_apps_object_fails_for_good_without_reading_it() {
     let db = TestDb::migrated().await;
@@ -606,10 +640,28 @@ async fn a_row_naming_another_apps_object_fails_for_good_without_reading_it() {
         )
         .await
         .unwrap();
-    for key in [
-        secret_key.clone(),
-        format!("app_{thief}/1.0.0/../../app_{victim}/1.0.0/secret.txt"),
-    ] {
+    // (key of the thief's row, what the thief's own object holds, the outcome)
+    let own_key = format!("app_{thief}/1.0.0/secret.txt");
+    let cases = [
+        (secret_key.clone(), None, "failed/unsafe_path"),
+        (
+            format!("app_{thief}/1.0.0/../../app_{victim}/1.0.0/secret.txt"),
+            None,
+            "failed/unsafe_path",
+        ),
+        // Under the thief's own folder with the victim's checksum: the warm cache must not
+        // answer for an object the thief never proved it has.
+        (own_key.clone(), None, "failed/missing_object"),
+        (
+            own_key.clone(),
+            Some("not the secret"),
+            "failed/checksum_mismatch",
+        ),
+    ];
+    for (key, own_object, outcome) in cases {
+        if let Some(bytes) = own_object {
+            double.put("app-storage", &key, bytes.as_bytes(), "text/plain");
+        }
         client
             .execute(
                 "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum)
@@ -629,30 +681,41 @@ async fn a_row_naming_another_apps_object_fails_for_good_without_reading_it() {
             .unwrap();
         let log = run_until_idle(&db, state.path(), &backend).await;
         let record = run_record(&client, run).await;
-        assert_eq!(
-            record.summary(),
-            "failed/unsafe_path",
-            "{key}: {record:?}\n{log}"
-        );
-        assert!(
-            record.error_message.as_deref().unwrap_or("").contains(&key),
-            "the error names the key: {record:?}"
-        );
+        assert_eq!(record.summary(), outcome, "{key}: {record:?}\n{log}");
+        if outcome.ends_with("unsafe_path") {
+            assert!(
+                record.error_message.as_deref().unwrap_or("").contains(&key),
+                "the error names the key: {record:?}"
+            );
+        }
         let attempt: i32 = client
             .query_one("select attempt from public.app_runs where id = $1", &[&run])
             .await
             .unwrap()
             .get(0);
-        assert_eq!(attempt, 1, "an unsafe path is final, not retried");
-        let app_storage_requests: Vec<String> = double.requests()[requests_before..]
+        assert_eq!(attempt, 1, "{outcome} is final, not retried");
+        let victims_objects: Vec<String> = double.requests()[requests_before..]
             .iter()
-            .filter(|r| r.contains("/app-storage/"))
+            .filter(|r| r.contains(&format!("app_{victim}")))
             .cloned()
             .collect();
         assert!(
-            app_storage_requests.is_empty(),
-            "storage was asked for {key}: {app_storage_requests:?}"
+            victims_objects.is_empty(),
+            "the victim's objects were asked for: {victims_objects:?}"
         );
+        let leaked = walk_contains(state.path(), secret.as_bytes(), run);
+        assert!(
+            leaked.is_empty(),
+            "the secret is in the thief's run: {leaked:?}"
+        );
+        let logs = double.keys("app-logs", &format!("app_{thief}/runs/{run}/"));
+        for (log_key, _) in logs {
+            let (bytes, _) = double.get("app-logs", &log_key).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(secret),
+                "the secret is in {log_key}"
+            );
+        }
         client
             .execute(
                 "delete from public.app_storage where app_id = $1 and file_path = $2",
