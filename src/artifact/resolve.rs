@@ -47,6 +47,8 @@ pub enum PrepareError {
         #[source]
         source: CacheError,
     },
+    #[error("build {build} is not a build of this run's app {app}; nothing was read")]
+    ForeignBuild { build: uuid::Uuid, app: uuid::Uuid },
     #[error("version {version} has no manifest.json")]
     NoManifest { version: String },
     #[error("manifest.json of version {version}: {message}")]
@@ -80,6 +82,7 @@ impl PrepareError {
             PrepareError::MalformedChecksum { .. } => "malformed_checksum",
             PrepareError::UnsafePath { .. } => "unsafe_path",
             PrepareError::DuplicatePath { .. } => "duplicate_path",
+            PrepareError::ForeignBuild { .. } => "foreign_build",
             PrepareError::MissingObject { .. } => "missing_object",
             PrepareError::Corrupt { .. } => "checksum_mismatch",
             PrepareError::NoManifest { .. } => "missing_manifest",
@@ -150,8 +153,18 @@ impl Resolver {
                 action: "resolving an app version",
                 source,
             })?;
+            // The database ties a run's build to its app (app_runs_build_of_app); a host that
+            // dropped that constraint still never gets another app's version here.
             let build_version = match run.build_id {
-                Some(build) => sql::build_version(&client, build).await?.map(|(_, v)| v),
+                Some(build) => match sql::build_version(&client, build).await? {
+                    Some((app, _)) if app != run.app_id => {
+                        return Err(PrepareError::ForeignBuild {
+                            build,
+                            app: run.app_id,
+                        })
+                    }
+                    found => found.map(|(_, version)| version),
+                },
                 None => None,
             };
             let available = sql::app_versions(&client, run.app_id).await?;

@@ -340,3 +340,28 @@ async fn files_come_through_the_http_storage_client_as_well() {
         .unwrap();
     assert_eq!(read(&prepared.dir, "index.js"), "console.log('hello')\n");
 }
+
+#[tokio::test]
+async fn a_build_of_another_app_is_refused_without_naming_its_version() {
+    let db = TestDb::migrated().await;
+    let f = fixture(&db).await;
+    f.publish_hello("1.0.0").await;
+    let (_, other_app) = crate::harness::insert_tenant(&f.client).await;
+    let foreign_build: Uuid = f
+        .client
+        .query_one(
+            "insert into public.app_builds (app_id, build_version, build_status) values ($1, '9.9.9-other', 'success') returning id",
+            &[&other_app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let resolver = f.resolver(&db, f.storage.clone());
+    let mut run = f.run(serde_json::json!({}));
+    run.build_id = Some(foreign_build);
+    let err = resolver.prepare(&run).await.unwrap_err();
+    resolver.clean_up(&run).await;
+    assert_eq!(err.error_kind(), "foreign_build");
+    assert!(!err.is_retryable());
+    assert!(!err.to_string().contains("9.9.9-other"), "{err}");
+}

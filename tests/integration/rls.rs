@@ -387,3 +387,188 @@ async fn a_superadmin_sees_and_manages_everything() {
     );
     tx.rollback().await.unwrap();
 }
+
+/// `schema.name(args)` of every function in `app_exec` and `public` that `role` may execute.
+async fn executable_by(client: &Client, role: &str) -> Vec<String> {
+    client
+        .query(
+            "select n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+               from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+              where n.nspname in ('app_exec', 'public')
+                and has_function_privilege($1, p.oid, 'execute')
+              order by 1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn only_policy_helpers_are_executable_by_clients() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    assert_eq!(executable_by(&client, "anon").await, Vec::<String>::new());
+    let helpers = [
+        "app_exec.can_manage_company(company uuid)",
+        "app_exec.can_read_app(app uuid)",
+        "app_exec.can_read_app_object(object_name text)",
+        "app_exec.can_read_run(run uuid)",
+        "app_exec.can_read_run_object(object_name text)",
+        "app_exec.company_has_app(company uuid, app uuid)",
+        "app_exec.company_role(company uuid)",
+        "app_exec.is_app_object_key(app uuid, key text)",
+        "app_exec.is_company_member(company uuid)",
+        "app_exec.is_superadmin()",
+        "app_exec.user_company_ids()",
+    ];
+    assert_eq!(executable_by(&client, "authenticated").await, helpers);
+}
+
+#[tokio::test]
+async fn clients_cannot_call_the_daemons_functions() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let t = tenants(&client).await;
+    let schedule: Uuid = client
+        .query_one(
+            "select id from public.app_cron_schedules where company_id = $1",
+            &[&t.company_b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for user in [Some(t.a_owner), None] {
+        let tx = as_user(&mut client, user).await;
+        let err = tx
+            .execute(
+                "select app_exec.withdraw_runs_fired_ahead($1)",
+                &[&schedule],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "42501", "{user:?}: {err}");
+        tx.rollback().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_run_can_only_name_a_build_of_its_own_app() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let t = tenants(&client).await;
+    let build_b: Uuid = client
+        .query_one(
+            "insert into public.app_builds (app_id, build_version) values ($1, '1.0.0') returning id",
+            &[&t.app_b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let insert = "insert into public.app_runs (app_id, company_id, build_id) values ($1, $2, $3)";
+    let tx = as_user(&mut client, Some(t.a_owner)).await;
+    let err = tx
+        .execute(insert, &[&t.app_a, &t.company_a, &build_b])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "23503", "{err}");
+    tx.rollback().await.unwrap();
+    // The daemon's own role is held to it too; a build of the run's app is fine.
+    let err = client
+        .execute(insert, &[&t.app_a, &t.company_a, &build_b])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "23503", "{err}");
+    client
+        .execute(insert, &[&t.app_b, &t.company_b, &build_b])
+        .await
+        .unwrap();
+    // Deleting the build keeps its runs, without the build.
+    client
+        .execute("delete from public.app_builds where id = $1", &[&build_b])
+        .await
+        .unwrap();
+    let left: i64 = client
+        .query_one(
+            "select count(*) from public.app_runs where app_id = $1 and build_id is null",
+            &[&t.app_b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2);
+}
+
+#[tokio::test]
+async fn a_clients_run_and_schedule_record_the_caller_whatever_they_send() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let t = tenants(&client).await;
+    let tx = as_user(&mut client, Some(t.a_owner)).await;
+    let triggered_by: Option<Uuid> = tx
+        .query_one(
+            "insert into public.app_runs (app_id, company_id, triggered_by) values ($1, $2, $3) returning triggered_by",
+            &[&t.app_a, &t.company_a, &t.b_owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggered_by, Some(t.a_owner));
+    let created_by: Option<Uuid> = tx
+        .query_one(
+            "insert into public.app_cron_schedules (app_id, company_id, cron_expression, created_by) values ($1, $2, '0 * * * *', $3) returning created_by",
+            &[&t.app_a, &t.company_a, &t.b_owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created_by, Some(t.a_owner));
+    tx.rollback().await.unwrap();
+    // The daemon (and the platform's service role) may say who triggered a run.
+    let triggered_by: Option<Uuid> = client
+        .query_one(
+            "insert into public.app_runs (app_id, company_id, triggered_by) values ($1, $2, $3) returning triggered_by",
+            &[&t.app_a, &t.company_a, &t.b_owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggered_by, Some(t.b_owner));
+}
+
+#[tokio::test]
+async fn a_log_object_is_readable_only_under_its_runs_own_app_folder() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let t = tenants(&client).await;
+    let misfiled = format!("app_{}/runs/{}/stdout.log", t.app_b, t.run_a);
+    let odd = format!(
+        "app_{}/runs/------------------------------------/x",
+        t.app_a
+    );
+    client
+        .execute(
+            "insert into storage.objects (bucket_id, name) values ('app-logs', $1), ('app-logs', $2)",
+            &[&misfiled, &odd],
+        )
+        .await
+        .unwrap();
+    let tx = as_user(&mut client, Some(t.a_member)).await;
+    let visible: Vec<String> = tx
+        .query(
+            "select name from storage.objects where bucket_id = 'app-logs' order by name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        visible,
+        vec![format!("app_{}/runs/{}/stdout.log", t.app_a, t.run_a)]
+    );
+    tx.rollback().await.unwrap();
+}
