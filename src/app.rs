@@ -83,6 +83,7 @@ pub async fn run(
         .into());
     }
 
+    verified_storage(config).await?;
     let (execution, docker) = select_execution(
         config,
         &pool,
@@ -299,6 +300,7 @@ pub async fn retention_pass(
 ) -> anyhow::Result<Option<crate::retention::RetentionReport>> {
     let url = database_url(config)?;
     let pool = db::pool(url, config.database.connect_timeout, 2)?;
+    verified_storage(config).await?;
     let retention = retention_policy(config, pool)?;
     let stop = CancellationToken::new();
     if dry_run {
@@ -451,7 +453,11 @@ async fn check_storage(config: &Config) -> Check {
         Ok(storage) => storage,
         Err(e) => return fail(e.to_string()),
     };
-    // A lookup of an object that need not exist: proves reachability and credentials.
+    // The key must act as the service role; then a lookup of an object that need not exist
+    // proves downloads are allowed too.
+    if let Err(e) = crate::storage::verify_service_role(storage.as_ref()).await {
+        return fail(e.to_string());
+    }
     match storage
         .head(
             crate::storage::APP_STORAGE_BUCKET,
@@ -545,11 +551,29 @@ pub async fn enqueue(
     Ok((pool, run))
 }
 
+/// The configured storage after checking its key acts as the service role (both buckets
+/// visible). A refused or too weak key is a configuration error (exit 78): with the anon key
+/// every object would look missing and every listing empty. A storage outage is only warned
+/// about here; the operations that need storage retry and report it themselves.
+pub async fn verified_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    let storage = storage(config)?;
+    match crate::storage::verify_service_role(storage.as_ref()).await {
+        Ok(()) => Ok(storage),
+        Err(e @ (StorageError::NotServiceRole { .. } | StorageError::AccessDenied { .. })) => {
+            Err(ConfigError::Invalid(format!("storage: {e}")).into())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the storage key now; going on");
+            Ok(storage)
+        }
+    }
+}
+
 /// `app-executor logs`: prints a run's logs from storage; with `follow`, until the run ends.
 pub async fn logs(config: &Config, run: &str, follow: bool) -> anyhow::Result<()> {
     let url = database_url(config)?;
     let pool = db::pool(url, config.database.connect_timeout, 1)?;
-    let storage = storage(config)?;
+    let storage = verified_storage(config).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     crate::logs::reader::print_run_logs(&pool, storage.as_ref(), run, follow, &mut out, &mut err)
         .await?;
@@ -573,7 +597,7 @@ pub async fn publish(
     let mut client = db::connect(url, config.database.connect_timeout).await?;
     let report = crate::artifact::publish::publish(
         &mut client,
-        storage(config)?,
+        verified_storage(config).await?,
         dir,
         app,
         version,

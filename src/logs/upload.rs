@@ -339,6 +339,14 @@ impl Retry {
     /// when the next try would start after the deadline.
     async fn again(&mut self, error: &ChunkError) -> bool {
         self.failures += 1;
+        // A refusal (MIME type, size, access) comes back the same however long we wait.
+        if let ChunkError::Storage(e) = error {
+            if !e.is_retryable() {
+                let (run_id, what) = (self.run_id, self.what);
+                tracing::warn!(%run_id, %error, "{what} was refused by storage; not retrying a permanent error");
+                return false;
+            }
+        }
         let delay = crate::model::retry_delay(self.failures as i32, FIRST_BACKOFF, MAX_BACKOFF);
         let (run_id, what, failures) = (self.run_id, self.what, self.failures);
         if Instant::now() + delay >= self.deadline {

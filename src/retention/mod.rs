@@ -56,6 +56,9 @@ pub enum RetentionError {
     Session(#[from] db::DbError),
     #[error("retention: {0}")]
     Database(#[from] QueueError),
+    /// Deleting rows on the word of a key that cannot see the objects would orphan them.
+    #[error("retention: nothing deleted: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Everything a pass needs; built by `app`.
@@ -186,6 +189,13 @@ impl Retention {
         dry_run: bool,
         stop: &CancellationToken,
     ) -> Result<RetentionReport, RetentionError> {
+        // A key that cannot see the buckets would list nothing and delete nothing, and the pass
+        // would then clear rows whose objects stay behind with nothing pointing at them. (An
+        // outage is no such proof: each deletion then fails, is counted and retried.)
+        match crate::storage::verify_service_role(self.storage.as_ref()).await {
+            Err(e) if !e.is_retryable() => return Err(e.into()),
+            _ => {}
+        }
         let mut report = RetentionReport {
             dry_run,
             ..RetentionReport::default()

@@ -8,7 +8,10 @@
 pub enum StorageError {
     #[error("object {bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
-    #[error("object {bucket}/{key} is larger than the bucket allows{}; split it or raise the bucket's file_size_limit", limit.map(|l| format!(" ({l} bytes)")).unwrap_or_default())]
+    #[error("object {bucket}/{key} is {}", match limit {
+        Some(l) => format!("larger than the bucket allows ({l} bytes); split it or raise the bucket's file_size_limit"),
+        None => "larger than the server accepts: the lower of the bucket's file_size_limit and the storage server's own upload limit (FILE_SIZE_LIMIT when self-hosted, the plan's limit on hosted projects; a bucket limit above it has no effect); split it or raise the lower one".to_owned(),
+    })]
     TooLarge {
         bucket: String,
         key: String,
@@ -28,6 +31,11 @@ pub enum StorageError {
         bucket: String,
         key: String,
         message: String,
+    },
+    #[error("the storage key sees {} but not {}: it is not the project's service_role key (an anon key or a user's token sees no private bucket); set the service_role key, or create the buckets (see the migrations)", if visible.is_empty() { "no bucket".to_owned() } else { visible.join(", ") }, missing.join(" and "))]
+    NotServiceRole {
+        missing: Vec<String>,
+        visible: Vec<String>,
     },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },

@@ -83,6 +83,10 @@ fn write_temp(
 }
 
 impl Storage for LocalStorage {
+    fn buckets(&self) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        Box::pin(async move { Ok(self.policy.buckets.keys().cloned().collect()) })
+    }
+
     fn download<'a>(
         &'a self,
         bucket: &'a str,

@@ -153,4 +153,26 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         bucket: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<ObjectInfo>, StorageError>>;
+
+    /// The names of the buckets these credentials can see. On Supabase only the service role
+    /// sees private buckets: the anon key or a user's token sees none.
+    fn buckets(&self) -> BoxFuture<'_, Result<Vec<String>, StorageError>>;
+}
+
+/// Checks that the credentials act as the service role: they see both buckets. A wrong key is
+/// refused by the server ([`StorageError::AccessDenied`]); the anon key or a user's token is
+/// accepted but sees no private bucket ([`StorageError::NotServiceRole`]), and with it every
+/// object would look missing and every listing empty, so nothing may run on it.
+pub async fn verify_service_role(storage: &dyn Storage) -> Result<(), StorageError> {
+    let visible = storage.buckets().await?;
+    let missing: Vec<String> = [APP_STORAGE_BUCKET, APP_LOGS_BUCKET]
+        .into_iter()
+        .filter(|b| !visible.iter().any(|v| v == b))
+        .map(str::to_owned)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StorageError::NotServiceRole { missing, visible })
+    }
 }

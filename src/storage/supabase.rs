@@ -11,7 +11,9 @@ use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 
-use super::wire::{self, DeleteRequest, DeletedRow, InfoReply, ListRequest, ListRow, SortBy};
+use super::wire::{
+    self, BucketRow, DeleteRequest, DeletedRow, InfoReply, ListRequest, ListRow, SortBy,
+};
 use super::{validate_key, Download, ListEntry, ObjectInfo, Storage, StorageError, UploadBody};
 use crate::config::ServiceKey;
 
@@ -154,6 +156,17 @@ impl SupabaseStorage {
 }
 
 impl Storage for SupabaseStorage {
+    fn buckets(&self) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            let url = format!("{}/bucket", self.base);
+            let url = &url;
+            let build = move || async move { Ok(self.http.get(url)) };
+            let response = self.execute("-", "(bucket list)", "", build).await?;
+            let rows: Vec<BucketRow> = Self::json(response, "-", "(bucket list)").await?;
+            Ok(rows.into_iter().map(|r| r.name).collect())
+        })
+    }
+
     fn download<'a>(
         &'a self,
         bucket: &'a str,
@@ -161,7 +174,9 @@ impl Storage for SupabaseStorage {
     ) -> BoxFuture<'a, Result<Download, StorageError>> {
         Box::pin(async move {
             validate_key(key)?;
-            let url = &self.url("object", bucket, Some(key));
+            // The authenticated route: the plain one treats a bad key as "not logged in" and
+            // answers a private bucket with "Bucket not found", hiding the real problem.
+            let url = &self.url("object/authenticated", bucket, Some(key));
             let response = self
                 .execute(
                     bucket,
@@ -291,8 +306,9 @@ impl Storage for SupabaseStorage {
     ) -> BoxFuture<'a, Result<Option<ObjectInfo>, StorageError>> {
         Box::pin(async move {
             validate_key(key)?;
-            // `GET /object/info/…`, not HEAD: HEAD answers a missing object with a bare 400.
-            let url = &self.url("object/info", bucket, Some(key));
+            // `GET /object/info/authenticated/…`, not HEAD (it answers a missing object with a
+            // bare 400) nor the plain info route (it takes a bad key for "not logged in").
+            let url = &self.url("object/info/authenticated", bucket, Some(key));
             let build = move || async move { Ok(self.http.get(url)) };
             match self.execute(bucket, key, "", build).await {
                 Ok(response) => {

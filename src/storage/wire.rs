@@ -65,6 +65,12 @@ pub struct DeletedRow {
     pub name: String,
 }
 
+/// A row of `GET /bucket` (the fields used).
+#[derive(Debug, Deserialize)]
+pub struct BucketRow {
+    pub name: String,
+}
+
 /// `GET /object/info/{bucket}/{key}` reply (the fields used).
 #[derive(Debug, Deserialize)]
 pub struct InfoReply {

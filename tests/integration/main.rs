@@ -25,4 +25,5 @@ mod sandbox;
 mod schema;
 mod seed_contract;
 mod storage;
+mod storage_keys;
 mod supabase_cli;

@@ -12,7 +12,7 @@ use app_executor::storage::{
 };
 use futures_util::StreamExt;
 
-use crate::harness::storage_double::{StorageDouble, WireFault, SERVICE_KEY};
+use crate::harness::storage_double::{StorageDouble, WireFault, ANON_KEY, SERVICE_KEY};
 
 const LOGS: &str = "app-logs";
 const FILES: &str = "app-storage";
@@ -336,7 +336,7 @@ async fn not_found_is_not_retried() {
     assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
     assert_eq!(
         double.requests(),
-        ["GET /storage/v1/object/app-storage/app_1/missing.json"]
+        ["GET /storage/v1/object/authenticated/app-storage/app_1/missing.json"]
     );
 }
 
@@ -510,4 +510,90 @@ async fn a_server_silent_past_the_read_timeout_is_unavailable() {
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_key_on_the_plain_route_looks_like_a_missing_bucket_so_downloads_use_the_authenticated_one(
+) {
+    let double = StorageDouble::start().await;
+    double.set_gateway(false);
+    double.put(FILES, "app_1/a.js", b"x", "text/javascript");
+    // What the server answers on the route that allows an invalid JWT: a hidden problem.
+    let reply = reqwest::Client::new()
+        .get(format!(
+            "{}storage/v1/object/{FILES}/app_1/a.js",
+            double.url
+        ))
+        .header("authorization", "Bearer not-the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 400);
+    assert!(reply.text().await.unwrap().contains("NoSuchBucket"));
+    // The client's routes name the real problem.
+    let storage = SupabaseStorage::new(options(&double, "not-the-key")).unwrap();
+    let err = storage.download(FILES, "app_1/a.js").await.unwrap_err();
+    assert!(matches!(err, StorageError::AccessDenied { .. }), "{err}");
+    let err = storage.head(FILES, "app_1/a.js").await.unwrap_err();
+    assert!(matches!(err, StorageError::AccessDenied { .. }), "{err}");
+    assert!(count(&double, "GET /storage/v1/object/authenticated/") >= 1);
+}
+
+#[tokio::test]
+async fn only_the_service_role_passes_the_bucket_check() {
+    let double = StorageDouble::start().await;
+    let service = client(&double);
+    app_executor::storage::verify_service_role(&service)
+        .await
+        .unwrap();
+    // The anon key is a valid JWT: accepted, but it sees no private bucket or object.
+    double.put(FILES, "app_1/a.js", b"x", "text/javascript");
+    let anon = SupabaseStorage::new(options(&double, ANON_KEY)).unwrap();
+    let err = app_executor::storage::verify_service_role(&anon)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotServiceRole { .. }), "{err}");
+    assert!(err.to_string().contains("service_role key"), "{err}");
+    assert!(!err.to_string().contains(ANON_KEY), "the key leaked: {err}");
+    assert!(matches!(
+        anon.download(FILES, "app_1/a.js").await.unwrap_err(),
+        StorageError::NotFound { .. }
+    ));
+    assert!(anon.list(FILES, "app_1/").await.unwrap().is_empty());
+    // A wrong key is refused outright.
+    double.set_gateway(false);
+    let wrong = SupabaseStorage::new(options(&double, "not-the-key")).unwrap();
+    let err = app_executor::storage::verify_service_role(&wrong)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AccessDenied { .. }), "{err}");
+    // The local backend has both buckets.
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStorage::new(dir.path(), BucketPolicy::default());
+    app_executor::storage::verify_service_role(&local)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_upload_over_the_servers_own_limit_names_both_limits() {
+    let double = StorageDouble::start().await;
+    double.set_global_limit(50 * 1024 * 1024);
+    let storage = client(&double);
+    let err = storage
+        .upload(
+            FILES,
+            "app_1/big.bin",
+            vec![0u8; 60_000_000].into(),
+            "application/octet-stream",
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::TooLarge { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("file_size_limit") && message.contains("FILE_SIZE_LIMIT"),
+        "{message}"
+    );
 }

@@ -5,6 +5,14 @@
 //! client), plus fault knobs: failing requests (the next n, or all for a while), delays, and
 //! wire faults on downloads (a reset mid-body, a Content-Length larger than the body, more bytes
 //! than the Content-Length).
+//!
+//! Who is asking, as the real server decides it: the service key sees everything; the anon key
+//! (a valid JWT of role `anon`) passes authentication but row-level security hides every object
+//! and bucket of the private buckets (downloads are `NoSuchKey`, listings and `GET /bucket`
+//! are `[]`, deletes delete nothing, uploads are refused); any other token is `AccessDenied
+//! "Invalid Compact JWS"`, except on the routes that allow an invalid JWT
+//! (`GET /object/{bucket}/…`, `GET /object/info/{bucket}/…`), which treat it as no login at all
+//! and answer a private bucket with `NoSuchBucket`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The key the double accepts, as both `apikey` and `Authorization: Bearer`.
 pub const SERVICE_KEY: &str = "double-service-role-key";
+/// The project's anon key: accepted by the gateway and as a JWT, but sees no private object.
+pub const ANON_KEY: &str = "double-anon-key";
+
+/// Who a request's `Authorization` makes the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    ServiceRole,
+    Anon,
+}
 
 /// A fault on the wire for the next object download (`GET /object/{bucket}/{key}`).
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +74,10 @@ struct Bucket {
 }
 
 struct Inner {
-    buckets: BTreeMap<&'static str, Bucket>,
+    buckets: Mutex<BTreeMap<&'static str, Bucket>>,
+    /// The server's own upload limit (`FILE_SIZE_LIMIT`; the real default is 50 MiB), below
+    /// which every bucket's limit is capped. Unlimited unless a test sets it.
+    global_limit: Mutex<u64>,
     objects: Mutex<BTreeMap<(String, String), Object>>,
     requests: Mutex<Vec<String>>,
     faults: Mutex<Faults>,
@@ -132,15 +152,25 @@ impl StorageDouble {
             ),
         ]);
         let inner = Arc::new(Inner {
-            buckets,
+            buckets: Mutex::new(buckets),
+            global_limit: Mutex::new(u64::MAX),
             objects: Mutex::default(),
             requests: Mutex::default(),
             faults: Mutex::default(),
             gateway: Mutex::new(true),
         });
         let router = Router::new()
+            .route("/storage/v1/bucket", get(list_buckets))
             .route("/storage/v1/object/list/{bucket}", post(list))
+            .route(
+                "/storage/v1/object/info/authenticated/{bucket}/{*key}",
+                get(info),
+            )
             .route("/storage/v1/object/info/{bucket}/{*key}", get(info))
+            .route(
+                "/storage/v1/object/authenticated/{bucket}/{*key}",
+                get(download),
+            )
             .route(
                 "/storage/v1/object/{bucket}/{*key}",
                 get(download).post(upload),
@@ -163,6 +193,18 @@ impl StorageDouble {
             inner,
             task,
         }
+    }
+
+    /// Narrows a bucket's allowed MIME types (as an operator editing `storage.buckets` would).
+    pub fn allow_only(&self, bucket: &str, mimes: &[&'static str]) {
+        if let Some(b) = self.inner.buckets.lock().unwrap().get_mut(bucket) {
+            b.allowed = mimes.to_vec();
+        }
+    }
+
+    /// Sets the server's global upload limit (the real default is 50 MiB).
+    pub fn set_global_limit(&self, bytes: u64) {
+        *self.inner.global_limit.lock().unwrap() = bytes;
     }
 
     /// The next `n` requests fail with HTTP 500 (after being counted).
@@ -260,6 +302,7 @@ async fn serve(mut stream: TcpStream, router: Router, shared: Shared) {
                 .unwrap()
                 .push(format!("GET {target}"));
             let path = target.trim_start_matches("/storage/v1/object/");
+            let path = path.strip_prefix("authenticated/").unwrap_or(path);
             let (bucket, key) = path.split_once('/').unwrap();
             let key = percent_encoding::percent_decode_str(key)
                 .decode_utf8_lossy()
@@ -326,7 +369,7 @@ fn error(status: &str, error: &str, code: &str, message: &str) -> Response {
 }
 
 /// Counting, faults, the gateway's key check and the server's JWT check, in that order.
-async fn front(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+async fn front(State(shared): State<Shared>, mut request: Request, next: Next) -> Response {
     shared
         .requests
         .lock()
@@ -344,12 +387,17 @@ async fn front(State(shared): State<Shared>, request: Request, next: Next) -> Re
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
+    let allows_invalid_jwt = allows_invalid_jwt(&request);
     let mut response = if fail {
         error("500", "internal", "InternalError", "injected failure")
-    } else if let Some(rejection) = check_auth(&shared, request.headers()) {
-        rejection
     } else {
-        next.run(request).await
+        match check_auth(&shared, request.headers(), allows_invalid_jwt) {
+            Err(rejection) => *rejection,
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            }
+        }
     };
     response
         .headers_mut()
@@ -357,47 +405,90 @@ async fn front(State(shared): State<Shared>, request: Request, next: Next) -> Re
     response
 }
 
-fn check_auth(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+/// `GET /object/{bucket}/…` and `GET /object/info/{bucket}/…` (not their `authenticated`
+/// forms): the real server lets an invalid JWT through there as "not logged in".
+fn allows_invalid_jwt(request: &Request) -> bool {
+    let path = request.uri().path();
+    let rest = path
+        .strip_prefix("/storage/v1/object/info/")
+        .or_else(|| path.strip_prefix("/storage/v1/object/"));
+    request.method() == axum::http::Method::GET
+        && rest.is_some_and(|r| {
+            !r.starts_with("authenticated/") && !r.starts_with("list/") && r.contains('/')
+        })
+}
+
+fn check_auth(
+    shared: &Shared,
+    headers: &HeaderMap,
+    allows_invalid_jwt: bool,
+) -> Result<Caller, Box<Response>> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if *shared.gateway.lock().unwrap() {
-        // Kong's key-auth: real HTTP 401 and a bare message.
+        // Kong's key-auth: real HTTP 401 and a bare message; it knows both project keys.
         match value("apikey") {
             None => {
-                return Some(
+                return Err(Box::new(
                     (
                         StatusCode::UNAUTHORIZED,
                         Json(json!({"message": "No API key found in request"})),
                     )
                         .into_response(),
-                )
+                ))
             }
-            Some(key) if key != SERVICE_KEY => {
-                return Some(
+            Some(key) if key != SERVICE_KEY && key != ANON_KEY => {
+                return Err(Box::new(
                     (
                         StatusCode::UNAUTHORIZED,
                         Json(json!({"message": "Invalid authentication credentials"})),
                     )
                         .into_response(),
-                )
+                ))
             }
             Some(_) => {}
         }
     }
     match value("authorization") {
-        None => Some(error(
+        None => Err(Box::new(error(
             "400",
             "Error",
             "InvalidRequest",
             "headers must have required property 'authorization'",
-        )),
-        Some(auth) if auth != format!("Bearer {SERVICE_KEY}") => Some(error(
+        ))),
+        Some(auth) if auth == format!("Bearer {SERVICE_KEY}") => Ok(Caller::ServiceRole),
+        Some(auth) if auth == format!("Bearer {ANON_KEY}") => Ok(Caller::Anon),
+        // Not logged in, and every bucket here is private.
+        Some(_) if allows_invalid_jwt => Err(Box::new(error(
+            "404",
+            "Bucket not found",
+            "NoSuchBucket",
+            "Bucket not found",
+        ))),
+        Some(_) => Err(Box::new(error(
             "403",
             "Unauthorized",
             "AccessDenied",
-            "JWS Protected Header is invalid",
-        )),
-        Some(_) => None,
+            "Invalid Compact JWS",
+        ))),
     }
+}
+
+/// `GET /bucket`: the buckets the caller may see (row-level security hides them from anon).
+async fn list_buckets(
+    State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    if caller == Caller::Anon {
+        return Json(json!([])).into_response();
+    }
+    let rows: Vec<Value> = shared
+        .buckets
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, b)| json!({"id": name, "name": name, "public": false, "file_size_limit": b.size_limit, "allowed_mime_types": b.allowed}))
+        .collect();
+    Json(rows).into_response()
 }
 
 fn valid_key(key: &str) -> bool {
@@ -414,9 +505,14 @@ fn mime_ok(allowed: &[&str], mime: &str) -> bool {
 
 async fn download(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match shared.objects.lock().unwrap().get(&(bucket, key)) {
+    let objects = shared.objects.lock().unwrap();
+    let visible = objects
+        .get(&(bucket, key))
+        .filter(|_| caller == Caller::ServiceRole);
+    match visible {
         Some(o) => (
             [(header::CONTENT_TYPE, o.content_type.clone())],
             o.bytes.clone(),
@@ -428,9 +524,14 @@ async fn download(
 
 async fn info(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match shared.objects.lock().unwrap().get(&(bucket.clone(), key.clone())) {
+    let objects = shared.objects.lock().unwrap();
+    let visible = objects
+        .get(&(bucket.clone(), key.clone()))
+        .filter(|_| caller == Caller::ServiceRole);
+    match visible {
         Some(o) => Json(json!({"id": o.id, "name": key, "bucket_id": bucket, "size": o.bytes.len(), "content_type": o.content_type, "version": o.id})).into_response(),
         None => error("404", "not_found", "NoSuchKey", "Object not found"),
     }
@@ -438,10 +539,19 @@ async fn info(
 
 async fn upload(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path((bucket, key)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if caller == Caller::Anon {
+        return error(
+            "403",
+            "Unauthorized",
+            "AccessDenied",
+            "new row violates row-level security policy",
+        );
+    }
     if !valid_key(&key) {
         return error(
             "400",
@@ -450,7 +560,8 @@ async fn upload(
             &format!("Invalid key: {key}"),
         );
     }
-    let Some(limits) = shared.buckets.get(bucket.as_str()) else {
+    let buckets = shared.buckets.lock().unwrap();
+    let Some(limits) = buckets.get(bucket.as_str()) else {
         return error(
             "404",
             "Bucket not found",
@@ -471,7 +582,8 @@ async fn upload(
             &format!("mime type {mime} is not supported"),
         );
     }
-    if body.len() as u64 > limits.size_limit {
+    let limit = limits.size_limit.min(*shared.global_limit.lock().unwrap());
+    if body.len() as u64 > limit {
         return error(
             "413",
             "Payload too large",
@@ -507,9 +619,13 @@ async fn upload(
 
 async fn list(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(bucket): Path<String>,
     Json(request): Json<Value>,
 ) -> Response {
+    if caller == Caller::Anon {
+        return Json(json!([])).into_response();
+    }
     let Some(prefix) = request["prefix"].as_str() else {
         return error(
             "400",
@@ -552,6 +668,7 @@ async fn list(
 
 async fn delete_many(
     State(shared): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(bucket): Path<String>,
     Json(request): Json<Value>,
 ) -> Response {
@@ -570,6 +687,9 @@ async fn delete_many(
             "InvalidRequest",
             "body/prefixes must NOT have fewer than 1 items or more than 1000",
         );
+    }
+    if caller == Caller::Anon {
+        return Json(json!([])).into_response();
     }
     let mut objects = shared.objects.lock().unwrap();
     let deleted: Vec<Value> = names
