@@ -31,6 +31,8 @@ pub struct DaemonMetrics {
     pub duration_ms: Option<i64>,
     pub peak_memory_bytes: Option<u64>,
     pub exit_code: Option<i32>,
+    /// Processes the kernel killed for the memory limit (recorded as `metadata.oom_kills`).
+    pub oom_kills: u64,
 }
 
 /// Why a run failed, as stored in `app_runs.error_kind` / `error_message`.
@@ -123,10 +125,15 @@ pub async fn record(
     let pointers = RunPointers {
         logs_path: what.logs.map(|l| l.logs_path.as_str()),
         output_path: (!uploaded.is_empty()).then_some(prefix.as_str()),
-        metadata_patch: if logs_incomplete {
-            json!({"logs_incomplete": true})
-        } else {
-            json!({})
+        metadata_patch: {
+            let mut patch = serde_json::Map::new();
+            if logs_incomplete {
+                patch.insert("logs_incomplete".into(), json!(true));
+            }
+            if what.metrics.oom_kills > 0 {
+                patch.insert("oom_kills".into(), json!(what.metrics.oom_kills));
+            }
+            Value::Object(patch)
         },
     };
     let fence_held = record_outputs(pool, run.id, executor_id, run.attempt, &rows, &pointers)

@@ -93,8 +93,14 @@ pub enum Ended {
 pub struct ContainerExit {
     pub ended: Ended,
     pub exit_code: Option<i64>,
+    /// Docker's word: some process of the container was killed for its memory limit (the
+    /// main one or another).
     pub oom_killed: bool,
-    /// Highest memory use the engine reported while the container ran, if it reported any.
+    /// Processes the kernel OOM-killed, as far as the cgroup's counter was seen before the
+    /// container exited (at least 1 when `oom_killed`).
+    pub oom_kills: u64,
+    /// Highest memory use seen: the cgroup's own high-water mark while it ran, or Docker's
+    /// stats where the cgroup cannot be read.
     pub peak_memory_bytes: Option<u64>,
     pub duration: Duration,
 }
@@ -280,10 +286,17 @@ impl Engine {
             .map_err(docker("start a container"))?;
         let started = Instant::now();
         let peak = Arc::new(AtomicU64::new(0));
+        let oom_kills = Arc::new(AtomicU64::new(0));
         let sampler = tokio::spawn(sample_memory(
             self.long.clone(),
             id.to_owned(),
             peak.clone(),
+        ));
+        let cgroup_sampler = tokio::spawn(sample_cgroup(
+            self.docker.clone(),
+            id.to_owned(),
+            peak.clone(),
+            oom_kills.clone(),
         ));
 
         let deadline = tokio::time::sleep(timeout);
@@ -343,6 +356,7 @@ impl Engine {
         }
         let duration = started.elapsed();
         sampler.abort();
+        cgroup_sampler.abort();
         let inspected = self
             .docker
             .inspect_container(id, None)
@@ -350,10 +364,12 @@ impl Engine {
             .map_err(docker("inspect a container"))?;
         let state = inspected.state.unwrap_or_default();
         let peak = peak.load(Ordering::Relaxed);
+        let oom_killed = state.oom_killed.unwrap_or(false);
         Ok(ContainerExit {
             ended,
             exit_code: state.exit_code,
-            oom_killed: state.oom_killed.unwrap_or(false),
+            oom_killed,
+            oom_kills: oom_kills.load(Ordering::Relaxed).max(u64::from(oom_killed)),
             peak_memory_bytes: (peak > 0).then_some(peak),
             duration,
         })
@@ -463,6 +479,44 @@ fn split_tag(image: &str) -> (&str, &str) {
     match image.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
         _ => (image, "latest"),
+    }
+}
+
+/// Follows the container's memory cgroup on the host (every 50 ms, until aborted): its
+/// high-water mark into `peak`, its OOM-kill count into `oom_kills`. Does nothing where the
+/// cgroup cannot be found (another runtime's layout, a container that already exited).
+async fn sample_cgroup(
+    docker: Docker,
+    id: String,
+    peak: Arc<AtomicU64>,
+    oom_kills: Arc<AtomicU64>,
+) {
+    let pid = match docker.inspect_container(&id, None).await {
+        Ok(inspected) => inspected.state.and_then(|s| s.pid).unwrap_or(0),
+        Err(_) => 0,
+    };
+    if pid <= 0 {
+        return;
+    }
+    let Some(cgroup) = super::cgroup::MemoryCgroup::of_pid(pid) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let cgroup = cgroup.clone();
+        let Ok(counters) = tokio::task::spawn_blocking(move || cgroup.read()).await else {
+            return;
+        };
+        if counters.peak_bytes.is_none() && counters.oom_kills.is_none() {
+            return; // the cgroup is gone: the container exited
+        }
+        if let Some(bytes) = counters.peak_bytes {
+            peak.fetch_max(bytes, Ordering::Relaxed);
+        }
+        if let Some(kills) = counters.oom_kills {
+            oom_kills.fetch_max(kills, Ordering::Relaxed);
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! removes containers whose daemon is gone (crashed or stopped) and hands their runs back to
 //! the queue at once.
 
+mod cgroup;
 pub mod engine;
 pub mod install;
 mod output;
@@ -276,8 +277,9 @@ impl DockerExecution {
                 collected: collected.as_ref(),
                 metrics: DaemonMetrics {
                     duration_ms: Some(exit.duration.as_millis() as i64),
-                    peak_memory_bytes: exit.peak_memory_bytes,
+                    peak_memory_bytes: peak_memory(&exit, app.manifest.limits.memory_bytes),
                     exit_code: exit.exit_code.map(|c| c as i32),
+                    oom_kills: exit.oom_kills,
                 },
                 logs: Some(&summary),
                 failure: failure.as_ref(),
@@ -688,7 +690,9 @@ fn run_outcome(
                 settings.output_max_files
             ),
         ),
-        Ended::Exited if exit.oom_killed => finished(
+        // The main process itself was killed (docker-init exits 128 + SIGKILL for it); a
+        // child killed while the main process went on is the exit code's business.
+        Ended::Exited if exit.oom_killed && exit_code == Some(137) => finished(
             FinalStatus::Failed,
             "oom_killed",
             format!(
@@ -701,7 +705,10 @@ fn run_outcome(
             Some(code) => finished(
                 FinalStatus::Failed,
                 "nonzero_exit",
-                format!("the app exited with code {code}; last lines of stderr:\n{stderr_tail}"),
+                format!(
+                    "the app exited with code {code}{}; last lines of stderr:\n{stderr_tail}",
+                    child_oom_note(exit, limits.memory_bytes)
+                ),
             ),
             None => finished(
                 FinalStatus::Failed,
@@ -709,6 +716,29 @@ fn run_outcome(
                 format!("the app stopped without an exit code; last lines of stderr:\n{stderr_tail}"),
             ),
         },
+    }
+}
+
+/// ` after the kernel killed N of its processes …` when some process (not the main one) hit
+/// the memory limit.
+fn child_oom_note(exit: &ContainerExit, memory_bytes: u64) -> String {
+    if !exit.oom_killed {
+        return String::new();
+    }
+    format!(
+        " after the kernel killed {} of its processes for exceeding the memory limit of {}",
+        exit.oom_kills.max(1),
+        bytesize::ByteSize::b(memory_bytes)
+    )
+}
+
+/// The run's peak memory: the sampled high-water mark, and the limit itself when the kernel
+/// OOM-killed something (it does so exactly when usage reaches the limit, possibly between
+/// two samples).
+fn peak_memory(exit: &ContainerExit, memory_bytes: u64) -> Option<u64> {
+    match (exit.oom_killed, exit.peak_memory_bytes) {
+        (true, peak) => Some(peak.unwrap_or(0).max(memory_bytes)),
+        (false, peak) => peak,
     }
 }
 

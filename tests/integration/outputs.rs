@@ -205,6 +205,7 @@ async fn a_complete_run_records_logs_result_metrics_files_and_its_failure() {
                 duration_ms: Some(1234),
                 peak_memory_bytes: Some(50 << 20),
                 exit_code: Some(3),
+                oom_kills: 0,
             },
             logs: Some(&logs),
             failure: Some(&failure),

@@ -180,6 +180,14 @@ fn hostile_apps() -> Vec<(&'static str, String, serde_json::Value, bool, &'stati
             "failed/oom_killed",
         ),
         (
+            // A child hits the limit and is killed; the main process carries on and exits 0.
+            "child-oom",
+            "const r = require('child_process').spawnSync('node', ['-e', 'const h = []; for (;;) h.push(Buffer.alloc(8 << 20, 1))']);\nconsole.log('child ended by', r.signal);\n".to_owned(),
+            limits("60s", "64MiB"),
+            false,
+            "success/-",
+        ),
+        (
             "busy-loop",
             "for (;;) {}\n".to_owned(),
             limits("3s", "128MiB"),
@@ -348,6 +356,37 @@ async fn hostile_apps_get_their_outcome_and_leave_the_host_unchanged() {
         oom.error_message.unwrap().contains("memory limit"),
         "the OOM message names the limit"
     );
+    // Peak memory from the cgroup's high-water mark (not 1 s stats samples), and the child's
+    // OOM kill recorded on a run that succeeded.
+    let limit = 64.0 * 1024.0 * 1024.0;
+    for name in ["memory-bomb", "child-oom"] {
+        let run = runs.iter().find(|r| r.0 == name).unwrap().1;
+        let peak: f64 = client
+            .query_one(
+                "select (output_data #>> '{}')::float8 from public.app_outputs
+                  where run_id = $1 and output_type = 'metric' and output_name = 'peak_memory_bytes'",
+                &[&run],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            (peak - limit).abs() <= limit * 0.1,
+            "{name}: peak {peak} is not within 10% of the 64 MiB limit"
+        );
+        let oom_kills: Option<i64> = client
+            .query_one(
+                "select (metadata->>'oom_kills')::int8 from public.app_runs where id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            oom_kills.unwrap_or(0) >= 1,
+            "{name}: oom_kills {oom_kills:?}"
+        );
+    }
     assert_eq!(
         server.hits.load(std::sync::atomic::Ordering::SeqCst),
         1,
