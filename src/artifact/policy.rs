@@ -65,6 +65,8 @@ pub enum Rejection {
     SpecialFile { entry: String, what: String },
     #[error("entry {entry:?} names a path that is already in the archive")]
     Duplicate { entry: String },
+    #[error("entries {entry:?} and {other:?} are one file on a case-insensitive or Unicode-normalising filesystem (macOS, Windows); rename one of them")]
+    NameCollision { entry: String, other: String },
     #[error("the central directory lists some name twice")]
     DuplicateNames,
     #[error("entries share compressed data (an overlap bomb)")]
@@ -124,7 +126,9 @@ impl Rejection {
             Self::BadName { .. } => "bad_name",
             Self::LinkEscapes { .. } | Self::ThroughLink { .. } | Self::HardLink { .. } => "link",
             Self::SpecialFile { .. } => "special_file",
-            Self::Duplicate { .. } | Self::DuplicateNames => "duplicate",
+            Self::Duplicate { .. } | Self::DuplicateNames | Self::NameCollision { .. } => {
+                "duplicate"
+            }
             Self::Encrypted { .. } | Self::Unsupported { .. } => "unsupported",
             Self::TooManyEntries { .. } => "too_many_entries",
             Self::OverlappingEntries
@@ -215,7 +219,15 @@ pub struct Plan {
     entries: usize,
     declared_bytes: u64,
     nodes: HashMap<String, Node>,
+    /// Every admitted path by its folded form (NFC, lowercase) → the path as first admitted.
+    folded: HashMap<String, String>,
     symlinks: BTreeMap<String, (String, String)>,
+}
+
+/// A path as a case-insensitive, normalising filesystem sees it.
+fn fold(path: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    path.nfc().collect::<String>().to_lowercase()
 }
 
 impl Plan {
@@ -226,6 +238,7 @@ impl Plan {
             entries: 0,
             declared_bytes: 0,
             nodes: HashMap::new(),
+            folded: HashMap::new(),
             symlinks: BTreeMap::new(),
         }
     }
@@ -252,6 +265,27 @@ impl Plan {
         let dup = || Rejection::Duplicate {
             entry: raw.to_owned(),
         };
+        // `Index.js` and `index.js`, or `café.js` in NFC and NFD, are two names here but one
+        // file where the app may be unpacked again: refused, naming both.
+        let mut prefix = String::new();
+        for part in path.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match self.folded.get(&fold(&prefix)) {
+                Some(seen) if *seen != prefix => {
+                    return Err(Rejection::NameCollision {
+                        entry: raw.to_owned(),
+                        other: seen.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    self.folded.insert(fold(&prefix), prefix.clone());
+                }
+            }
+        }
         // Every ancestor must be a plain directory: never a file, never a symlink.
         let mut ancestor = String::new();
         let parts: Vec<&str> = path.split('/').collect();
@@ -444,6 +478,36 @@ mod tests {
             plan.admit("d/s/f", "d/s/f", &file),
             Err(Rejection::ThroughLink { .. })
         ));
+    }
+
+    #[test]
+    fn names_one_filesystem_would_merge_are_refused_naming_both() {
+        let file = EntryKind::File {
+            size: 1,
+            mode: 0o644,
+        };
+        let nfc = "caf\u{e9}.js";
+        let nfd = "cafe\u{301}.js";
+        for (first, second) in [
+            ("index.js", "Index.js"),
+            (nfc, nfd),
+            ("src/a.js", "SRC/b.js"),
+        ] {
+            let mut plan = Plan::new(&ExtractLimits::default(), 1000);
+            plan.admit(first, first, &file).unwrap();
+            match plan.admit(second, second, &file) {
+                Err(Rejection::NameCollision { entry, other }) => {
+                    assert_eq!(entry, second);
+                    assert!(first.starts_with(&other), "{other} vs {first}");
+                }
+                other => panic!("{first} / {second}: {other:?}"),
+            }
+        }
+        // Distinct names, and a directory entry after its children, are fine.
+        let mut plan = Plan::new(&ExtractLimits::default(), 1000);
+        plan.admit("src/a.js", "src/a.js", &file).unwrap();
+        plan.admit("src/", "src", &EntryKind::Dir).unwrap();
+        plan.admit("src/b.js", "src/b.js", &file).unwrap();
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn each_entry<R: Read>(
         let mut entry = entry.map_err(|e| corrupt(&last, e))?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         plan.count(&raw)?;
-        let Some(classified) = classify(&entry, &raw, plan)? else {
+        let Some(classified) = classify(&mut entry, &raw, plan)? else {
             last = Some(raw);
             continue;
         };
@@ -65,12 +65,30 @@ fn each_entry<R: Read>(
     Ok(())
 }
 
+/// Whether the entry's PAX header carries GNU sparse keys (`GNU.sparse.*`).
+fn is_pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
+    let Ok(Some(extensions)) = entry.pax_extensions() else {
+        return false;
+    };
+    extensions
+        .flatten()
+        .any(|ext| ext.key_bytes().starts_with(b"GNU.sparse."))
+}
+
 /// `None` for entries that carry no file (a PAX global header).
 fn classify<R: Read>(
-    entry: &tar::Entry<'_, R>,
+    entry: &mut tar::Entry<'_, R>,
     raw: &str,
     plan: &Plan,
 ) -> Result<Option<Classified>, Rejection> {
+    // PAX sparse files (GNU tar --format=posix) look like regular files whose data starts with
+    // a block map: extracting them as they are would write the map, not the file.
+    if is_pax_sparse(entry) {
+        return Err(Rejection::Unsupported {
+            entry: raw.to_owned(),
+            what: "a sparse file (PAX GNU.sparse)".to_owned(),
+        });
+    }
     let header = entry.header();
     let kind = match header.entry_type() {
         EntryType::XGlobalHeader => return Ok(None),

@@ -474,3 +474,42 @@ fn find(haystack: &[u8], needle: &[u8]) -> usize {
         .position(|w| w == needle)
         .expect("signature not found")
 }
+
+#[test]
+fn names_that_collide_when_folded_are_refused_naming_both() {
+    for (first, second) in [("index.js", "Index.js"), ("caf\u{e9}.js", "cafe\u{301}.js")] {
+        let bytes = tar_of(&[E::File(first, 0o644, b"1"), E::File(second, 0o644, b"2")]);
+        let (message, code) = reject("collide.tar", &bytes);
+        assert_eq!(code, "duplicate", "{message}");
+        assert!(
+            message.contains(&format!("{first:?}")) && message.contains(&format!("{second:?}")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_sparse_entry_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.js"), "1").unwrap();
+    let holes = fs::File::create(src.join("holes.bin")).unwrap();
+    holes.set_len(10 << 20).unwrap();
+    drop(holes);
+    for format in ["gnu", "posix"] {
+        let tar_path = dir.path().join(format!("sparse-{format}.tar"));
+        let status = std::process::Command::new("tar")
+            .args(["--sparse", &format!("--format={format}"), "-cf"])
+            .arg(&tar_path)
+            .args(["-C", src.to_str().unwrap(), "a.js", "holes.bin"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (message, _) = reject(
+            &format!("sparse-{format}.tar"),
+            &fs::read(&tar_path).unwrap(),
+        );
+        assert!(message.contains("holes.bin"), "{format}: {message}");
+    }
+}
