@@ -126,7 +126,8 @@ pub async fn extend_lease(
         .prepare_cached(
             "update public.app_runs
                 set lease_expires_at = now() + $4::text::interval, heartbeat_at = now()
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'
+                and lease_expires_at > now()",
         )
         .await
         .map_err(query("prepare a queue statement"))?;

@@ -21,7 +21,10 @@ use crate::db::queue::{self, Completion, LeaseState, QueueError};
 use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
 use crate::ops::metrics;
 
-/// Renews the lease every heartbeat interval until aborted or the lease is gone.
+/// Renews the lease every heartbeat interval until aborted or the lease is gone. A failed
+/// renewal is tried again soon (a quarter of the interval), not a whole interval later, so a
+/// short database hiccup never lets the lease run out; an expired lease is never renewed (the
+/// database refuses it: a rescuer may already own the run).
 pub(super) async fn keep(
     pool: Pool,
     executor_id: String,
@@ -31,8 +34,10 @@ pub(super) async fn keep(
     in_flight: Stop,
 ) {
     let mut last_renewed = Instant::now();
+    let mut wait = settings.heartbeat_interval;
     loop {
-        tokio::time::sleep(settings.heartbeat_interval).await;
+        tokio::time::sleep(wait).await;
+        wait = settings.heartbeat_interval;
         match queue::extend_lease(&pool, run_id, &executor_id, attempt, settings.lease).await {
             Ok(LeaseState::Held) => last_renewed = Instant::now(),
             Ok(LeaseState::Cancelled) => {
@@ -50,7 +55,10 @@ pub(super) async fn keep(
                 in_flight.stop_for(StopReason::LeaseLost);
                 return;
             }
-            Err(e) => tracing::warn!(%run_id, error = %e, "lease renewal failed; retrying"),
+            Err(e) => {
+                wait = (settings.heartbeat_interval / 4).max(std::time::Duration::from_millis(50));
+                tracing::warn!(%run_id, error = %e, retry_in = ?wait, "lease renewal failed; retrying")
+            }
         }
     }
 }

@@ -792,3 +792,72 @@ async fn a_failing_statement_names_the_servers_reason() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_session_holding_a_companys_claim_lock_delays_no_other_company() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (stuck_company, stuck_app) = tenant(&client).await;
+    let (other_company, other_app) = tenant(&client).await;
+    // The stuck company's run is the older one, so the claim tries its company first.
+    let stuck_run = enqueue(&client, stuck_company, stuck_app, 1).await[0];
+    let other_run = enqueue(&client, other_company, other_app, 1).await[0];
+    let holder = db.client().await;
+    holder
+        .execute(
+            "select pg_advisory_lock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&stuck_company],
+        )
+        .await
+        .unwrap();
+    let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 2).unwrap();
+    let first = crate::harness::run::claim(&pool).await;
+    assert_eq!(
+        first.map(|r| r.id),
+        Some(other_run),
+        "the other company waited"
+    );
+    // Only the stuck company is left: nothing to claim now, and no error.
+    assert!(crate::harness::run::claim(&pool).await.is_none());
+    holder
+        .execute(
+            "select pg_advisory_unlock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&stuck_company],
+        )
+        .await
+        .unwrap();
+    let last = crate::harness::run::claim(&pool).await;
+    assert_eq!(last.map(|r| r.id), Some(stuck_run));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_not_renewed() {
+    let db = TestDb::migrated().await;
+    let (pool, run) = crate::harness::run::claim_run(&db).await;
+    let client = db.client().await;
+    let renew = || {
+        app_executor::db::queue::extend_lease(
+            &pool,
+            run.id,
+            crate::harness::run::EXECUTOR,
+            run.attempt,
+            Duration::from_secs(30),
+        )
+    };
+    assert_eq!(
+        renew().await.unwrap(),
+        app_executor::db::queue::LeaseState::Held
+    );
+    // The lease runs out (no rescuer has looked yet): renewing it now would race a rescuer.
+    client
+        .execute(
+            "update public.app_runs set lease_expires_at = now() - interval '1 second' where id = $1",
+            &[&run.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        renew().await.unwrap(),
+        app_executor::db::queue::LeaseState::Lost
+    );
+}
