@@ -362,6 +362,8 @@ struct RawLimits {
     default_memory: String,
     default_cpu: f64,
     default_timeout: String,
+    max_stop_grace: String,
+    default_stop_grace: String,
     archive_max_entries: usize,
     archive_max_bytes: String,
     archive_max_file_bytes: String,
@@ -377,6 +379,8 @@ impl Default for RawLimits {
             default_memory: "512MiB".into(),
             default_cpu: 1.0,
             default_timeout: "5m".into(),
+            max_stop_grace: "1m".into(),
+            default_stop_grace: "10s".into(),
             archive_max_entries: 10_000,
             archive_max_bytes: "500MB".into(),
             archive_max_file_bytes: "100MB".into(),
@@ -752,6 +756,8 @@ impl Config {
                 "default_memory": self.limits.host.default_memory,
                 "default_cpu": self.limits.host.default_cpu,
                 "default_timeout": human(self.limits.host.default_timeout),
+                "max_stop_grace": human(self.limits.host.max_stop_grace),
+                "default_stop_grace": human(self.limits.host.default_stop_grace),
                 "archive_max_entries": self.limits.extract.max_entries,
                 "archive_max_bytes": self.limits.extract.max_total_bytes,
                 "archive_max_file_bytes": self.limits.extract.max_file_bytes,
@@ -995,6 +1001,18 @@ fn limits_from_raw(raw: &RawLimits, violations: &mut Vec<String>) -> Option<Limi
     let max_timeout = parse_duration("limits.max_timeout", &raw.max_timeout, violations);
     let default_timeout =
         parse_duration("limits.default_timeout", &raw.default_timeout, violations);
+    let max_stop_grace = parse_duration("limits.max_stop_grace", &raw.max_stop_grace, violations);
+    let default_stop_grace = parse_duration(
+        "limits.default_stop_grace",
+        &raw.default_stop_grace,
+        violations,
+    );
+    if default_stop_grace > max_stop_grace {
+        violations.push(format!(
+            "limits.default_stop_grace = {:?}: above limits.max_stop_grace = {:?}",
+            raw.default_stop_grace, raw.max_stop_grace
+        ));
+    }
     for (key, value) in [("max_cpu", raw.max_cpu), ("default_cpu", raw.default_cpu)] {
         if !(value.is_finite() && value > 0.0) {
             violations.push(format!(
@@ -1036,6 +1054,8 @@ fn limits_from_raw(raw: &RawLimits, violations: &mut Vec<String>) -> Option<Limi
             default_memory,
             default_cpu: raw.default_cpu,
             default_timeout: default_timeout.unwrap_or_default(),
+            max_stop_grace: max_stop_grace.unwrap_or_default(),
+            default_stop_grace: default_stop_grace.unwrap_or_default(),
         },
         extract: crate::artifact::ExtractLimits {
             max_entries: raw.archive_max_entries,

@@ -1,5 +1,5 @@
 //! The resource limits an app may ask for in `manifest.json` (`config.memory_limit`,
-//! `config.cpu_limit`, `config.timeout`): their accepted forms, and the host's maxima and
+//! `config.cpu_limit`, `config.timeout`, `config.stop_grace`): their accepted forms, and the host's maxima and
 //! defaults they are clamped to. Pure.
 
 use std::time::Duration;
@@ -15,6 +15,9 @@ pub struct HostLimits {
     pub default_memory: u64,
     pub default_cpu: f64,
     pub default_timeout: Duration,
+    /// Longest SIGTERM-to-SIGKILL grace an app may ask for, and what it gets unasked.
+    pub max_stop_grace: Duration,
+    pub default_stop_grace: Duration,
 }
 
 impl Default for HostLimits {
@@ -26,6 +29,8 @@ impl Default for HostLimits {
             default_memory: 512 << 20,
             default_cpu: 1.0,
             default_timeout: Duration::from_secs(5 * 60),
+            max_stop_grace: Duration::from_secs(60),
+            default_stop_grace: Duration::from_secs(10),
         }
     }
 }
@@ -37,6 +42,9 @@ pub struct ResourceLimits {
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub cpu: f64,
+    /// Between SIGTERM and SIGKILL when the run is stopped (cancel, time limit, drain).
+    #[serde(with = "duration_secs")]
+    pub stop_grace: Duration,
 }
 
 mod duration_secs {

@@ -105,6 +105,27 @@ pub struct ContainerExit {
     pub duration: Duration,
 }
 
+/// How long a container may run, and how it is stopped: SIGTERM, then SIGKILL after a grace.
+pub struct Timing<'a> {
+    pub timeout: Duration,
+    /// SIGTERM to SIGKILL once the time limit is reached (the grace starts at the limit).
+    pub grace_at_timeout: Duration,
+    /// SIGTERM to SIGKILL when the stop token fires, asked at that moment: the reason decides
+    /// (a lost lease wants none: another daemon may already run the app).
+    pub grace_on_stop: &'a (dyn Fn() -> Duration + Sync),
+}
+
+impl Timing<'_> {
+    /// SIGKILL at once, whatever stops the container (the install phase).
+    pub fn kill_at_once(timeout: Duration) -> Timing<'static> {
+        Timing {
+            timeout,
+            grace_at_timeout: Duration::ZERO,
+            grace_on_stop: &|| Duration::ZERO,
+        }
+    }
+}
+
 /// `/output` limits watched while a container runs.
 #[derive(Debug, Clone)]
 pub struct OutputWatch {
@@ -237,7 +258,7 @@ impl Engine {
         spec: &ContainerSpec,
         settings: &SandboxSettings,
         sink: &mut dyn OutputSink,
-        timeout: Duration,
+        timing: &Timing<'_>,
         stop: &CancellationToken,
         watch: Option<&OutputWatch>,
     ) -> Result<ContainerExit, EngineError> {
@@ -254,7 +275,7 @@ impl Engine {
             .await
             .map_err(docker("create a container"))?;
         let id = created.id;
-        let result = self.drive(&id, sink, timeout, stop, watch).await;
+        let result = self.drive(&id, sink, timing, stop, watch).await;
         self.remove(&id).await;
         result
     }
@@ -263,7 +284,7 @@ impl Engine {
         &self,
         id: &str,
         sink: &mut dyn OutputSink,
-        timeout: Duration,
+        timing: &Timing<'_>,
         stop: &CancellationToken,
         watch: Option<&OutputWatch>,
     ) -> Result<ContainerExit, EngineError> {
@@ -299,8 +320,12 @@ impl Engine {
             oom_kills.clone(),
         ));
 
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep(timing.timeout);
         tokio::pin!(deadline);
+        // Set once SIGTERM was sent: SIGKILL follows then, unless the app exits first.
+        let kill_at = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(kill_at);
+        let mut terminating = false;
         let mut watch_tick = tokio::time::interval(Duration::from_millis(500));
         let mut ended = Ended::Exited;
         // Two phases in one loop, so the limits are enforced in one place: first the attach
@@ -339,10 +364,20 @@ impl Engine {
                 },
                 _ = &mut deadline, if ended == Ended::Exited => {
                     ended = Ended::TimedOut;
-                    self.kill(id).await;
+                    terminating = self.terminate(id, timing.grace_at_timeout, kill_at.as_mut()).await;
                 }
                 _ = stop.cancelled(), if ended == Ended::Exited => {
                     ended = Ended::Stopped;
+                    terminating = self.terminate(id, (timing.grace_on_stop)(), kill_at.as_mut()).await;
+                }
+                _ = &mut kill_at, if terminating => {
+                    terminating = false;
+                    tracing::info!(container = id, "the app did not stop within its grace after SIGTERM; killing it");
+                    self.kill(id).await;
+                }
+                // A lost lease while the app shuts down gracefully: no more grace.
+                _ = stop.cancelled(), if terminating && (timing.grace_on_stop)().is_zero() => {
+                    terminating = false;
                     self.kill(id).await;
                 }
                 _ = watch_tick.tick(), if ended == Ended::Exited && output.is_some() && watch.is_some() => {
@@ -373,6 +408,36 @@ impl Engine {
             peak_memory_bytes: (peak > 0).then_some(peak),
             duration,
         })
+    }
+
+    /// Sends SIGTERM and arms `kill_at` for SIGKILL after `grace`; with no grace, SIGKILL now.
+    /// Returns whether a SIGKILL is pending.
+    async fn terminate(
+        &self,
+        id: &str,
+        grace: Duration,
+        kill_at: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        if grace.is_zero() {
+            self.kill(id).await;
+            return false;
+        }
+        let signalled = self
+            .docker
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: "SIGTERM".into(),
+                }),
+            )
+            .await;
+        if let Err(e) = signalled {
+            tracing::debug!(container = id, error = %e, "SIGTERM did not apply; killing");
+            self.kill(id).await;
+            return false;
+        }
+        kill_at.reset(tokio::time::Instant::now() + grace);
+        true
     }
 
     async fn kill(&self, id: &str) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::artifact::digest::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{ContainerExit, Ended, Engine, EngineError, OutputSink};
+use super::engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, Timing};
 use super::output::TailSink;
 use super::profile::{ContainerSpec, Mount};
 use super::SandboxSettings;
@@ -195,7 +195,7 @@ impl Installer {
                     &spec,
                     &self.settings,
                     &mut log as &mut dyn OutputSink,
-                    self.settings.install_timeout,
+                    &Timing::kill_at_once(self.settings.install_timeout),
                     stop,
                     None,
                 )

@@ -37,7 +37,7 @@ use crate::ops::metrics;
 use crate::outputs::{self, DaemonMetrics, OutputLimits, RunFailure, RunRecord};
 use crate::runner::{RunExecutor, Stop};
 pub use engine::{
-    ContainerExit, Ended, Engine, EngineError, ManagedContainer, OutputSink, OutputStream,
+    ContainerExit, Ended, Engine, EngineError, ManagedContainer, OutputSink, OutputStream, Timing,
 };
 use install::{InstallError, InstallRequest, Installer};
 use output::Tail;
@@ -212,7 +212,16 @@ impl DockerExecution {
                 &spec,
                 &self.settings,
                 &mut sink,
-                app.manifest.limits.timeout,
+                &Timing {
+                    timeout: app.manifest.limits.timeout,
+                    grace_at_timeout: app.manifest.limits.stop_grace,
+                    grace_on_stop: &|| match stop_signal.reason() {
+                        // Another daemon may already run the app: no second copy for longer
+                        // than it takes to kill this one, and nothing of it is kept anyway.
+                        Some(StopReason::LeaseLost) => Duration::ZERO,
+                        _ => app.manifest.limits.stop_grace,
+                    },
+                },
                 stop,
                 Some(&watch),
             )
@@ -258,8 +267,9 @@ impl DockerExecution {
         // runner) the status.
         let summary = log.finish().await;
         phases.done("logs");
+        // A client's cancel (the only stop left here) keeps what the app saved in its grace.
         let collected = match &outcome {
-            Outcome::Finished { .. } => {
+            Outcome::Finished { .. } | Outcome::Stopped => {
                 match outputs::collect(&run_dir.join("output"), &self.outputs).await {
                     Ok(collected) => Some(collected),
                     Err(e) => {

@@ -116,6 +116,8 @@ impl Fixture {
                 default_memory: 512 << 20,
                 default_cpu: 1.0,
                 default_timeout: std::time::Duration::from_secs(300),
+                max_stop_grace: std::time::Duration::from_secs(60),
+                default_stop_grace: std::time::Duration::from_secs(10),
             },
             extract: ExtractLimits::default(),
         }

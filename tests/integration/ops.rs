@@ -75,9 +75,10 @@ fn the_units_stop_timeout_outlasts_the_default_drain_grace() {
     )
     .unwrap();
     assert!(
-        stop >= config.queue.drain_grace + Duration::from_secs(30),
-        "TimeoutStopSec={stop:?} leaves no margin over queue.drain_grace = {:?}",
-        config.queue.drain_grace
+        stop >= config.queue.drain_grace + config.limits.host.max_stop_grace + Duration::from_secs(30),
+        "TimeoutStopSec={stop:?} leaves no margin over queue.drain_grace = {:?} plus limits.max_stop_grace = {:?}",
+        config.queue.drain_grace,
+        config.limits.host.max_stop_grace
     );
     assert_eq!(directive("Type"), "notify");
     assert!(!directive("WatchdogSec").is_empty());

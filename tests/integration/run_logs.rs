@@ -1108,3 +1108,89 @@ async fn the_sample_apps_result_and_metrics_become_outputs_with_the_daemons_metr
     );
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
+
+// ---- graceful stop -------------------------------------------------------------------------
+
+/// An app that, on SIGTERM, prints a line, writes `/output/partial.json` and exits.
+const GRACEFUL: &str = "process.on('SIGTERM', () => {\n\
+  console.log('got SIGTERM, saving');\n\
+  require('fs').writeFileSync('/output/partial.json', JSON.stringify({saved: true}));\n\
+  setTimeout(() => process.exit(0), 200);\n\
+});\n\
+console.log('working');\n\
+setInterval(() => {}, 1000);\n";
+
+#[tokio::test]
+async fn a_stopped_app_gets_sigterm_and_its_grace_and_what_it_saves_is_kept() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[("index.js", GRACEFUL)],
+        json!({"timeout": "3s", "memory_limit": "128MiB", "cpu_limit": 1, "stop_grace": "5s"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let daemon = Daemon::spawn(&db, options(state.path()));
+    // At the time limit, and by a client's cancel.
+    let timed_out = enqueue(&client, app, company, json!({})).await;
+    let cancelled = enqueue(&client, app, company, json!({})).await;
+    // Cancel once it printed its first line (it is running with its handler installed).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let started = local_chunks(state.path(), app, cancelled)
+            .keys()
+            .any(|folder| {
+                local_stream(state.path(), app, cancelled, folder, "stdout")
+                    .windows(7)
+                    .any(|w| w == b"working")
+            });
+        if started {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .execute(
+            "update public.app_runs set status = 'cancelled' where id = $1",
+            &[&cancelled],
+        )
+        .await
+        .unwrap();
+    for (run, status) in [(timed_out, "timeout"), (cancelled, "cancelled")] {
+        let record = wait_terminal(&client, run, Duration::from_secs(120), &daemon).await;
+        assert_eq!(record.status, status, "{record:?}\n{}", daemon.log_text());
+        // Wait for its record (logs and outputs come with the final write, or just after a
+        // client's cancel).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rows = loop {
+            let rows = outputs(&client, run).await;
+            if rows.contains_key(&("stdout".into(), "stdout".into())) {
+                break rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{status}: no logs recorded; {}",
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let stdout = std::fs::read_to_string(local_object(
+            state.path(),
+            &format!("{}stdout.log", run_prefix(app, run)),
+        ))
+        .unwrap();
+        assert!(
+            stdout.contains("got SIGTERM, saving"),
+            "{status}: {stdout:?}"
+        );
+        assert!(
+            rows.contains_key(&("file".into(), "partial.json".into())),
+            "{status}: /output/partial.json not recorded: {rows:?}"
+        );
+    }
+    stop(daemon).await;
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}

@@ -195,9 +195,14 @@ fn hostile_apps() -> Vec<(&'static str, String, serde_json::Value, bool, &'stati
             "timeout/timeout",
         ),
         (
+            // SIGTERM at the limit, SIGKILL after the 1 s grace it asked for.
             "ignores-sigterm",
             "process.on('SIGTERM', () => console.log('ignoring SIGTERM'));\nsetInterval(() => {}, 1000);\n".to_owned(),
-            limits("3s", "128MiB"),
+            {
+                let mut config = limits("3s", "128MiB");
+                config["stop_grace"] = json!("1s");
+                config
+            },
             false,
             "timeout/timeout",
         ),

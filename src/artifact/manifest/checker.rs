@@ -318,6 +318,7 @@ impl Checker<'_> {
             timeout: host.default_timeout,
             memory_bytes: host.default_memory,
             cpu: host.default_cpu,
+            stop_grace: host.default_stop_grace,
         };
         let config = match value {
             None | Some(Value::Null) => return limits,
@@ -326,7 +327,7 @@ impl Checker<'_> {
                 self.fail(
                     "config",
                     Some(other),
-                    "must be an object {timeout, memory_limit, cpu_limit}",
+                    "must be an object {timeout, memory_limit, cpu_limit, stop_grace}",
                 );
                 return limits;
             }
@@ -370,6 +371,20 @@ impl Checker<'_> {
                 }
                 Ok(c) => limits.cpu = c,
                 Err(reason) => self.fail("config.cpu_limit", Some(v), &reason),
+            }
+        }
+        if let Some(v) = config.get("stop_grace") {
+            match parse_timeout(v) {
+                Ok(g) if g > host.max_stop_grace => {
+                    limits.stop_grace = host.max_stop_grace;
+                    clamp(
+                        "config.stop_grace",
+                        v,
+                        humantime::format_duration(host.max_stop_grace).to_string(),
+                    );
+                }
+                Ok(g) => limits.stop_grace = g,
+                Err(reason) => self.fail("config.stop_grace", Some(v), &reason),
             }
         }
         limits

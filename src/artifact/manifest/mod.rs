@@ -494,7 +494,8 @@ mod tests {
             ResourceLimits {
                 timeout: host.max_timeout,
                 memory_bytes: host.max_memory,
-                cpu: host.max_cpu
+                cpu: host.max_cpu,
+                stop_grace: host.default_stop_grace,
             }
         );
         let reports: Vec<String> = validated.clamped.iter().map(ToString::to_string).collect();
