@@ -168,10 +168,19 @@ pub async fn run(
         alerts,
     };
     let scheduler_stop = CancellationToken::new();
+    // Cron fires by the database's clock: a host whose clock is off must not fire early or
+    // record ticks as missed while other daemons are on time.
+    let clock = crate::cron::DatabaseClock::default();
+    clock.set_offset(crate::cron::DatabaseClock::measure(&pool).await?);
+    let clock_keeper = tokio::spawn(clock.clone().keep_in_step(
+        pool.clone(),
+        std::time::Duration::from_secs(30),
+        scheduler_stop.clone(),
+    ));
     let scheduler = tokio::spawn(
         crate::cron::Scheduler::new(
             pool.clone(),
-            Arc::new(crate::cron::SystemClock),
+            Arc::new(clock),
             config.cron.clone(),
             wakeups.schedule_changed.clone(),
         )
@@ -189,6 +198,7 @@ pub async fn run(
     }
     scheduler_stop.cancel();
     let _ = scheduler.await;
+    let _ = clock_keeper.await;
     listener_stop.cancel();
     let _ = listener.await;
     ops.stop().await;

@@ -1,5 +1,8 @@
-//! Where the scheduler's time comes from. Production uses [`SystemClock`]; tests drive a
-//! [`ManualClock`] explicitly, so no test asserts timing by sleeping.
+//! Where the scheduler's time comes from. Production uses [`DatabaseClock`]: the host's clock
+//! corrected to the database server's, so that daemons whose hosts disagree on the time still
+//! fire each tick at one instant (the database's, which `run_after`, leases and every
+//! `now()` in SQL use too). Tests drive a [`ManualClock`] explicitly, so no test asserts timing
+//! by sleeping.
 //!
 //! Owns only "what time is it" and "wake me at"; it must not know about schedules.
 
@@ -34,6 +37,93 @@ impl Clock for SystemClock {
 
     fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep<'_> {
         let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+/// The host's clock plus the offset to the database server's clock, kept up to date by
+/// [`DatabaseClock::keep_in_step`]. Sleeps are tokio timers on the corrected time.
+#[derive(Debug, Default, Clone)]
+pub struct DatabaseClock {
+    /// Database time minus host time, in microseconds.
+    offset_micros: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// A host clock this far from the database's is reported (cron follows the database anyway).
+const SKEW_WARNING: chrono::Duration = chrono::Duration::seconds(1);
+
+impl DatabaseClock {
+    /// The offset of the database's clock from this host's: one `clock_timestamp()` read,
+    /// taken as the midpoint of its round trip.
+    pub async fn measure(
+        pool: &deadpool_postgres::Pool,
+    ) -> Result<chrono::Duration, crate::db::DbError> {
+        let sent = Utc::now();
+        let database = crate::db::database_time(pool).await?;
+        let received = Utc::now();
+        Ok(offset_from(sent, database, received))
+    }
+
+    pub fn set_offset(&self, offset: chrono::Duration) {
+        self.offset_micros.store(
+            offset.num_microseconds().unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn offset(&self) -> chrono::Duration {
+        chrono::Duration::microseconds(self.offset_micros.load(Ordering::Relaxed))
+    }
+
+    /// Measures the offset now and then every `every` until `stop`; a failed measurement keeps
+    /// the last one. Logs when the host's clock is off by more than a second.
+    pub async fn keep_in_step(
+        self,
+        pool: deadpool_postgres::Pool,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut warned = false;
+        loop {
+            match Self::measure(&pool).await {
+                Ok(offset) => {
+                    self.set_offset(offset);
+                    let off = offset.abs() > SKEW_WARNING;
+                    if off && !warned {
+                        tracing::warn!(offset_ms = offset.num_milliseconds(), "this host's clock is off from the database's; cron fires by the database's clock");
+                    }
+                    warned = off;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read the database's clock; keeping the last offset")
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+/// Database time minus host time, from a read sent at `sent` and answered by `received`.
+fn offset_from(
+    sent: DateTime<Utc>,
+    database: DateTime<Utc>,
+    received: DateTime<Utc>,
+) -> chrono::Duration {
+    let midpoint = sent + (received - sent) / 2;
+    database - midpoint
+}
+
+impl Clock for DatabaseClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.offset()
+    }
+
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep<'_> {
+        let wait = (deadline - self.now()).to_std().unwrap_or_default();
         Box::pin(tokio::time::sleep(wait))
     }
 }
@@ -97,6 +187,24 @@ impl Clock for ManualClock {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_database_offset_is_taken_at_the_round_trips_midpoint() {
+        let sent = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let received = sent + chrono::Duration::milliseconds(20);
+        // The host is 10 minutes ahead of the database.
+        let database = sent + chrono::Duration::milliseconds(10) - chrono::Duration::minutes(10);
+        assert_eq!(
+            super::offset_from(sent, database, received),
+            -chrono::Duration::minutes(10)
+        );
+        let clock = super::DatabaseClock::default();
+        clock.set_offset(-chrono::Duration::minutes(10));
+        let behind = Utc::now() - chrono::Duration::minutes(10) - clock.now();
+        assert!(behind.num_seconds().abs() < 5, "{behind}");
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -11,6 +11,6 @@ pub mod policy;
 pub mod schedule;
 pub mod scheduler;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, DatabaseClock, ManualClock, SystemClock};
 pub use schedule::{Schedule, ScheduleError};
 pub use scheduler::Scheduler;

@@ -194,6 +194,16 @@ pub async fn session_tls(client: &Client) -> Result<Option<String>, tokio_postgr
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The database server's clock (`clock_timestamp()`), read on a pooled connection.
+pub async fn database_time(pool: &Pool) -> Result<chrono::DateTime<chrono::Utc>, DbError> {
+    let client = pool.get().await.map_err(|e| DbError::Ping(e.to_string()))?;
+    let row = client
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .map_err(|e| DbError::Ping(e.to_string()))?;
+    Ok(row.get(0))
+}
+
 /// The newest of this binary's migrations recorded in the database, `None` when none is.
 pub async fn schema_version(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
     let exists: bool = client

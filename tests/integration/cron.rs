@@ -855,3 +855,89 @@ async fn a_daemon_starts_runs_fired_ahead_at_their_instant_not_before() {
         }
     }
 }
+
+/// A daemon whose host clock runs 10 minutes ahead (libfaketime) fires ticks at the database's
+/// instant: none early, none recorded as missed, each run claimed and finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_whose_host_clock_is_ahead_fires_by_the_databases_clock() {
+    let faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(faketime).exists(),
+        "{faketime} missing: install the Debian package faketime (scripts/test does)"
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let owner = tenant(&client).await;
+    let schedule = add_schedule(
+        &client,
+        owner,
+        "*/2 * * * * *",
+        "UTC",
+        json!({"overlap": "allow"}),
+    )
+    .await;
+    let mut options = DaemonOptions::new("");
+    for (key, value) in [
+        ("LD_PRELOAD", faketime),
+        ("FAKETIME", "+10m"),
+        // Timers (tokio's Instant) keep real time; only the wall clock is off.
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("APP_EXECUTOR_CRON__FIRE_AHEAD", "0s"),
+    ] {
+        options.env.push((key.to_owned(), value.to_owned()));
+    }
+    let mut daemon = Daemon::spawn(&db, options);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    daemon.signal("TERM");
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("clock is off from the database's"),
+        "the skew was not reported:\n{}",
+        daemon.log_text()
+    );
+    let skipped: i64 = client
+        .query_one(
+            "select count(*) from public.app_cron_ticks where schedule_id = $1 and outcome = 'skipped'",
+            &[&schedule],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        skipped,
+        0,
+        "ticks recorded as missed\n{}",
+        daemon.log_text()
+    );
+    let runs = client
+        .query(
+            "select scheduled_for, created_at, status from public.app_runs
+              where schedule_id = $1 order by scheduled_for",
+            &[&schedule],
+        )
+        .await
+        .unwrap();
+    assert!(
+        runs.len() >= 3,
+        "{} runs fired\n{}",
+        runs.len(),
+        daemon.log_text()
+    );
+    for run in &runs {
+        let (scheduled_for, created_at): (DateTime<Utc>, DateTime<Utc>) = (run.get(0), run.get(1));
+        assert!(
+            created_at >= scheduled_for - chrono::Duration::milliseconds(200),
+            "fired early: tick {scheduled_for}, inserted {created_at}"
+        );
+        assert!(
+            scheduled_for < Utc::now() + chrono::Duration::seconds(5),
+            "a tick of the host's (future) clock: {scheduled_for}"
+        );
+    }
+}
