@@ -339,6 +339,13 @@ impl DockerExecution {
         let input = run_dir.join("input");
         tokio::fs::create_dir_all(&output).await?;
         tokio::fs::create_dir_all(&input).await?;
+        // Only the daemon's user may enter the run directory on the host: what the app writes
+        // to /output (a setuid copy of a shell, say) is reachable by no other host user, while
+        // the container sees its mounts whatever their host parents allow.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).await?;
+        }
         let input_json = serde_json::to_vec(&run.input_data).expect("JSON values serialise");
         tokio::fs::write(input.join("input.json"), &input_json).await?;
         let user = self.settings.user.clone();

@@ -854,3 +854,83 @@ async fn a_registry_that_needs_a_login_is_pulled_from_with_the_configured_one() 
         registry.requests()
     );
 }
+
+#[tokio::test]
+async fn what_an_app_plants_in_output_is_out_of_reach_of_other_host_users() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[(
+            "index.js",
+            "const fs = require('fs');\n\
+             fs.copyFileSync('/bin/sh', '/output/sh');\n\
+             fs.chmodSync('/output/sh', 0o6755);\n\
+             console.log('planted');\n\
+             setTimeout(() => {}, 120000);\n",
+        )],
+        json!({"timeout": "5m", "memory_limit": "128MiB", "cpu_limit": 0.5, "stop_grace": "1s"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()));
+    let run = enqueue(&client, app, company, json!({})).await;
+    let run_dir = state.path().join("runs").join(format!("{run}-1"));
+    let planted = run_dir.join("output/sh");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !planted.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing planted; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While the app is live, another host user can neither list the run directory nor run
+    // the setuid shell the app left there.
+    for command in [
+        vec!["ls".to_owned(), run_dir.display().to_string()],
+        vec![
+            planted.display().to_string(),
+            "-c".to_owned(),
+            "id -u".to_owned(),
+        ],
+    ] {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .args(&command)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "`{}` as nobody succeeded: {}",
+            command.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "`{}`: {}",
+            command.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    client
+        .execute(
+            "update public.app_runs set status = 'cancelled' where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while run_dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run directory stayed; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(daemon);
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
