@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::harness::apps::{self, enqueue, publish_ok, run_record, write_app, RunRecord};
-use crate::harness::daemon::{Daemon, DaemonOptions};
+use crate::harness::daemon::{run_until_idle, Daemon, DaemonOptions};
 use crate::harness::docker::assert_no_containers;
 use crate::harness::storage_double::{StorageDouble, SERVICE_KEY};
 use crate::harness::{binary, insert_tenant, TestDb};
@@ -145,20 +145,6 @@ async fn stop(mut daemon: Daemon) {
     .await
     .unwrap();
     assert!(status.success(), "daemon failed: {}", daemon.log_text());
-}
-
-/// Runs the daemon until the queue is empty (off the runtime's threads); returns its log.
-async fn run_until_idle(db: &TestDb, options: DaemonOptions) -> String {
-    let daemon = Daemon::spawn(db, options.until_idle());
-    tokio::task::spawn_blocking(move || {
-        let mut daemon = daemon;
-        let status = daemon.wait(Duration::from_secs(240));
-        let log = daemon.log_text();
-        assert!(status.success(), "daemon failed: {log}");
-        log
-    })
-    .await
-    .unwrap()
 }
 
 fn assert_success(record: &RunRecord, log: &str) {

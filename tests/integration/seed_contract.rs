@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use app_executor::storage::{BucketPolicy, LocalStorage, Storage, UploadBody};
 use sha2::{Digest, Sha256};
@@ -13,7 +12,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::harness::apps::{run_record, RunRecord};
-use crate::harness::daemon::{Daemon, DaemonOptions};
+use crate::harness::daemon::DaemonOptions;
 use crate::harness::docker::assert_no_containers;
 use crate::harness::storage_double::{StorageDouble, SERVICE_KEY};
 use crate::harness::{binary, insert_tenant, TestDb};
@@ -496,18 +495,9 @@ fn enqueue(db: &TestDb, (company, app): (Uuid, Uuid), run_type: &str) -> Uuid {
 }
 
 async fn run_until_idle(db: &TestDb, state: &Path, backend: &Backend<'_>) -> String {
-    let mut options = DaemonOptions::production(state).until_idle();
+    let mut options = DaemonOptions::production(state);
     options.env.extend(backend.env());
-    let daemon = Daemon::spawn(db, options);
-    tokio::task::spawn_blocking(move || {
-        let mut daemon = daemon;
-        let status = daemon.wait(Duration::from_secs(240));
-        let log = daemon.log_text();
-        assert!(status.success(), "daemon failed: {log}");
-        log
-    })
-    .await
-    .unwrap()
+    crate::harness::daemon::run_until_idle(db, options).await
 }
 
 async fn result_of(client: &Client, run: Uuid) -> serde_json::Value {

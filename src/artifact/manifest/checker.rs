@@ -339,20 +339,29 @@ impl Checker<'_> {
                 applied,
             });
         };
-        if let Some(v) = config.get("timeout") {
+        // A duration field: parsed, clamped to its host maximum, or a failure naming it.
+        let mut duration = |this: &mut Self,
+                            key: &str,
+                            max: std::time::Duration,
+                            into: &mut std::time::Duration| {
+            let Some(v) = config.get(key) else { return };
+            let field = format!("config.{key}");
             match parse_timeout(v) {
-                Ok(t) if t > host.max_timeout => {
-                    limits.timeout = host.max_timeout;
-                    clamp(
-                        "config.timeout",
-                        v,
-                        humantime::format_duration(host.max_timeout).to_string(),
-                    );
+                Ok(d) if d > max => {
+                    *into = max;
+                    clamp(&field, v, humantime::format_duration(max).to_string());
                 }
-                Ok(t) => limits.timeout = t,
-                Err(reason) => self.fail("config.timeout", Some(v), &reason),
+                Ok(d) => *into = d,
+                Err(reason) => this.fail(&field, Some(v), &reason),
             }
-        }
+        };
+        duration(self, "timeout", host.max_timeout, &mut limits.timeout);
+        duration(
+            self,
+            "stop_grace",
+            host.max_stop_grace,
+            &mut limits.stop_grace,
+        );
         if let Some(v) = config.get("memory_limit") {
             match parse_memory(v) {
                 Ok(m) if m > host.max_memory => {
@@ -371,20 +380,6 @@ impl Checker<'_> {
                 }
                 Ok(c) => limits.cpu = c,
                 Err(reason) => self.fail("config.cpu_limit", Some(v), &reason),
-            }
-        }
-        if let Some(v) = config.get("stop_grace") {
-            match parse_timeout(v) {
-                Ok(g) if g > host.max_stop_grace => {
-                    limits.stop_grace = host.max_stop_grace;
-                    clamp(
-                        "config.stop_grace",
-                        v,
-                        humantime::format_duration(host.max_stop_grace).to_string(),
-                    );
-                }
-                Ok(g) => limits.stop_grace = g,
-                Err(reason) => self.fail("config.stop_grace", Some(v), &reason),
             }
         }
         limits

@@ -186,6 +186,21 @@ impl Daemon {
     }
 }
 
+/// Runs a daemon with `options` until the queue is empty, waiting off the runtime's threads (at
+/// most 240 s); returns its log, or panics with it when the daemon fails.
+pub async fn run_until_idle(db: &TestDb, options: DaemonOptions) -> String {
+    let daemon = Daemon::spawn(db, options.until_idle());
+    tokio::task::spawn_blocking(move || {
+        let mut daemon = daemon;
+        let status = daemon.wait(Duration::from_secs(240));
+        let log = daemon.log_text();
+        assert!(status.success(), "daemon failed: {log}");
+        log
+    })
+    .await
+    .unwrap()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
