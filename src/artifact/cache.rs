@@ -136,18 +136,20 @@ impl BlobCache {
         metrics::blob_cache_miss();
         let result = match fetch().await {
             Ok(reader) => {
-                self.verify_into_place(reader, expected_hex, expected_size, &path)
+                match self
+                    .verify_into_place(reader, expected_hex, expected_size, &path)
                     .await
+                {
+                    // The owner's proof is written before the digest's lock is given up, so a
+                    // request arriving after that finds it and downloads nothing.
+                    Ok(bytes) => mark_owner(&marker).await.map(|()| bytes),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(CacheError::Fetch(e)),
         };
         self.fetching.lock().unwrap().remove(expected_hex);
         let downloaded = result?;
-        let marker_dir = marker.parent().expect("markers have a parent");
-        tokio::fs::create_dir_all(marker_dir)
-            .await
-            .map_err(io(marker_dir))?;
-        tokio::fs::write(&marker, b"").await.map_err(io(&marker))?;
         metrics::blob_downloaded(downloaded);
         self.evict_over_cap().await;
         Ok(Blob { path, downloaded })
@@ -298,6 +300,13 @@ impl BlobCache {
         })
         .await;
     }
+}
+
+/// Writes `owner`'s proof that it holds a blob (the empty marker file).
+async fn mark_owner(marker: &Path) -> Result<(), CacheError> {
+    let dir = marker.parent().expect("markers have a parent");
+    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+    tokio::fs::write(marker, b"").await.map_err(io(marker))
 }
 
 /// Marks a cached blob as just used; `false` when it is not cached.
