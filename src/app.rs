@@ -83,17 +83,18 @@ pub async fn run(
         .into());
     }
 
-    verified_storage(config).await?;
+    let storage = verified_storage(config).await?;
     let (execution, docker) = select_execution(
         config,
         &pool,
+        storage.clone(),
         &executor_id,
         options.test_execution.as_deref(),
     )
     .await?;
     let webhook = webhook_client(config)?;
     let retention = if config.retention.enabled {
-        Some(retention_policy(config, pool.clone())?)
+        Some(retention_policy(config, pool.clone(), storage)?)
     } else {
         None
     };
@@ -231,6 +232,7 @@ fn docker_check(docker: Option<&DockerExecution>) -> DockerCheck {
 async fn select_execution(
     config: &Config,
     pool: &deadpool_postgres::Pool,
+    storage: Arc<dyn Storage>,
     executor_id: &str,
     test_execution: Option<&str>,
 ) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<DockerExecution>>)> {
@@ -239,7 +241,7 @@ async fn select_execution(
             let state = &config.executor.state_dir;
             let resolver = Resolver {
                 pool: pool.clone(),
-                storage: storage(config)?,
+                storage,
                 cache: Arc::new(BlobCache::new(
                     state.join("cache").join("blobs"),
                     config.executor.blob_cache_max_bytes,
@@ -288,14 +290,15 @@ fn webhook_client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .context("building the alerts webhook HTTP client")
 }
 
-/// The retention policy over this config's database and storage.
+/// The retention policy over this config's database and `storage`.
 fn retention_policy(
     config: &Config,
     pool: deadpool_postgres::Pool,
+    storage: Arc<dyn Storage>,
 ) -> anyhow::Result<crate::retention::Retention> {
     Ok(crate::retention::Retention {
         pool,
-        storage: storage(config)?,
+        storage,
         settings: config.retention.clone(),
         database_url: database_url(config)?.clone(),
         connect_timeout: config.database.connect_timeout,
@@ -310,8 +313,8 @@ pub async fn retention_pass(
 ) -> anyhow::Result<Option<crate::retention::RetentionReport>> {
     let url = database_url(config)?;
     let pool = db::pool(url, config.database.connect_timeout, 2)?;
-    verified_storage(config).await?;
-    let retention = retention_policy(config, pool)?;
+    let storage = verified_storage(config).await?;
+    let retention = retention_policy(config, pool, storage)?;
     let stop = CancellationToken::new();
     if dry_run {
         Ok(Some(retention.pass(true, &stop).await?))

@@ -134,6 +134,8 @@ mod tests {
             key("1.0.0/../../b"),
             key("a//b"),
             key("./a"),
+            key("a/../b"),
+            key("/etc/passwd"),
             key("dir/"),
             key(""),
         ] {
@@ -151,6 +153,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(check_app_key(APP, &key("1.0.0/src/a b(1).js")).is_ok());
+        for good in ["1.0.0/src/a b(1).js", "index.js", "src/lib/a.js", "a.b/c"] {
+            assert!(check_app_key(APP, &key(good)).is_ok(), "{good}");
+        }
     }
 }
