@@ -10,15 +10,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifact::cache::BlobCache;
 use crate::artifact::resolve::Resolver;
-use crate::config::{Config, ConfigError, DatabaseUrl, StorageBackend};
+use crate::config::{Config, ConfigError};
 use crate::db;
 use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
+use crate::db::DatabaseUrl;
 use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
 use crate::runner::execution::{RunExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::sandbox::install::Installer;
 use crate::sandbox::{DockerExecution, Engine};
+use crate::storage::StorageBackend;
 use crate::storage::{
     BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
 };
@@ -363,7 +365,9 @@ pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
             };
             let url = settings.url.clone().ok_or_else(|| missing("storage.url"))?;
             let key = settings.service_key.clone().ok_or_else(|| {
-                crate::config::ConfigError::Invalid(crate::config::missing_service_key_fix())
+                crate::config::ConfigError::Invalid(
+                    crate::storage::settings::missing_service_key_fix(),
+                )
             })?;
             let mut options = SupabaseOptions::new(url, key);
             options.connect_timeout = settings.connect_timeout;

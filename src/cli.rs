@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::app;
-use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::config::{Config, ConfigError, Overrides};
+use crate::telemetry::LogFormat;
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -516,7 +517,7 @@ fn print_validate_report(report: &crate::artifact::AppDirReport) {
             m.version,
             format!("{:?}", m.app_type).to_lowercase(),
             humantime::format_duration(limits.timeout),
-            crate::artifact::resource::format_bytes(limits.memory_bytes),
+            crate::units::format_bytes(limits.memory_bytes),
             limits.cpu
         );
     }

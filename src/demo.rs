@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::{self, RunOptions};
-use crate::config::{Config, StorageBackend};
+use crate::config::Config;
 use crate::db::runs;
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::sandbox::Engine;
+use crate::storage::StorageBackend;
 
 /// Fixed ids, so a second demo finds what the first created.
 const DEMO_COMPANY: Uuid = Uuid::from_u128(0x0de0_0000_0000_4000_8000_0000_0000_0c01);

@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::DatabaseUrl;
+use crate::db::DatabaseUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedPostgresError {

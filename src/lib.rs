@@ -61,3 +61,4 @@ pub mod sandbox;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod units;

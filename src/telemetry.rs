@@ -9,7 +9,67 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// `[telemetry]`: how log lines are written and which ones. `format = "auto"` is resolved by
+/// `config` (journald under systemd); `RUST_LOG` wins over `level`.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// How log lines are written. `Auto` picks journald under systemd (`JOURNAL_STREAM`), human
+/// text otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+    Journald,
+}
+
+/// What the TOML file and the environment may contain under `[telemetry]`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// Validates `[telemetry]`; `None` when a violation was recorded.
+    pub fn from_raw(raw: &RawTelemetry, violations: &mut Vec<String>) -> Option<Self> {
+        if raw.level.parse::<EnvFilter>().is_err() {
+            violations.push(format!(
+                "telemetry.level = {:?}: not a log filter; use e.g. \"info\" or \"app_executor=debug,info\"",
+                raw.level
+            ));
+            return None;
+        }
+        Some(Self {
+            format: raw.format,
+            level: raw.level.clone(),
+        })
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "format": self.format,
+            "level": self.level,
+        })
+    }
+}
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive; `format` has been
 /// resolved by the config (`auto` is journald under systemd, human text otherwise). Calling it

@@ -1,13 +1,12 @@
 //! The `[alerts]` configuration section: whether events go out as `NOTIFY`, the optional
-//! webhook and its retry policy. Parsed here (not in `config.rs`) so the section reads next to
-//! the code that uses it; `config.rs` embeds it and resolves the signing secret, which never
-//! comes from the file.
+//! webhook and its retry policy. `config` resolves the signing secret, which never comes from
+//! the file, from the environment or systemd credential named here.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_duration;
+use crate::units::parse_duration;
 
 /// Name of the environment variable holding the webhook signing secret.
 pub const SECRET_ENV: &str = "APP_EXECUTOR_ALERTS__WEBHOOK_SECRET";

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod publish;
 pub mod resolve;
 pub mod resource;
+pub mod settings;
 mod tar;
 pub mod version;
 pub mod walk;

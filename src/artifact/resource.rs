@@ -56,11 +56,11 @@ mod duration_secs {
     }
 }
 
-/// A memory size: a string in any form [`crate::config::parse_size`] accepts, or a number of
+/// A memory size: a string in any form [`crate::units::parse_size`] accepts, or a number of
 /// bytes. Zero is refused.
 pub fn parse_memory(value: &Value) -> Result<u64, String> {
     let bytes = match value {
-        Value::String(s) => crate::config::parse_size(s).map_err(|e| {
+        Value::String(s) => crate::units::parse_size(s).map_err(|e| {
             format!("not a size ({e}); use e.g. \"256MB\", \"512MiB\", \"1GB\" or \"256m\"")
         })?,
         Value::Number(n) => n
@@ -112,24 +112,6 @@ pub fn parse_timeout(value: &Value) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Bytes for people: `2GiB`, `512MiB`, `256MB`, or plain bytes.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 6] = [
-        (1 << 30, "GiB"),
-        (1_000_000_000, "GB"),
-        (1 << 20, "MiB"),
-        (1_000_000, "MB"),
-        (1 << 10, "KiB"),
-        (1_000, "KB"),
-    ];
-    for (size, unit) in UNITS {
-        if bytes >= size && bytes.is_multiple_of(size) {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    format!("{bytes}B")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,12 +154,5 @@ mod tests {
         for bad in [json!(0), json!("0s"), json!(-5), json!(1.5), json!("soon")] {
             assert!(parse_timeout(&bad).is_err(), "{bad} was accepted");
         }
-    }
-
-    #[test]
-    fn byte_counts_print_in_the_unit_they_divide() {
-        assert_eq!(format_bytes(2 << 30), "2GiB");
-        assert_eq!(format_bytes(256_000_000), "256MB");
-        assert_eq!(format_bytes(1234), "1234B");
     }
 }

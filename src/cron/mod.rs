@@ -10,7 +10,9 @@ pub mod clock;
 pub mod policy;
 pub mod schedule;
 pub mod scheduler;
+pub mod settings;
 
 pub use clock::{Clock, DatabaseClock, ManualClock, SystemClock};
 pub use schedule::{Schedule, ScheduleError};
 pub use scheduler::Scheduler;
+pub use settings::CronSettings;

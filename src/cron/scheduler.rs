@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::clock::{Clock, Sleep};
 use super::policy::{plan, CatchUp, Overlap, Plan, Policy, SkipReason};
 use super::schedule::ParseCache;
-use crate::config::CronSettings;
+use crate::cron::CronSettings;
 use crate::db::schedule::{self as sql, DueSchedule};
 use crate::ops::metrics;
 

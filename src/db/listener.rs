@@ -15,7 +15,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::DatabaseUrl;
+use crate::db::DatabaseUrl;
 
 /// Where the listener delivers what it hears.
 #[derive(Clone)]

@@ -23,6 +23,7 @@ pub mod queue;
 pub mod retention;
 pub mod runs;
 pub mod schedule;
+pub mod settings;
 pub mod statement;
 pub mod tls;
 
@@ -33,7 +34,7 @@ use tokio_postgres::Client;
 
 use self::tls::{RootCerts, RustlsConnect, SslMode};
 
-use crate::config::DatabaseUrl;
+pub use settings::{DatabaseSettings, DatabaseUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -84,7 +84,7 @@ pub fn marker(
         None => format!(
             "[app-executor: {dropped} bytes of {} dropped over the {} cap]",
             stream.as_str(),
-            crate::artifact::resource::format_bytes(cap)
+            crate::units::format_bytes(cap)
         ),
         Some(error) => {
             // Bounded in bytes, so the whole line fits the reserve.

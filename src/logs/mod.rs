@@ -18,15 +18,15 @@ pub mod layout;
 mod line;
 pub mod reader;
 mod run_log;
+pub mod settings;
 mod spool;
 mod upload;
-
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use run_log::{LogSummary, RunLog, StreamSummary};
+pub use settings::LogSettings;
 pub use spool::StreamStats;
 
 /// The tracing target of app output lines (debug level, with `run_id`, `app_id`, `stream`).
@@ -59,32 +59,6 @@ impl LogStream {
         match self {
             Self::Stdout => 0,
             Self::Stderr => 1,
-        }
-    }
-}
-
-/// `[logs]` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSettings {
-    /// Longest time new output waits before it is uploaded as a chunk.
-    pub chunk_interval: Duration,
-    /// A chunk is uploaded as soon as this many new bytes are pending; also the largest chunk
-    /// (and the uploader's read buffer).
-    pub chunk_bytes: u64,
-    /// Bytes kept per stream, truncation marker included; the rest is dropped and counted.
-    /// At most the `app-logs` bucket's object size limit.
-    pub stream_cap: u64,
-    /// How long `finish` keeps retrying storage before reporting the logs not durable.
-    pub durable_retry_window: Duration,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            chunk_interval: Duration::from_secs(2),
-            chunk_bytes: 256 * 1024,
-            stream_cap: 50 * 1024 * 1024,
-            durable_retry_window: Duration::from_secs(60),
         }
     }
 }

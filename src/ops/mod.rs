@@ -16,6 +16,7 @@
 pub mod health;
 pub mod metrics;
 pub mod server;
+pub mod settings;
 pub mod status;
 pub mod systemd;
 
@@ -27,7 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::OpsConfig;
+use crate::ops::settings::OpsSettings;
 pub use health::{DockerCheck, DockerProbe, Readiness};
 pub use status::{DaemonStatus, Phase};
 pub use systemd::Systemd;
@@ -46,7 +47,7 @@ pub enum OpsError {
 
 /// The operations side of a running daemon.
 pub struct Ops {
-    config: OpsConfig,
+    config: OpsSettings,
     systemd: Arc<Systemd>,
     status: Arc<DaemonStatus>,
     metrics: Option<PrometheusHandle>,
@@ -61,7 +62,7 @@ impl Ops {
     /// Installs the metrics recorder and starts the HTTP endpoints when `ops.listen` is set;
     /// readiness reports "starting" until [`Ops::ready`].
     pub async fn start(
-        config: &OpsConfig,
+        config: &OpsSettings,
         systemd: Arc<Systemd>,
         readiness: Readiness,
     ) -> Result<Self, OpsError> {

@@ -13,38 +13,16 @@
 mod collect;
 mod mime;
 mod record;
+pub mod settings;
 
 use std::path::PathBuf;
 
 pub use collect::{collect, collect_blocking};
 pub use record::{record, DaemonMetrics, Recorded, RunFailure, RunRecord};
+pub use settings::OutputLimits;
 
 /// Metric names the executor records itself; `metrics.json` may not use them.
 pub const DAEMON_METRICS: [&str; 3] = ["duration_ms", "peak_memory_bytes", "exit_code"];
-
-/// `[outputs]`: caps on what is collected from `/output`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputLimits {
-    /// Files uploaded at most (besides `result.json` and `metrics.json`), first by name.
-    pub max_files: usize,
-    /// Bytes of files uploaded at most, in total.
-    pub max_bytes: u64,
-    /// Largest single file uploaded; at most the `app-logs` bucket's object size limit.
-    pub max_file_bytes: u64,
-    /// Largest `result.json` (and `metrics.json`) read.
-    pub max_result_bytes: u64,
-}
-
-impl Default for OutputLimits {
-    fn default() -> Self {
-        Self {
-            max_files: 100,
-            max_bytes: 100 * 1024 * 1024,
-            max_file_bytes: 50 * 1024 * 1024,
-            max_result_bytes: 1024 * 1024,
-        }
-    }
-}
 
 /// What `/output` held, within the limits.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -43,9 +43,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::RetentionSettings;
 
-use crate::config::DatabaseUrl;
 use crate::db;
 use crate::db::queue::QueueError;
+use crate::db::DatabaseUrl;
 use crate::storage::Storage;
 
 /// A pass that could not go on. Storage failures of single runs or versions are not errors:

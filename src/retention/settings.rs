@@ -1,12 +1,11 @@
 //! The `[retention]` configuration section: how old finished runs' logs and outputs, and unused
-//! builds and versions, get before they are deleted, and how often and in what batches. Parsed
-//! here (not in `config.rs`) so the section reads next to the code that uses it.
+//! builds and versions, get before they are deleted, and how often and in what batches.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_duration;
+use crate::units::parse_duration;
 
 /// The shortest any age may be: a typo such as "30s" for "30d" must not empty the buckets.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);

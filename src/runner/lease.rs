@@ -16,10 +16,10 @@ use uuid::Uuid;
 
 use super::Stop;
 use crate::alerts::Alerts;
-use crate::config::QueueConfig;
 use crate::db::queue::{self, Completion, LeaseState, QueueError};
 use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
 use crate::ops::metrics;
+use crate::runner::settings::QueueSettings;
 
 /// Renews the lease every heartbeat interval until aborted or the lease is gone. A failed
 /// renewal is tried again soon (a quarter of the interval), not a whole interval later, so a
@@ -30,7 +30,7 @@ pub(super) async fn keep(
     executor_id: String,
     run_id: Uuid,
     attempt: i32,
-    settings: QueueConfig,
+    settings: QueueSettings,
     in_flight: Stop,
 ) {
     let mut last_renewed = Instant::now();
@@ -68,7 +68,7 @@ pub(super) async fn record_outcome(
     pool: &Pool,
     executor_id: &str,
     run: &ClaimedRun,
-    settings: &QueueConfig,
+    settings: &QueueSettings,
     outcome: Outcome,
     reason: Option<StopReason>,
     alerts: &Alerts,

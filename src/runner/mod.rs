@@ -14,6 +14,7 @@
 
 pub mod execution;
 mod lease;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,11 +27,11 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::alerts::Alerts;
-use crate::config::QueueConfig;
 use crate::db::queue::{self, ClaimLimits};
 use crate::model::{ClaimedRun, StopReason};
 use crate::ops::metrics;
 use crate::ops::DaemonStatus;
+use crate::runner::settings::QueueSettings;
 pub use execution::{RunExecutor, Stop};
 
 /// Added to the wait for a run's `run_after`, so the claim's `now()` is past it.
@@ -42,7 +43,7 @@ type Registry = Arc<Mutex<HashMap<Uuid, Stop>>>;
 pub struct Runner {
     pub pool: Pool,
     pub executor_id: String,
-    pub settings: QueueConfig,
+    pub settings: QueueSettings,
     pub execution: Arc<dyn RunExecutor>,
     /// Notified by the LISTEN session when a run becomes pending.
     pub run_pending: Arc<Notify>,
@@ -216,7 +217,7 @@ async fn drain(
     registry: &Registry,
     tracker: &TaskTracker,
     state: &Mutex<&'static str>,
-    settings: &QueueConfig,
+    settings: &QueueSettings,
     shutting_down: bool,
 ) {
     tracker.close();
@@ -270,7 +271,7 @@ async fn registry_heartbeat(
 /// Requeues runs whose lease expired, whoever held them; wakes the claim loop when it did.
 async fn rescue_loop(
     pool: Pool,
-    settings: QueueConfig,
+    settings: QueueSettings,
     run_pending: Arc<Notify>,
     alerts: Alerts,
     stop: CancellationToken,
@@ -331,7 +332,7 @@ async fn forward_cancellations(
 struct RunTask {
     pool: Pool,
     executor_id: String,
-    settings: QueueConfig,
+    settings: QueueSettings,
     execution: Arc<dyn RunExecutor>,
     registry: Registry,
     status: Arc<DaemonStatus>,

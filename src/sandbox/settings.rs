@@ -1,13 +1,13 @@
 //! The `[sandbox]` configuration section: which image runs an app, and the hardening knobs
-//! every container gets. Parsed here (not in `config.rs`) so the section reads next to the
-//! code that uses it; `config.rs` only embeds it.
+//! every container gets. `config` resolves the registry password, which never comes from the
+//! file, from the environment or systemd credential named here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_byte_size, parse_duration};
+use crate::units::{parse_byte_size, parse_duration};
 
 /// What the TOML file and the environment may contain under `[sandbox]`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 mod error;
 mod local;
 mod policy;
+pub mod settings;
 mod supabase;
 mod wire;
 
@@ -19,7 +20,10 @@ use futures_util::stream::BoxStream;
 
 pub use error::StorageError;
 pub use local::LocalStorage;
-pub use policy::{mime_allowed, validate_key, BucketLimits, BucketPolicy};
+pub use policy::{
+    mime_allowed, validate_key, BucketLimits, BucketPolicy, APP_LOGS_FILE_SIZE_LIMIT,
+};
+pub use settings::{ServiceKey, StorageBackend, StorageSettings};
 pub use supabase::{SupabaseOptions, SupabaseStorage};
 
 /// The bucket holding the apps' published files.

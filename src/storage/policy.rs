@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use super::StorageError;
 
 /// Characters besides ASCII letters and digits the server accepts in object keys.
+/// The `app-logs` bucket's object size limit (50 MiB, set by the bucket migration): a
+/// compacted log or an output file is one object, so the caps on them cannot exceed it.
+pub const APP_LOGS_FILE_SIZE_LIMIT: u64 = 52_428_800;
+
 const KEY_PUNCTUATION: &str = "_/!.*'() &$=@;:+,?-";
 
 /// Checks an object key the way the server does, plus what would escape a directory tree
@@ -97,7 +101,7 @@ impl Default for BucketPolicy {
             ]),
         };
         let app_logs = BucketLimits {
-            file_size_limit: Some(52_428_800),
+            file_size_limit: Some(APP_LOGS_FILE_SIZE_LIMIT),
             allowed_mime_types: list(&[
                 "text/plain",
                 "application/json",

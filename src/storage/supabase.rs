@@ -15,7 +15,7 @@ use super::wire::{
     self, BucketRow, DeleteRequest, DeletedRow, InfoReply, ListRequest, ListRow, SortBy,
 };
 use super::{validate_key, Download, ListEntry, ObjectInfo, Storage, StorageError, UploadBody};
-use crate::config::ServiceKey;
+use crate::storage::ServiceKey;
 
 /// Bytes of a path segment sent as is; everything else is percent-encoded (`?`, `#`, space, `+`).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC

@@ -326,7 +326,7 @@ async fn files_come_through_the_http_storage_client_as_well() {
     let http: Arc<dyn Storage> = Arc::new(
         app_executor::storage::SupabaseStorage::new(app_executor::storage::SupabaseOptions::new(
             double.url.clone(),
-            app_executor::config::ServiceKey::new(crate::harness::storage_double::SERVICE_KEY),
+            app_executor::storage::ServiceKey::new(crate::harness::storage_double::SERVICE_KEY),
         ))
         .unwrap(),
     );

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app_executor::artifact::cache::BlobCache;
-use app_executor::config::ServiceKey;
+use app_executor::storage::ServiceKey;
 use app_executor::storage::{Storage, SupabaseOptions, SupabaseStorage, APP_STORAGE_BUCKET};
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use app_executor::config::CronSettings;
+use app_executor::cron::CronSettings;
 use app_executor::cron::{Clock, ManualClock, Scheduler};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use app_executor::config::DatabaseUrl;
+use app_executor::db::DatabaseUrl;
 
 use app_executor::embedded_postgres::EmbeddedPostgres;
 

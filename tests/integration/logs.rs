@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app_executor::config::ServiceKey;
 use app_executor::logs::{layout, LogSettings, LogStream, LogSummary, LogTarget, RunLog};
 use app_executor::model::{ClaimedRun, FinalStatus};
+use app_executor::storage::ServiceKey;
 use app_executor::storage::{
     BucketPolicy, ListEntry, LocalStorage, Storage, SupabaseOptions, SupabaseStorage,
     APP_LOGS_BUCKET,

@@ -333,9 +333,8 @@ async fn a_claim_loop_stuck_on_a_hanging_database_stops_the_watchdog_pings() {
     let proxy = FreezingProxy::start(upstream).await;
     let mut proxied = url.clone();
     proxied.set_port(Some(proxy.addr.port())).unwrap();
-    let via_proxy = TestDb::attach(
-        app_executor::config::DatabaseUrl::parse(proxied.as_str(), "the test").unwrap(),
-    );
+    let via_proxy =
+        TestDb::attach(app_executor::db::DatabaseUrl::parse(proxied.as_str(), "the test").unwrap());
     let notify = NotifySocket::bind();
     let started = Instant::now();
     let mut daemon = notified_daemon(&via_proxy, "", &notify);

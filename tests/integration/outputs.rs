@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use app_executor::config::ServiceKey;
 use app_executor::logs::{LogSettings, LogStream, LogTarget, RunLog};
 use app_executor::model::ClaimedRun;
 use app_executor::outputs::{
     collect, Collected, DaemonMetrics, OutputLimits, Recorded, RunFailure, RunRecord,
 };
+use app_executor::storage::ServiceKey;
 use app_executor::storage::{
     BucketPolicy, LocalStorage, Storage, SupabaseOptions, SupabaseStorage, APP_LOGS_BUCKET,
 };

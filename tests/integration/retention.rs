@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use app_executor::config::ServiceKey;
 use app_executor::retention::{Retention, RetentionSettings};
+use app_executor::storage::ServiceKey;
 use app_executor::storage::{
     BucketPolicy, LocalStorage, Storage, SupabaseOptions, SupabaseStorage, APP_LOGS_BUCKET,
     APP_STORAGE_BUCKET,

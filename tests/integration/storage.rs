@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use app_executor::config::ServiceKey;
+use app_executor::storage::ServiceKey;
 use app_executor::storage::{
     BucketPolicy, ListEntry, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
     UploadBody,

@@ -12,8 +12,9 @@ use super::{
     PermissionType,
 };
 use crate::artifact::resource::{
-    format_bytes, parse_cpu, parse_memory, parse_timeout, HostLimits, ResourceLimits,
+    parse_cpu, parse_memory, parse_timeout, HostLimits, ResourceLimits,
 };
+use crate::units::format_bytes;
 
 /// Collects problems while reading fields.
 pub(super) struct Checker<'a> {

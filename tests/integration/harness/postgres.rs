@@ -10,8 +10,8 @@
 
 use std::sync::OnceLock;
 
-use app_executor::config::DatabaseUrl;
 use app_executor::db;
+use app_executor::db::DatabaseUrl;
 use app_executor::embedded_postgres::EmbeddedPostgres;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
