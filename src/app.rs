@@ -16,10 +16,11 @@ use crate::db::listener::Wakeups;
 use crate::db::migration::MigrateReport;
 use crate::db::DatabaseUrl;
 use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
+use crate::pipeline::RunPipeline;
 use crate::runner::execution::{RunExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::sandbox::install::Installer;
-use crate::sandbox::{DockerExecution, Engine};
+use crate::sandbox::{Engine, Sweeper};
 use crate::storage::StorageBackend;
 use crate::storage::{
     BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
@@ -211,7 +212,7 @@ pub async fn run(
 
 /// What `/readyz` asks Docker: the sandbox's engine, or nothing when the test execution (which
 /// starts no containers) was selected.
-fn docker_check(docker: Option<&DockerExecution>) -> DockerCheck {
+fn docker_check(docker: Option<&Sweeper>) -> DockerCheck {
     let Some(docker) = docker else {
         return DockerCheck::NotUsed("the test execution (--test-execution) starts no containers");
     };
@@ -228,16 +229,16 @@ fn docker_check(docker: Option<&DockerExecution>) -> DockerCheck {
     }))
 }
 
-/// The execution this daemon uses: sandboxed Docker execution, or (debug and benchmark builds
-/// only) the trivial [`TestExecution`]. The Docker one is also returned by type, for its
-/// orphan sweep.
+/// The execution this daemon uses: the run pipeline in Docker containers, or (debug and
+/// benchmark builds only) the trivial [`TestExecution`]. With the pipeline comes the orphan
+/// sweep over the same engine.
 async fn select_execution(
     config: &Config,
     pool: &deadpool_postgres::Pool,
     storage: Arc<dyn Storage>,
     executor_id: &str,
     test_execution: Option<&str>,
-) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<DockerExecution>>)> {
+) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<Sweeper>>)> {
     match test_execution {
         None => {
             let state = &config.executor.state_dir;
@@ -253,7 +254,13 @@ async fn select_execution(
                 extract: config.limits.extract.clone(),
             };
             let engine = Engine::connect(&config.sandbox).await?;
-            let docker = Arc::new(DockerExecution {
+            let sweeper = Arc::new(Sweeper {
+                engine: engine.clone(),
+                pool: pool.clone(),
+                runs_dir: resolver.runs_dir.clone(),
+                executor_id: executor_id.to_owned(),
+            });
+            let pipeline = Arc::new(RunPipeline {
                 resolver,
                 logs: config.logs.clone(),
                 outputs: config.outputs.clone(),
@@ -266,7 +273,7 @@ async fn select_execution(
                 settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),
             });
-            Ok((docker.clone(), Some(docker)))
+            Ok((pipeline, Some(sweeper)))
         }
         Some(_) if !cfg!(any(debug_assertions, feature = "test-execution")) => Err(ConfigError::Invalid(
             "--test-execution is only available in debug builds and benchmark builds (--features test-execution); it exists for tests".into(),

@@ -55,6 +55,7 @@ pub mod logs;
 pub mod model;
 pub mod ops;
 pub mod outputs;
+pub mod pipeline;
 pub mod retention;
 pub mod runner;
 pub mod sandbox;

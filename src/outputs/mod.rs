@@ -18,7 +18,7 @@ pub mod settings;
 use std::path::PathBuf;
 
 pub use collect::{collect, collect_blocking};
-pub use record::{record, DaemonMetrics, Recorded, RunFailure, RunRecord};
+pub use record::{record, record_retrying, DaemonMetrics, Recorded, RunFailure, RunRecord};
 pub use settings::OutputLimits;
 
 /// Metric names the executor records itself; `metrics.json` may not use them.

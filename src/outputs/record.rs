@@ -12,6 +12,8 @@
 //! earlier attempt recorded, and (from attempt 2 on) objects an earlier attempt left under
 //! `output/` that this one did not upload are deleted.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -345,5 +347,32 @@ fn log_row(stream: &StreamSummary, compacted: bool) -> OutputRow {
         file_size: Some(i64::try_from(stream.stored_bytes).unwrap_or(i64::MAX)),
         mime_type: Some("text/plain".into()),
         ..row_of(stream.stream.as_str())
+    }
+}
+/// Records the run's outputs (fenced); retried a few times on database trouble, then left
+/// (the status write that follows retries on its own and settles who owns the run).
+pub async fn record_retrying(
+    pool: &deadpool_postgres::Pool,
+    storage: &dyn Storage,
+    run: &ClaimedRun,
+    executor_id: &str,
+    what: &RunRecord<'_>,
+) {
+    for attempt in 1..=5u32 {
+        match record(pool, storage, run, executor_id, what).await {
+            Ok(recorded) if recorded.fence_held => return,
+            Ok(_) => {
+                tracing::warn!(run_id = %run.id, "outputs not recorded: the run is no longer ours");
+                return;
+            }
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                tracing::warn!(run_id = %run.id, error = %e, "recording outputs failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not record the run's outputs");
+                return;
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The execution seam: what turns a claimed run into an [`Outcome`].
 //!
 //! The runner owns leases, cancellation and status writes; an execution only runs the app and
-//! must return promptly once `stop` fires. Production uses `sandbox::DockerExecution`;
+//! must return promptly once `stop` fires. Production uses `pipeline::RunPipeline`;
 //! [`TestExecution`] (sleep, record, succeed) exists for tests and benchmarks of the queue and
 //! can only be selected in debug or benchmark builds.
 

@@ -1,0 +1,345 @@
+//! The run pipeline: what happens to one attempt of a claimed run, phase by phase. It is the
+//! production [`RunExecutor`]; the runner claims, leases and finishes runs, this module does
+//! the work in between, each phase a call into the module that owns it:
+//!
+//! 1. **prepare** the files: download, verify and extract the version ([`Resolver`]);
+//! 2. **image**: the runtime image for the manifest's Node version ([`Engine::ensure_image`]);
+//! 3. **install** the dependencies, or take them from the cache ([`Installer`]);
+//! 4. **run** the entrypoint in a hardened container ([`sandbox::run`], [`Engine::run_container`]),
+//!    its output streamed live to the run's log ([`RunLog`]);
+//! 5. **collect** what the app left in `/output` ([`outputs::collect`]);
+//! 6. **record** outputs, metrics and the failure, fenced by the lease ([`outputs::record`]).
+//!
+//! The runner writes the status afterwards from the returned [`Outcome`]. A stop (cancel,
+//! drain, lost lease) can end any phase; what is kept then depends on why (see `attempt`).
+//!
+//! - [`outcome`]: a finished container mapped to an exact outcome.
+//! - [`phases`]: the per-phase timer; [`sink`]: where the container's output goes.
+
+mod outcome;
+mod phases;
+mod sink;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::artifact::manifest::BackendRuntime;
+use crate::artifact::resolve::{PreparedApp, Resolver};
+use crate::logs::{LogSettings, LogTarget, RunLog};
+use crate::model::{ClaimedRun, Outcome, StopReason};
+use crate::ops::metrics;
+use crate::outputs::{self, DaemonMetrics, OutputLimits, RunRecord};
+use crate::runner::{RunExecutor, Stop};
+use crate::sandbox::install::{Dependencies, InstallError, InstallRequest, Installer};
+use crate::sandbox::output::Tail;
+use crate::sandbox::run::RunRequest;
+use crate::sandbox::{self, Engine, EngineError, OutputWatch, SandboxSettings, Timing};
+use outcome::{failure_of, infra, peak_memory, run_outcome};
+use phases::Phases;
+use sink::RunSink;
+
+/// Runs apps in Docker containers.
+pub struct RunPipeline {
+    pub resolver: Resolver,
+    /// `[logs]`: how the run's output is streamed to storage.
+    pub logs: LogSettings,
+    /// `[outputs]`: caps on what is read back from `/output`.
+    pub outputs: OutputLimits,
+    pub engine: Engine,
+    pub installer: Installer,
+    pub settings: SandboxSettings,
+    pub executor_id: String,
+}
+
+/// How an attempt ended: `Ok` once its outputs were recorded (the app ran to an end the run
+/// keeps), `Err` when it ended before that (bad files, install, a stop) and nothing was
+/// recorded yet.
+type Attempt = Result<Outcome, Outcome>;
+
+impl RunExecutor for RunPipeline {
+    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let outcome = match self.attempt(run, &stop).await {
+                Ok(recorded) => recorded,
+                Err(outcome) => {
+                    // Failed before the app ran (bad files, install): still an `error` output.
+                    if let Some(failure) = failure_of(&outcome) {
+                        self.record(
+                            run,
+                            &RunRecord {
+                                failure: Some(&failure),
+                                ..RunRecord::default()
+                            },
+                        )
+                        .await;
+                    }
+                    outcome
+                }
+            };
+            self.resolver.clean_up(run).await;
+            outcome
+        })
+    }
+}
+
+impl RunPipeline {
+    /// The phases of one attempt, in order.
+    async fn attempt(&self, run: &ClaimedRun, stop_signal: &Stop) -> Attempt {
+        let stop = stop_signal.token();
+        let mut phases = Phases::start(run.id);
+
+        let app = self.prepare(run, stop_signal).await?;
+        metrics::phase_finished(metrics::Phase::Prepare, phases.done("prepare"));
+        let Some(backend) = app.manifest.backend.clone() else {
+            return Err(Outcome::failed(
+                "no_backend",
+                format!(
+                    "version {} has no runtime.backend in manifest.json; only apps with a Node.js backend can run",
+                    app.version
+                ),
+            ));
+        };
+
+        let (image, image_id) = self.image(&backend, stop_signal).await?;
+        phases.done("image");
+
+        let dependencies = self
+            .install(run, &app, &backend, &image, &image_id, stop_signal)
+            .await?;
+        phases.done("install");
+
+        let run_dir = self.resolver.run_dir(run);
+        let request = RunRequest {
+            run,
+            app: &app,
+            image: &image,
+            entrypoint: &backend.entrypoint,
+            run_dir: &run_dir,
+            dependencies: dependencies.as_ref(),
+        };
+        let spec = sandbox::run::prepare(&self.settings, &self.executor_id, &request)
+            .await
+            .map_err(|e| {
+                infra(
+                    "prepare_io",
+                    format!("preparing the run directory {}: {e}", run_dir.display()),
+                )
+            })?;
+        let log = RunLog::start(
+            self.resolver.storage.clone(),
+            &run_dir.join("spool"),
+            LogTarget::of(run),
+            self.logs.clone(),
+        )
+        .map_err(|e| infra("log_spool", e.to_string()))?;
+        phases.done("setup");
+
+        let watch = OutputWatch {
+            dir: run_dir.join("output"),
+            max_bytes: self.settings.output_max_bytes,
+            max_files: self.settings.output_max_files,
+        };
+        let mut sink = RunSink {
+            log,
+            stderr_tail: Tail::default(),
+        };
+        let exit = self
+            .engine
+            .run_container(
+                &spec,
+                &self.settings,
+                &mut sink,
+                &Timing {
+                    timeout: app.manifest.limits.timeout,
+                    grace_at_timeout: app.manifest.limits.stop_grace,
+                    grace_on_stop: &|| match stop_signal.reason() {
+                        // Another daemon may already run the app: no second copy for longer
+                        // than it takes to kill this one, and nothing of it is kept anyway.
+                        Some(StopReason::LeaseLost) => Duration::ZERO,
+                        _ => app.manifest.limits.stop_grace,
+                    },
+                },
+                stop,
+                Some(&watch),
+            )
+            .await;
+        phases.done("container");
+        let RunSink { log, stderr_tail } = sink;
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(e) => {
+                // Docker failed under the run: it goes back to the queue; keep the chunks.
+                log.interrupt().await;
+                return Err(infra(e.error_kind(), e.to_string()));
+            }
+        };
+        metrics::phase_finished(metrics::Phase::Run, exit.duration);
+        if exit.oom_killed {
+            metrics::oom_killed();
+        }
+        tracing::info!(
+            run_id = %run.id,
+            ended = ?exit.ended,
+            exit_code = ?exit.exit_code,
+            oom_killed = exit.oom_killed,
+            peak_memory_bytes = ?exit.peak_memory_bytes,
+            took = ?exit.duration,
+            "container finished"
+        );
+        let outcome = run_outcome(&exit, &app, &self.settings, &stderr_tail.text());
+        match (&outcome, stop_signal.reason()) {
+            // Someone else holds the run now: write nothing, not even logs.
+            (Outcome::Stopped, Some(StopReason::LeaseLost)) => {
+                log.abandon();
+                return Err(outcome);
+            }
+            // Back to the queue: the next attempt writes its own logs; keep this one's chunks.
+            (Outcome::Stopped, Some(StopReason::Shutdown) | None) => {
+                log.interrupt().await;
+                return Err(outcome);
+            }
+            _ => {}
+        }
+        // Finished, or cancelled by a client: logs durable first, then outputs, then (by the
+        // runner) the status.
+        let summary = log.finish().await;
+        phases.done("logs");
+
+        // A client's cancel (the only stop left here) keeps what the app saved in its grace.
+        let collected = match &outcome {
+            Outcome::Finished { .. } | Outcome::Stopped => {
+                match outputs::collect(&run_dir.join("output"), &self.outputs).await {
+                    Ok(collected) => Some(collected),
+                    Err(e) => {
+                        tracing::warn!(run_id = %run.id, error = %e, "could not read the run's /output");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        let failure = failure_of(&outcome);
+        self.record(
+            run,
+            &RunRecord {
+                collected: collected.as_ref(),
+                metrics: DaemonMetrics {
+                    duration_ms: Some(exit.duration.as_millis() as i64),
+                    peak_memory_bytes: peak_memory(&exit, app.manifest.limits.memory_bytes),
+                    exit_code: exit.exit_code.map(|c| c as i32),
+                    oom_kills: exit.oom_kills,
+                },
+                logs: Some(&summary),
+                failure: failure.as_ref(),
+            },
+        )
+        .await;
+        phases.done("record");
+        phases.report();
+        Ok(outcome)
+    }
+
+    /// Phase 1: the version's files downloaded, verified and extracted; their digest noted on
+    /// the run.
+    async fn prepare(&self, run: &ClaimedRun, stop: &Stop) -> Result<PreparedApp, Outcome> {
+        let prepared = tokio::select! {
+            biased;
+            _ = stop.token().cancelled() => return Err(Outcome::Stopped),
+            prepared = self.resolver.prepare(run) => prepared,
+        };
+        let app = match prepared {
+            Ok(app) => app,
+            Err(e) if e.is_retryable() => return Err(infra(e.error_kind(), e.to_string())),
+            Err(e) => return Err(Outcome::failed(e.error_kind(), e.to_string())),
+        };
+        let recorded = crate::db::artifact::record_artifact_digest(
+            &self.resolver.pool,
+            run.id,
+            &self.executor_id,
+            run.attempt,
+            &app.digest,
+        )
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(run_id = %run.id, error = %e, "could not record the artifact digest");
+        }
+        Ok(app)
+    }
+
+    /// Phase 2: the runtime image for the app's Node version, present locally (pulled when the
+    /// policy allows); returns its name and id.
+    async fn image(
+        &self,
+        backend: &BackendRuntime,
+        stop: &Stop,
+    ) -> Result<(String, String), Outcome> {
+        let image = self.settings.image_for(&backend.node_version);
+        let ensured = tokio::select! {
+            biased;
+            _ = stop.token().cancelled() => return Err(Outcome::Stopped),
+            id = self.engine.ensure_image(&image, self.settings.pull, self.settings.registry.as_ref()) => id,
+        };
+        match ensured {
+            Ok(id) => Ok((image, id)),
+            Err(e @ EngineError::ImageMissing { .. }) => {
+                Err(Outcome::failed(e.error_kind(), e.to_string()))
+            }
+            Err(e) => Err(infra(e.error_kind(), e.to_string())),
+        }
+    }
+
+    /// Phase 3: the app's dependencies installed in a container of their own, or taken from
+    /// the cache; `None` when the app has none.
+    async fn install(
+        &self,
+        run: &ClaimedRun,
+        app: &PreparedApp,
+        backend: &BackendRuntime,
+        image: &str,
+        image_id: &str,
+        stop: &Stop,
+    ) -> Result<Option<Dependencies>, Outcome> {
+        let install = InstallRequest {
+            app_dir: &app.dir,
+            package_manager: backend.package_manager,
+            image,
+            image_id,
+            allow_scripts: self.settings.install_scripts_apps.contains(&run.app_id),
+            cpu: app.manifest.limits.cpu,
+            container_name: sandbox::run::container_name(run, "install"),
+            labels: sandbox::run::labels(&self.executor_id, run, "install"),
+        };
+        let dependencies = match self.installer.ensure(&install, stop.token()).await {
+            Ok(deps) => deps,
+            Err(InstallError::Stopped) => return Err(Outcome::Stopped),
+            Err(e) if e.is_retryable() => return Err(infra(e.error_kind(), e.to_string())),
+            Err(e) => return Err(Outcome::failed(e.error_kind(), e.to_string())),
+        };
+        if let Some(deps) = &dependencies {
+            match deps.installed_in {
+                Some(took) => {
+                    metrics::phase_finished(metrics::Phase::Install, took);
+                    tracing::info!(run_id = %run.id, key = %deps.key, took = ?took, "dependencies installed")
+                }
+                None => {
+                    tracing::info!(run_id = %run.id, key = %deps.key, "dependencies from the cache")
+                }
+            }
+        }
+        Ok(dependencies)
+    }
+
+    /// Phase 6: the run's outputs, metrics and failure recorded, fenced by the lease.
+    async fn record(&self, run: &ClaimedRun, what: &RunRecord<'_>) {
+        outputs::record_retrying(
+            &self.resolver.pool,
+            self.resolver.storage.as_ref(),
+            run,
+            &self.executor_id,
+            what,
+        )
+        .await;
+    }
+}
