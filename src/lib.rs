@@ -6,41 +6,43 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: argument parsing, output formatting (human or `--json`) and exit codes.
-//! - [`app`]: the composition root; builds every client from the config and runs operations.
-//! - [`config`]: `executor.toml` + `APP_EXECUTOR_*` overrides, validated; the only reader of
-//!   files and environment for configuration; secrets redacted when printed.
-//! - [`telemetry`]: tracing subscriber (human, JSON, journald).
-//! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator,
-//!   the queue's statements and the LISTEN session.
-//! - [`model`]: data exchanged between components (claimed runs, outcomes); no I/O.
-//! - [`runner`]: the claim loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
-//! - [`artifact`]: an app's files: archives extracted under a reject-not-rewrite policy,
-//!   directories read back without following links, `manifest.json` validation.
-//! - [`sandbox`]: the production execution: image, dependency install (cached), the app in a
-//!   hardened container, outcome mapping; orphaned containers swept.
-//! - [`shutdown`]: OS signals to a cancellation token (drain, then hard exit).
-//! - [`cron`]: cron expressions with time zones and the DST policy, the injectable clock, and
-//!   the scheduler loop that fires due schedules as runs.
+//! Bottom-up, in the layer order [`layers`] checks (a module uses only lower layers):
+//!
+//! - [`units`], [`model`]: durations and sizes as operators write them; data exchanged between
+//!   components (claimed runs, outcomes). No I/O, nothing of ours imported.
 //! - [`storage`]: the `Storage` trait over Supabase Storage (HTTP) and a local directory
 //!   backend, with the server's bucket rules (size limits, MIME allow-lists, key syntax).
-//! - [`demo`]: `app-executor demo`, the whole system once on an embedded database.
-//! - [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered chunks,
-//!   capped and compacted; `app-executor logs` reads them back.
-//! - [`outputs`]: the `/output` contract (result, metrics, files) read back with an archive
-//!   reader's care, and the fenced recording of a run's `app_outputs` rows.
-//! - [`embedded_postgres`]: a private PostgreSQL cluster from the host's binaries (demo, tests).
-//! - [`alerts`]: failed, timed-out, OOM, rescued and security-relevant run endings as `NOTIFY`
-//!   events and signed, retried webhook POSTs, off the run's critical path.
-//! - [`retention`]: the background deletion of old logs, outputs, builds and versions (storage
-//!   objects, then rows), one daemon at a time under an advisory lock.
+//! - [`db`]: every SQL statement; connections, the pool, the Supabase-compatible migrator,
+//!   the queue's and the executor registry's statements and the LISTEN session.
+//! - [`telemetry`] (tracing: human, JSON, journald), [`shutdown`] (OS signals to a drain).
 //! - [`ops`]: how systemd and Prometheus see the daemon: `READY`/`STATUS`/`WATCHDOG`/`STOPPING`
 //!   notifications, metrics with the helpers every component records through, and the
-//!   loopback `/metrics`, `/healthz`, `/readyz` endpoints.
+//!   loopback `/metrics`, `/healthz`, `/readyz` endpoints. [`embedded_postgres`]: a private
+//!   PostgreSQL cluster from the host's binaries (demo, tests).
+//! - [`artifact`]: an app's files: archives extracted under a reject-not-rewrite policy,
+//!   directories read back without following links, `manifest.json` validation, the verified
+//!   blob cache. [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered
+//!   chunks, capped and compacted; `app-executor logs` reads them back. [`alerts`]: failed,
+//!   timed-out, OOM, rescued and security-relevant run endings as `NOTIFY` events and signed,
+//!   retried webhook POSTs. [`cron`]: cron expressions with time zones and the DST policy, the
+//!   clock, and the scheduler loop that fires due schedules as runs.
+//! - [`outputs`]: the `/output` contract read back with an archive reader's care, and the
+//!   fenced recording of a run's `app_outputs` rows. [`retention`]: the background deletion of
+//!   old logs, outputs, builds and versions. [`sandbox`]: the container engine only — the
+//!   hardened profile, the install and run containers, the orphan sweep. [`runner`]: the claim
+//!   loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
+//! - [`pipeline`]: one attempt of a run, phase by phase (prepare, image, install, run, collect,
+//!   record): the production `RunExecutor`.
+//! - [`config`]: finds and layers `executor.toml`, `APP_EXECUTOR_*` and systemd credentials,
+//!   hands each section to the component that owns it (`<component>/settings.rs`), collects
+//!   the violations and redacts secrets.
+//! - [`app`]: the composition root; builds every client from the config and runs operations.
+//!   [`demo`]: `app-executor demo`, the whole system once on an embedded database.
+//! - [`cli`]: argument parsing, output formatting (human or `--json`) and exit codes.
 //!
 //! Boundaries: only `db` holds SQL; only `config` reads configuration sources; only `app`
-//! constructs clients. Pure logic is unit-tested next to its code; behaviour against real
-//! PostgreSQL and Docker is tested in `tests/integration`.
+//! constructs clients; only `sandbox` speaks to Docker. Pure logic is unit-tested next to its
+//! code; behaviour against real PostgreSQL and Docker is tested in `tests/integration`.
 
 pub mod alerts;
 pub mod app;
@@ -63,3 +65,5 @@ pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod units;
+
+pub mod layers;

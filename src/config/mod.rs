@@ -7,8 +7,8 @@
 //! and this module layers the sources, hands each section to its owner, collects every
 //! violation into one error and prints the result with secrets redacted.
 //!
-//! - [`sources`]: which file, the environment overrides, and figment's errors as one line each.
-//! - [`secrets`]: the database URL, storage key, webhook secret and registry password, from
+//! - `sources`: which file, the environment overrides, and figment's errors as one line each.
+//! - `secrets`: the database URL, storage key, webhook secret and registry password, from
 //!   the command line, the environment or systemd credentials, never from the file.
 //!
 //! Loading has two phases: figment deserialises the layers into the `Raw*` structs (unknown keys

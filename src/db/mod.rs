@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod artifact;
 mod channel_binding;
+pub mod executors;
 pub mod listener;
 pub mod migration;
 pub mod output;

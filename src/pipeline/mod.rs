@@ -13,8 +13,8 @@
 //! The runner writes the status afterwards from the returned [`Outcome`]. A stop (cancel,
 //! drain, lost lease) can end any phase; what is kept then depends on why (see `attempt`).
 //!
-//! - [`outcome`]: a finished container mapped to an exact outcome.
-//! - [`phases`]: the per-phase timer; [`sink`]: where the container's output goes.
+//! - `outcome`: a finished container mapped to an exact outcome.
+//! - `phases`: the per-phase timer; `sink`: where the container's output goes.
 
 mod outcome;
 mod phases;

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::alerts::Alerts;
+use crate::db::executors;
 use crate::db::queue::{self, ClaimLimits};
 use crate::model::{ClaimedRun, StopReason};
 use crate::ops::metrics;
@@ -205,7 +206,7 @@ impl Runner {
         background_tasks.close();
         background_tasks.wait().await;
         *state.lock().unwrap() = "stopped";
-        if let Err(e) = queue::heartbeat_executor(&pool, &executor_id, 0, "stopped").await {
+        if let Err(e) = executors::heartbeat_executor(&pool, &executor_id, 0, "stopped").await {
             tracing::warn!(error = %e, "could not mark this executor stopped");
         }
     }
@@ -262,7 +263,7 @@ async fn registry_heartbeat(
         }
         let running = registry.lock().unwrap().len() as i32;
         let current = *state.lock().unwrap();
-        if let Err(e) = queue::heartbeat_executor(&pool, &executor_id, running, current).await {
+        if let Err(e) = executors::heartbeat_executor(&pool, &executor_id, running, current).await {
             tracing::warn!(error = %e, "executor heartbeat failed");
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::engine::{Engine, ManagedContainer};
-use crate::db::queue;
+use crate::db::{executors, queue};
 
 /// Sweeps what dead daemons left on this host.
 pub struct Sweeper {
@@ -26,10 +26,10 @@ impl Sweeper {
     pub async fn sweep_orphans(&self, stale_after: Duration, host: Option<&str>) {
         let pool = &self.pool;
         if let Some(host) = host {
-            match queue::executors_on_host(pool, host, &self.executor_id).await {
+            match executors::executors_on_host(pool, host, &self.executor_id).await {
                 Ok(ids) => {
                     for id in ids.iter().filter(|id| !process_alive(id)) {
-                        match queue::retire_executor(pool, id).await {
+                        match executors::retire_executor(pool, id).await {
                             Ok(runs) => {
                                 tracing::warn!(executor = %id, runs, "a previous instance on this host is gone; its runs go back to the queue")
                             }
@@ -59,15 +59,15 @@ impl Sweeper {
                 return;
             }
         };
-        let executors: Vec<String> = containers
+        let owners: Vec<String> = containers
             .iter()
             .map(|c| c.executor.clone())
             .filter(|e| *e != self.executor_id)
             .collect();
-        if executors.is_empty() {
+        if owners.is_empty() {
             return;
         }
-        let dead = match queue::dead_executors(pool, &executors, stale_after).await {
+        let dead = match executors::dead_executors(pool, &owners, stale_after).await {
             Ok(dead) => dead,
             Err(e) => {
                 tracing::warn!(error = %e, "could not check container owners for the orphan sweep");
@@ -80,7 +80,7 @@ impl Sweeper {
                 tracing::warn!(container = %container.id, %executor, run_id = %container.run, "removing a container left by a daemon that is gone");
                 self.engine.remove(&container.id).await;
                 self.remove_orphaned_run_dir(&container).await;
-                if let Err(e) = queue::retire_executor(pool, executor).await {
+                if let Err(e) = executors::retire_executor(pool, executor).await {
                     tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
                 }
             }

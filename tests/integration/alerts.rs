@@ -191,8 +191,7 @@ async fn a_failed_run_is_notified_and_posted_signed_and_retried_after_a_500() {
 
     let log = daemon.log_text();
     assert!(!log.contains(SECRET), "the secret was logged:\n{log}");
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,8 +243,7 @@ async fn a_rescued_run_raises_run_rescued_naming_the_dead_executor() {
             .is_err(),
         "a successful retry raised an event"
     );
-    rescuer.signal("TERM");
-    assert!(rescuer.wait(Duration::from_secs(20)).success());
+    rescuer.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,8 +299,7 @@ async fn a_webhook_that_never_answers_holds_up_neither_runs_nor_shutdown() {
     assert_eq!(heard, runs, "every ending is announced exactly once");
 
     let stopping = Instant::now();
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
     // An attempt in flight gets 5 s, then is left in the outbox for the next daemon.
     assert!(
         stopping.elapsed() < Duration::from_secs(12),
@@ -477,8 +474,7 @@ async fn an_alert_outlives_the_daemon_that_raised_it_and_is_sent_once_by_one_of_
         "the first alert kept its delivery id across daemons"
     );
     for daemon in &mut daemons {
-        daemon.signal("TERM");
-        assert!(daemon.wait(Duration::from_secs(20)).success());
+        daemon.stop();
     }
 }
 
@@ -533,6 +529,5 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
         waited >= Duration::from_secs(2),
         "retried after {waited:?}, Retry-After asked for 2 s"
     );
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
 }

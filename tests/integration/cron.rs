@@ -812,12 +812,7 @@ async fn a_daemon_starts_runs_fired_ahead_at_their_instant_not_before() {
         .push(("APP_EXECUTOR_CRON__FIRE_AHEAD".to_owned(), "2s".to_owned()));
     let mut daemon = Daemon::spawn(&db, options);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    daemon.signal("TERM");
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.stop();
 
     let runs = client
         .query(
@@ -888,12 +883,7 @@ async fn a_daemon_whose_host_clock_is_ahead_fires_by_the_databases_clock() {
     }
     let mut daemon = Daemon::spawn(&db, options);
     tokio::time::sleep(Duration::from_secs(9)).await;
-    daemon.signal("TERM");
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.stop();
     assert!(
         daemon
             .log_text()

@@ -378,12 +378,7 @@ async fn a_claim_loop_stuck_on_a_hanging_database_stops_the_watchdog_pings() {
             |l| l == "WATCHDOG=1",
         )
         .await;
-    daemon.signal("TERM");
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.stop();
 }
 
 // ---- the HTTP endpoints ----------------------------------------------------------------------
@@ -605,8 +600,7 @@ async fn metrics_parse_as_prometheus_text_and_count_the_runs_done() {
 
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(30)).success());
+    daemon.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -657,12 +651,7 @@ async fn readyz_turns_unready_while_the_database_is_down_and_ready_again_after()
     .unwrap();
     wait_for_status(addr, "/readyz", 200, Duration::from_secs(30)).await;
 
-    daemon.signal("TERM");
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.stop();
     drop(db);
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(root);
@@ -721,11 +710,6 @@ async fn a_sandboxed_run_shows_its_phases_and_cache_use_and_readyz_pings_docker(
             );
         }
     }
-    daemon.signal("TERM");
-    assert!(
-        daemon.wait(Duration::from_secs(60)).success(),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.stop();
     crate::harness::docker::assert_no_containers(&DaemonOptions::test_label(state.path()));
 }

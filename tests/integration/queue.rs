@@ -195,8 +195,7 @@ async fn a_killed_daemons_runs_are_rescued_within_one_lease_and_its_late_write_i
     assert!(!late, "a stale executor's write was accepted");
     assert_eq!(run_row(&client, runs[0]).await.0, "success");
 
-    rescuer.signal("TERM");
-    assert!(rescuer.wait(Duration::from_secs(20)).success());
+    rescuer.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,8 +244,7 @@ async fn cancelled_runs_pending_or_running_stay_cancelled() {
     );
     assert!(row.get::<_, Option<i64>>(1).is_some());
 
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
     for run in runs {
         assert_eq!(run_row(&client, run).await.0, "cancelled");
     }
@@ -266,9 +264,7 @@ async fn a_drain_lets_short_runs_finish() {
         status_counts(&client).await.get("running") == Some(&2)
     })
     .await;
-    daemon.signal("TERM");
-    let status = daemon.wait(Duration::from_secs(20));
-    assert!(status.success(), "{}", daemon.log_text());
+    daemon.stop();
     assert_eq!(
         status_counts(&client).await,
         HashMap::from([("success".to_owned(), 2)])
@@ -289,9 +285,7 @@ async fn a_drain_returns_over_long_runs_to_the_queue_without_charging_an_attempt
         status_counts(&client).await.get("running") == Some(&2)
     })
     .await;
-    daemon.signal("TERM");
-    let status = daemon.wait(Duration::from_secs(20));
-    assert!(status.success(), "{}", daemon.log_text());
+    daemon.stop();
     for run in runs {
         let (status, attempt, executor) = run_row(&client, run).await;
         assert_eq!((status.as_str(), attempt, executor), ("pending", 0, None));
@@ -362,8 +356,7 @@ async fn runs_are_picked_up_by_polling_when_notifications_are_missed() {
         || async { status_counts(&client).await.get("success") == Some(&3) },
     )
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -546,6 +546,5 @@ async fn the_daemon_runs_retention_in_the_background_and_the_cli_dry_run_lists_i
     for key in &keys {
         assert!(!exists(&storage, APP_LOGS_BUCKET, key).await, "{key}");
     }
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(20)).success());
+    daemon.stop();
 }

@@ -644,8 +644,7 @@ async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
                 .unwrap();
         }
     }
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(60)).success());
+    daemon.stop();
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 

@@ -157,6 +157,18 @@ impl Daemon {
         }
     }
 
+    /// A drain: SIGTERM, then the exit within 30 s, which must be clean; panics with the log
+    /// otherwise.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.wait(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "the daemon did not drain cleanly ({status}); log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// The address of the ops endpoints (`/metrics`, `/healthz`, `/readyz`), from the line the
     /// daemon logs once it listens; panics with the log if that does not happen within 30 s.
     pub fn ops_addr(&mut self) -> std::net::SocketAddr {

@@ -1,9 +1,19 @@
 //! The command line: argument parsing, and for each subcommand, calling into `app` and printing
 //! the result (human text, or one JSON document on stdout with `--json`).
 //!
+//! - here: the argument definitions, exit codes and the dispatch to each subcommand;
+//! - `commands`: the subcommands with logic of their own (`enqueue --wait`, `retention`,
+//!   `cron next`, `validate`); `print`: the human-readable reports.
+//!
 //! Exit codes: 0 ok, 78 configuration error (EX_CONFIG; the systemd unit does not restart on
 //! it), 1 any other failure. Subcommands whose issue has not landed yet say so and exit 1; none
 //! pretends to succeed.
+
+mod commands;
+mod print;
+
+use commands::{cron_next, enqueue, retention, validate, NewRun};
+use print::{error_chain, print_check_report, print_migrate_report};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -184,76 +194,6 @@ pub struct ExitWith {
     pub message: String,
 }
 
-/// `enqueue`: create a run; with `--wait`, follow it to the end. Exit status with `--wait`:
-/// 0 success, 1 failed, 124 timeout, 130 cancelled.
-/// What `enqueue` was asked to create, as typed on the command line.
-struct NewRun<'a> {
-    app: &'a str,
-    company: Option<&'a str>,
-    input: Option<&'a str>,
-    run_type: &'a str,
-}
-
-async fn enqueue(config: &Config, new: NewRun<'_>, wait: bool, json: bool) -> anyhow::Result<()> {
-    let input: serde_json::Value = match new.input {
-        None => serde_json::json!({}),
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "--input is not JSON ({e}); pass an object such as '{{\"name\": \"x\"}}'"
-            )
-        })?,
-    };
-    let (pool, run) = app::enqueue(config, new.app, new.company, new.run_type, &input).await?;
-    if !wait {
-        if json {
-            println!("{}", serde_json::json!({ "run_id": run }));
-        } else {
-            println!("{run}");
-        }
-        return Ok(());
-    }
-    if !json {
-        eprintln!("enqueued run {run}; waiting for it (Ctrl-C stops waiting, the run goes on)");
-    }
-    let mut last = String::new();
-    let state = loop {
-        let state = crate::db::runs::run_state(&pool, run)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("run {run} disappeared"))?;
-        let now = format!("{} (attempt {})", state.status, state.attempt);
-        if now != last && !json {
-            eprintln!("run {run}: {now}");
-            last = now;
-        }
-        if state.is_terminal() {
-            break state;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
-    } else {
-        if let Some(kind) = &state.error_kind {
-            println!("error_kind: {kind}");
-        }
-        if let Some(message) = &state.error_message {
-            println!("error_message: {message}");
-        }
-        println!("status: {}", state.status);
-    }
-    let code = match state.status.as_str() {
-        "success" => return Ok(()),
-        "timeout" => 124,
-        "cancelled" => 130,
-        _ => 1,
-    };
-    Err(ExitWith {
-        code,
-        message: format!("run {run} ended {}", state.status),
-    }
-    .into())
-}
-
 /// Parses the config, runs the subcommand and returns the process exit code. Errors are printed
 /// here, once, with their whole chain.
 pub fn main(cli: Cli) -> ExitCode {
@@ -390,199 +330,6 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-/// `retention`: one pass now, or with `--dry-run` the list of what a pass would delete.
-async fn retention(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
-    let Some(report) = app::retention_pass(config, dry_run).await? else {
-        anyhow::bail!(
-            "another process (a daemon's retention pass) holds the retention lock; try again later"
-        );
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    for item in &report.planned {
-        println!(
-            "would delete {} {} ({} objects)",
-            item.kind,
-            item.id,
-            item.objects.len()
-        );
-        for key in &item.objects {
-            println!("  {key}");
-        }
-    }
-    let verb = if dry_run { "would delete" } else { "deleted" };
-    let (logs, outputs, versions) = (&report.logs, &report.outputs, &report.versions);
-    println!(
-        "{verb}: logs of {} runs ({} objects), outputs of {} runs ({} objects), {} builds, {} versions ({} objects)",
-        logs.runs, logs.objects, outputs.runs, outputs.objects, report.builds, versions.versions, versions.objects
-    );
-    if report.failures > 0 {
-        anyhow::bail!(
-            "{} runs or versions could not be deleted (storage failed; see the log); they are retried next pass",
-            report.failures
-        );
-    }
-    Ok(())
-}
-
-/// `cron next`: the schedule's upcoming nominal fire times, as the scheduler would fire them.
-fn cron_next(
-    expression: &str,
-    tz: &str,
-    after: Option<&str>,
-    count: usize,
-    json: bool,
-) -> anyhow::Result<()> {
-    let schedule = crate::cron::Schedule::parse(expression, tz)?;
-    let mut at = match after {
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "--after {text:?} is not an RFC 3339 instant ({e}); use e.g. 2026-03-08T00:00:00Z"
-                )
-            })?
-            .with_timezone(&chrono::Utc),
-        None => chrono::Utc::now(),
-    };
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        match schedule.next_after(at) {
-            Some(next) => {
-                times.push(next);
-                at = next;
-            }
-            None => break,
-        }
-    }
-    if times.is_empty() && count > 0 {
-        anyhow::bail!(
-            "{expression:?} never fires after {}; check the day-of-month and month fields",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-    }
-    let zone = schedule.zone();
-    if json {
-        let items: Vec<_> = times
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "utc": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "local": t.with_timezone(&zone).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
-    } else {
-        for t in &times {
-            let local = t.with_timezone(&zone);
-            println!(
-                "{}  {}",
-                local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `validate`: the app directory checked against this host's `[limits]`.
-fn validate(dir: &std::path::Path, config: &Config, json: bool) -> anyhow::Result<()> {
-    let report = crate::artifact::check_app_dir(dir, &config.limits.host);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_validate_report(&report);
-    }
-    if report.valid {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "{} is not a valid app: {} problem(s)",
-            dir.display(),
-            report.problems.len()
-        )
-    }
-}
-
-fn print_validate_report(report: &crate::artifact::AppDirReport) {
-    if let Some(m) = &report.manifest {
-        let limits = &m.limits;
-        println!(
-            "{} {} ({}): timeout {}, memory {}, cpu {}",
-            m.name,
-            m.version,
-            format!("{:?}", m.app_type).to_lowercase(),
-            humantime::format_duration(limits.timeout),
-            crate::units::format_bytes(limits.memory_bytes),
-            limits.cpu
-        );
-    }
-    for clamped in &report.clamped {
-        println!("note: {clamped}");
-    }
-    for problem in &report.problems {
-        println!("problem: {problem}");
-    }
-    if report.valid {
-        println!("{}: valid", report.dir);
-    }
-}
-
-/// The error and its causes, each once: many of our errors already include their cause in
-/// their own message, so a cause whose text is already there is not repeated.
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&message);
-        }
-    }
-    text
-}
-
-fn print_migrate_report(report: &crate::db::migration::MigrateReport) {
-    let verb = if report.dry_run {
-        "would apply"
-    } else {
-        "applied"
-    };
-    if report.bootstrap_applied {
-        println!(
-            "{verb} the Supabase compatibility bootstrap (plain PostgreSQL: no storage schema)"
-        );
-    }
-    for file in &report.applied {
-        println!("{verb} {file}");
-    }
-    for file in &report.changed_since_applied {
-        println!("warning: {file} changed since it was applied; applied migrations are never re-run, add a new file instead");
-    }
-    if report.applied.is_empty() {
-        println!(
-            "database is up to date ({} migrations applied)",
-            report.already_applied.len()
-        );
-    }
-}
-
-fn print_check_report(report: &app::CheckReport) {
-    for check in &report.checks {
-        let mark = if check.ok { "ok  " } else { "FAIL" };
-        println!("{mark} {:<10} {}", check.name, check.detail);
-    }
-    println!("\neffective configuration (secrets redacted):");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report.config).unwrap_or_default()
-    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,307 @@
+//! One container's life: create, attach before start (so no output is missed and the engine
+//! keeps no log copy), start, wait under the wall-clock limit, the `/output` cap and stops
+//! (SIGTERM, the grace, SIGKILL), with memory sampled for the peak; removed on every path.
+
+use super::{
+    docker, next_if_some, ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream,
+    OutputWatch, Timing,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, StatsOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::sandbox::profile::{container_config, ContainerSpec};
+use crate::sandbox::settings::SandboxSettings;
+
+impl Engine {
+    /// Creates, attaches, starts and waits for one container; then removes it, always.
+    pub async fn run_container(
+        &self,
+        spec: &ContainerSpec,
+        settings: &SandboxSettings,
+        sink: &mut dyn OutputSink,
+        timing: &Timing<'_>,
+        stop: &CancellationToken,
+        watch: Option<&OutputWatch>,
+    ) -> Result<ContainerExit, EngineError> {
+        let config = container_config(spec, settings);
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    ..Default::default()
+                }),
+                config,
+            )
+            .await
+            .map_err(docker("create a container"))?;
+        let id = created.id;
+        let result = self.drive(&id, sink, timing, stop, watch).await;
+        self.remove(&id).await;
+        result
+    }
+
+    async fn drive(
+        &self,
+        id: &str,
+        sink: &mut dyn OutputSink,
+        timing: &Timing<'_>,
+        stop: &CancellationToken,
+        watch: Option<&OutputWatch>,
+    ) -> Result<ContainerExit, EngineError> {
+        let attached = self
+            .long
+            .attach_container(
+                id,
+                Some(AttachContainerOptions {
+                    stream: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(docker("attach to a container"))?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(docker("start a container"))?;
+        let started = Instant::now();
+        let peak = Arc::new(AtomicU64::new(0));
+        let oom_kills = Arc::new(AtomicU64::new(0));
+        let sampler = tokio::spawn(sample_memory(
+            self.long.clone(),
+            id.to_owned(),
+            peak.clone(),
+        ));
+        let cgroup_sampler = tokio::spawn(sample_cgroup(
+            self.docker.clone(),
+            id.to_owned(),
+            peak.clone(),
+            oom_kills.clone(),
+        ));
+
+        let deadline = tokio::time::sleep(timing.timeout);
+        tokio::pin!(deadline);
+        // Set once SIGTERM was sent: SIGKILL follows then, unless the app exits first.
+        let kill_at = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(kill_at);
+        let mut terminating = false;
+        let mut watch_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut ended = Ended::Exited;
+        // Two phases in one loop, so the limits are enforced in one place: first the attach
+        // stream is read until it closes; then, since that is not proof of exit (an app can
+        // close its own stdout), the container is waited for until it is not running.
+        let mut output = Some(attached.output);
+        let mut waiter = None;
+        loop {
+            tokio::select! {
+                chunk = next_if_some(&mut output) => match chunk {
+                    Some(Ok(bollard::container::LogOutput::StdOut { message })) => {
+                        sink.output(OutputStream::Stdout, message).await
+                    }
+                    Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                        sink.output(OutputStream::Stderr, message).await
+                    }
+                    Some(Ok(_)) => {}
+                    // The stream ends (or breaks) when the container stops.
+                    end => {
+                        if let Some(Err(e)) = end {
+                            tracing::debug!(container = id, error = %e, "attach stream ended with an error");
+                        }
+                        output = None;
+                        waiter = Some(self.long.wait_container(
+                            id,
+                            Some(WaitContainerOptions {
+                                condition: "not-running".into(),
+                            }),
+                        ));
+                    }
+                },
+                waited = next_if_some(&mut waiter) => match waited {
+                    // bollard reports a non-zero exit as an error: it is an exit code.
+                    Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => break,
+                    Some(Err(e)) => return Err(docker("wait for a container")(e)),
+                },
+                _ = &mut deadline, if ended == Ended::Exited => {
+                    ended = Ended::TimedOut;
+                    terminating = self.terminate(id, timing.grace_at_timeout, kill_at.as_mut()).await;
+                }
+                _ = stop.cancelled(), if ended == Ended::Exited => {
+                    ended = Ended::Stopped;
+                    terminating = self.terminate(id, (timing.grace_on_stop)(), kill_at.as_mut()).await;
+                }
+                _ = &mut kill_at, if terminating => {
+                    terminating = false;
+                    tracing::info!(container = id, "the app did not stop within its grace after SIGTERM; killing it");
+                    self.kill(id).await;
+                }
+                // A lost lease while the app shuts down gracefully: no more grace.
+                _ = stop.cancelled(), if terminating && (timing.grace_on_stop)().is_zero() => {
+                    terminating = false;
+                    self.kill(id).await;
+                }
+                _ = watch_tick.tick(), if ended == Ended::Exited && output.is_some() && watch.is_some() => {
+                    let watch = watch.expect("guarded");
+                    if output_exceeds(watch).await {
+                        ended = Ended::OutputTooLarge;
+                        self.kill(id).await;
+                    }
+                }
+            }
+        }
+        let duration = started.elapsed();
+        sampler.abort();
+        cgroup_sampler.abort();
+        let inspected = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker("inspect a container"))?;
+        let state = inspected.state.unwrap_or_default();
+        let peak = peak.load(Ordering::Relaxed);
+        let oom_killed = state.oom_killed.unwrap_or(false);
+        Ok(ContainerExit {
+            ended,
+            exit_code: state.exit_code,
+            oom_killed,
+            oom_kills: oom_kills.load(Ordering::Relaxed).max(u64::from(oom_killed)),
+            peak_memory_bytes: (peak > 0).then_some(peak),
+            duration,
+        })
+    }
+
+    /// Sends SIGTERM and arms `kill_at` for SIGKILL after `grace`; with no grace, SIGKILL now.
+    /// Returns whether a SIGKILL is pending.
+    async fn terminate(
+        &self,
+        id: &str,
+        grace: Duration,
+        kill_at: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        if grace.is_zero() {
+            self.kill(id).await;
+            return false;
+        }
+        let signalled = self
+            .docker
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: "SIGTERM".into(),
+                }),
+            )
+            .await;
+        if let Err(e) = signalled {
+            tracing::debug!(container = id, error = %e, "SIGTERM did not apply; killing");
+            self.kill(id).await;
+            return false;
+        }
+        kill_at.reset(tokio::time::Instant::now() + grace);
+        true
+    }
+}
+
+/// Follows the container's memory cgroup on the host (every 50 ms, until aborted): its
+/// high-water mark into `peak`, its OOM-kill count into `oom_kills`. Does nothing where the
+/// cgroup cannot be found (another runtime's layout, a container that already exited).
+async fn sample_cgroup(
+    docker: Docker,
+    id: String,
+    peak: Arc<AtomicU64>,
+    oom_kills: Arc<AtomicU64>,
+) {
+    let pid = match docker.inspect_container(&id, None).await {
+        Ok(inspected) => inspected.state.and_then(|s| s.pid).unwrap_or(0),
+        Err(_) => 0,
+    };
+    if pid <= 0 {
+        return;
+    }
+    let Some(cgroup) = crate::sandbox::cgroup::MemoryCgroup::of_pid(pid) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let cgroup = cgroup.clone();
+        let Ok(counters) = tokio::task::spawn_blocking(move || cgroup.read()).await else {
+            return;
+        };
+        if counters.peak_bytes.is_none() && counters.oom_kills.is_none() {
+            return; // the cgroup is gone: the container exited
+        }
+        if let Some(bytes) = counters.peak_bytes {
+            peak.fetch_max(bytes, Ordering::Relaxed);
+        }
+        if let Some(kills) = counters.oom_kills {
+            oom_kills.fetch_max(kills, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Keeps the highest memory use the engine reports (cgroup v1 `max_usage`, else `usage`).
+async fn sample_memory(docker: Docker, id: String, peak: Arc<AtomicU64>) {
+    let mut stats = docker.stats(
+        &id,
+        Some(StatsOptions {
+            stream: true,
+            one_shot: false,
+        }),
+    );
+    while let Some(Ok(sample)) = stats.next().await {
+        if let Some(memory) = sample.memory_stats {
+            let used = memory.max_usage.or(memory.usage).unwrap_or(0);
+            peak.fetch_max(used, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the files under `watch.dir` exceed the caps (counted without following links).
+async fn output_exceeds(watch: &OutputWatch) -> bool {
+    let watch = watch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (bytes, files) = usage(&watch.dir, watch.max_files + 1);
+        bytes > watch.max_bytes || files > watch.max_files
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Bytes and entries under `dir`, counting at most `entry_limit` entries.
+pub fn usage(dir: &Path, entry_limit: usize) -> (u64, usize) {
+    let mut bytes = 0;
+    let mut entries = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            entries += 1;
+            if entries > entry_limit {
+                return (bytes, entries);
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                bytes += meta.len();
+            }
+        }
+    }
+    (bytes, entries)
+}
