@@ -56,9 +56,19 @@ fn resolve_secret(
     names: &[&str],
     credential: &str,
 ) -> Result<Option<String>, ConfigError> {
+    Ok(find_secret(env, names, credential)?.map(|(secret, _source)| secret))
+}
+
+/// [`resolve_secret`] with where the secret came from (the variable's name, or "the systemd
+/// credential <name>"), for messages about its value.
+fn find_secret(
+    env: &BTreeMap<String, String>,
+    names: &[&str],
+    credential: &str,
+) -> Result<Option<(String, String)>, ConfigError> {
     for name in names {
         if let Some(secret) = env.get(*name).filter(|v| !v.trim().is_empty()) {
-            return Ok(Some(secret.trim().to_owned()));
+            return Ok(Some((secret.trim().to_owned(), (*name).to_owned())));
         }
     }
     if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
@@ -67,7 +77,8 @@ fn resolve_secret(
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
             })?;
-            return Ok(Some(text.trim().to_owned()));
+            let source = format!("the systemd credential {credential}");
+            return Ok(Some((text.trim().to_owned(), source)));
         }
     }
     Ok(None)
@@ -88,23 +99,15 @@ pub(super) fn database_url(
             .map_err(ConfigError::Invalid);
     }
     let env_name = format!("{ENV_PREFIX}DATABASE__URL");
-    for name in [env_name.as_str(), "DATABASE_URL"] {
-        if let Some(url) = env.get(name).filter(|v| !v.is_empty()) {
-            return DatabaseUrl::parse(url, name)
-                .map(Some)
-                .map_err(ConfigError::Invalid);
-        }
-    }
-    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
-        let path = Path::new(dir).join(DATABASE_URL_CREDENTIAL);
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::Invalid(format!("cannot read credential {}: {e}", path.display()))
-            })?;
-            return DatabaseUrl::parse(text.trim(), "the systemd credential database-url")
-                .map(Some)
-                .map_err(ConfigError::Invalid);
-        }
+    let found = find_secret(
+        env,
+        &[env_name.as_str(), "DATABASE_URL"],
+        DATABASE_URL_CREDENTIAL,
+    )?;
+    if let Some((url, source)) = found {
+        return DatabaseUrl::parse(&url, &source)
+            .map(Some)
+            .map_err(ConfigError::Invalid);
     }
     if let Some(url) = from_file {
         let file = file
