@@ -6,11 +6,11 @@
 /// run pipeline, then the configuration that names every component's settings, then the
 /// composition root and the command line.
 pub const LAYERS: &[&[&str]] = &[
-    &["units", "model"],
+    &["units", "model", "signature"],
     &["storage", "db", "telemetry", "shutdown"],
     &["ops", "embedded_postgres"],
     &["artifact", "logs", "alerts", "cron"],
-    &["outputs", "retention", "sandbox", "runner"],
+    &["outputs", "retention", "sandbox", "runner", "webhooks"],
     &["pipeline"],
     &["config"],
     &["app"],

@@ -62,8 +62,10 @@ pub mod retention;
 pub mod runner;
 pub mod sandbox;
 pub mod shutdown;
+pub mod signature;
 pub mod storage;
 pub mod telemetry;
 pub mod units;
+pub mod webhooks;
 
 pub mod layers;

@@ -59,6 +59,11 @@ impl WebhookSecret {
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// The secret as text, for the Standard Webhooks key (`whsec_…` decoded). Never log this.
+    pub fn expose_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for WebhookSecret {

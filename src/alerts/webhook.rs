@@ -7,6 +7,11 @@
 //! `Retry-After` header asks (capped like the backoff); any other answer (a 4xx other than 429,
 //! a redirect) is final. The waiting happens in the outbox (`next_attempt_at`), not here. Never
 //! logs the secret, nor the URL's path (it often carries a token).
+//!
+//! With a secret, a delivery is signed twice: the Standard Webhooks headers (`webhook-id` = the
+//! delivery id, `webhook-timestamp`, `webhook-signature: v1,…`; see [`crate::signature`]), which
+//! the same verifier as our webhook listener checks, and `X-App-Executor-Signature:
+//! sha256=<hex>` over the body alone, kept for receivers written against it.
 
 use std::time::{Duration, SystemTime};
 
@@ -113,10 +118,20 @@ impl Webhook {
             .header(DELIVERY_HEADER, delivery.id.to_string())
             .body(delivery.body.to_owned());
         if let Some(secret) = &settings.secret {
-            request = request.header(
-                SIGNATURE_HEADER,
-                signature(secret, delivery.body.as_bytes()),
-            );
+            let id = delivery.id.to_string();
+            let timestamp = crate::signature::unix_seconds(SystemTime::now());
+            let key = crate::signature::key_of(secret.expose_str());
+            request = request
+                .header(
+                    SIGNATURE_HEADER,
+                    signature(secret, delivery.body.as_bytes()),
+                )
+                .header(crate::signature::ID_HEADER, &id)
+                .header(crate::signature::TIMESTAMP_HEADER, timestamp.to_string())
+                .header(
+                    crate::signature::SIGNATURE_HEADER,
+                    crate::signature::sign(&key, &id, timestamp, delivery.body.as_bytes()),
+                );
         }
         match request.send().await {
             Ok(response) => {

@@ -21,6 +21,7 @@ use crate::runner::Runner;
 use crate::sandbox::install::Installer;
 use crate::sandbox::{Engine, Sweeper};
 use crate::storage::Storage;
+use crate::webhooks::WebhookListener;
 
 /// Options of `app-executor run` that are not configuration.
 #[derive(Debug, Default, Clone)]
@@ -119,6 +120,26 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%executor_id, capacity, "executor registered; waiting for runs");
+    // The webhook trigger stops taking requests when the drain begins (its `?wait` requests
+    // answer at once), not when the last run is done.
+    let hooks_done = CancellationToken::new();
+    let hooks = match WebhookListener::start(&config.webhooks, pool.clone()).await {
+        Ok(hooks) => hooks,
+        Err(e) => anyhow::bail!(
+            "cannot listen for webhooks on webhooks.listen = {}: {e}; free the port or change the address",
+            config.webhooks.listen.map(|a| a.to_string()).unwrap_or_default()
+        ),
+    };
+    let hooks = hooks.map(|hooks| {
+        let (shutdown, done) = (shutdown.clone(), hooks_done.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = done.cancelled() => {}
+            }
+            hooks.stop().await;
+        })
+    });
     ops.ready(pool.clone(), &shutdown);
     let sweeper_stop = CancellationToken::new();
     let sweeper = docker.map(|docker| {
@@ -187,6 +208,10 @@ pub async fn run(
         .run(scheduler_stop.clone()),
     );
     runner.run(shutdown).await;
+    hooks_done.cancel();
+    if let Some(hooks) = hooks {
+        let _ = hooks.await;
+    }
     retention_stop.cancel();
     if let Some(retention) = retention {
         let _ = retention.await;

@@ -8,6 +8,7 @@
 
 mod check;
 mod daemon;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ use crate::storage::{
 
 pub use check::{check, Check, CheckReport};
 pub use daemon::{run, RunOptions};
+pub use webhooks::{
+    create_webhook, list_webhooks, rotate_webhook, set_webhook_active, CreatedWebhook,
+};
 
 /// The retention policy over this config's database and `storage`.
 fn retention_policy(
@@ -136,11 +140,22 @@ pub async fn enqueue(
         .map_err(|_| anyhow::anyhow!("--app {app:?} is not an application id (a uuid)"))?;
     let url = database_url(config)?;
     let pool = db::pool(url, config.database.connect_timeout, 2)?;
+    let company = company_of(&pool, app, company).await?;
+    let run = db::runs::insert_run(&pool, app, company, run_type, input).await?;
+    Ok((pool, run))
+}
+
+/// The company `--company` names (which must exist), or the app's only company.
+async fn company_of(
+    pool: &deadpool_postgres::Pool,
+    app: uuid::Uuid,
+    company: Option<&str>,
+) -> anyhow::Result<uuid::Uuid> {
     let company = match company {
         Some(c) => c
             .parse()
             .map_err(|_| anyhow::anyhow!("--company {c:?} is not a company id (a uuid)"))?,
-        None => match db::runs::companies_of_app(&pool, app).await?.as_slice() {
+        None => match db::runs::companies_of_app(pool, app).await?.as_slice() {
             [only] => *only,
             [] => anyhow::bail!("app {app} is not enabled for any company (app_exec.company_apps); pass --company <id>"),
             many => anyhow::bail!(
@@ -150,13 +165,11 @@ pub async fn enqueue(
             ),
         },
     };
-    match db::runs::tenant_exists(&pool, app, company).await? {
+    match db::runs::tenant_exists(pool, app, company).await? {
         (false, _) => anyhow::bail!("there is no application {app} in this database"),
         (_, false) => anyhow::bail!("there is no company {company} in this database"),
-        _ => {}
+        _ => Ok(company),
     }
-    let run = db::runs::insert_run(&pool, app, company, run_type, input).await?;
-    Ok((pool, run))
 }
 
 /// The configured storage after checking its key acts as the service role (both buckets

@@ -11,6 +11,7 @@
 
 mod commands;
 mod print;
+mod webhooks;
 
 use commands::{cron_next, enqueue, retention, validate, NewRun};
 use print::{error_chain, print_check_report, print_migrate_report};
@@ -138,6 +139,9 @@ pub enum Command {
     /// Cron tools
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Webhook triggers: URLs whose signed requests become webhook runs of an app
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Delete old logs, outputs, builds and versions now, as the daemons do every
     /// retention.interval (see [retention] in executor.toml)
     #[command(
@@ -183,6 +187,64 @@ pub enum CronCommand {
         /// Print a JSON array of {"utc", "local"}
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create a webhook for an app and company; prints its URL and its secret (only this once)
+    #[command(
+        after_help = "Example:\n  app-executor webhook create --app 7d9f... --company 1b2c... --description 'GitHub pushes'"
+    )]
+    Create {
+        /// Application id
+        #[arg(long)]
+        app: String,
+        /// Company id [default: the app's only company]
+        #[arg(long)]
+        company: Option<String>,
+        /// Also accept `Authorization: Bearer <secret>` from senders that cannot sign
+        #[arg(long)]
+        bearer: bool,
+        /// Requests per minute accepted (per listening daemon)
+        #[arg(long, default_value_t = 600)]
+        rate_limit: i32,
+        /// A note for the company's admins
+        #[arg(long)]
+        description: Option<String>,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a webhook a new secret (printed once); the old one stays valid for the grace period
+    Rotate {
+        /// Webhook id
+        id: String,
+        /// How long the old secret is still accepted
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// List webhooks (never their secrets)
+    List {
+        /// Only this application's
+        #[arg(long)]
+        app: Option<String>,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop accepting requests for a webhook (they get 404, like an unknown one)
+    Disable {
+        /// Webhook id
+        id: String,
+    },
+    /// Accept requests for a disabled webhook again
+    Enable {
+        /// Webhook id
+        id: String,
     },
 }
 
@@ -306,6 +368,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
         Command::Retention { dry_run, json } => retention(&config, dry_run, json).await,
+        Command::Webhook(command) => webhooks::run(&config, command).await,
         Command::Cron(CronCommand::Next {
             expression,
             tz,

@@ -41,6 +41,7 @@ use crate::runner::settings::{ExecutorSettings, QueueSettings, RawExecutor, RawQ
 use crate::sandbox::{RawSandbox, SandboxSettings};
 use crate::storage::settings::{RawStorage, StorageSettings};
 use crate::telemetry::{LogFormat, RawTelemetry, TelemetrySettings};
+use crate::webhooks::settings::{RawWebhooks, WebhookSettings};
 
 pub use sources::{CONFIG_PATH_ENV, ENV_PREFIX};
 
@@ -87,6 +88,8 @@ pub struct Config {
     pub alerts: AlertSettings,
     /// `[retention]`: how long logs, outputs and builds are kept.
     pub retention: RetentionSettings,
+    /// `[webhooks]`: the webhook trigger's listener (off unless `listen` is set).
+    pub webhooks: WebhookSettings,
 }
 
 // ---- raw layer: exactly what the TOML file and the environment may contain ------------------
@@ -107,6 +110,7 @@ struct RawConfig {
     outputs: RawOutputs,
     alerts: RawAlerts,
     retention: RawRetention,
+    webhooks: RawWebhooks,
 }
 
 impl Config {
@@ -188,6 +192,7 @@ impl Config {
         let outputs = OutputLimits::from_raw(&raw.outputs, v);
         let alerts = AlertSettings::from_raw(&raw.alerts, v);
         let retention = RetentionSettings::from_raw(&raw.retention, v);
+        let webhooks = WebhookSettings::from_raw(&raw.webhooks, v);
         let reported = "violations were reported above";
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
@@ -207,6 +212,7 @@ impl Config {
             outputs: outputs.expect(reported),
             alerts: alerts.expect(reported),
             retention: retention.expect(reported),
+            webhooks: webhooks.expect(reported),
         })
     }
 
@@ -227,6 +233,7 @@ impl Config {
             "outputs": self.outputs.to_json(),
             "alerts": self.alerts.redacted_json(),
             "retention": self.retention.to_json(),
+            "webhooks": self.webhooks.to_json(),
         })
     }
 }

@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod settings;
 pub mod statement;
 pub mod tls;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -35,6 +35,8 @@ pub const BUILD_INFO: &str = "app_executor_build_info";
 pub const ALERTS: &str = "app_executor_alerts_total";
 pub const ALERTS_WAITING: &str = "app_executor_alerts_waiting";
 pub const RETENTION_DELETED: &str = "app_executor_retention_deleted_total";
+pub const WEBHOOK_REQUESTS: &str = "app_executor_webhook_requests_total";
+pub const WEBHOOK_DURATION: &str = "app_executor_webhook_request_duration_seconds";
 
 /// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
 /// to the longest run a host allows (30 minutes by default).
@@ -46,6 +48,12 @@ pub const PHASE_BUCKETS: &[f64] = &[
 /// after downtime shows as minutes to a day.
 pub const CRON_LAG_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Upper bounds of the webhook request buckets, in seconds: a 202 takes milliseconds; a
+/// `?wait` request lasts as long as its run.
+pub const WEBHOOK_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// A phase of a run, the `phase` label of [`PHASE_DURATION`].
@@ -104,10 +112,20 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 pub fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PHASE_DURATION.into()), PHASE_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(CRON_LAG.into()), CRON_LAG_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(CRON_LAG.into()), CRON_LAG_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.into()), WEBHOOK_BUCKETS)
 }
 
 fn describe() {
+    describe_counter!(
+        WEBHOOK_REQUESTS,
+        "Webhook trigger requests, by outcome (accepted, replayed, unauthorized, not_found, too_large, rate_limited, company_full, unavailable, bad_request)"
+    );
+    describe_histogram!(
+        WEBHOOK_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a webhook trigger request (a ?wait request includes its run)"
+    );
     describe_counter!(
         RUNS_FINISHED,
         "Runs this daemon brought to a terminal status, by status and error_kind"
@@ -240,6 +258,12 @@ pub fn alert_sent(sink: &'static str, outcome: &'static str) {
 }
 
 /// The retention policy deleted `count` things of `kind`.
+/// One webhook trigger request answered.
+pub fn webhook_request(outcome: &'static str, took: Duration) {
+    counter!(WEBHOOK_REQUESTS, "outcome" => outcome).increment(1);
+    histogram!(WEBHOOK_DURATION).record(took.as_secs_f64());
+}
+
 pub fn retention_deleted(kind: &'static str, count: u64) {
     if count > 0 {
         counter!(RETENTION_DELETED, "kind" => kind).increment(count);

@@ -189,6 +189,31 @@ async fn a_failed_run_is_notified_and_posted_signed_and_retried_after_a_500() {
     wrong.update(second.1.as_bytes());
     assert!(wrong.verify_slice(&bytes).is_err());
 
+    // The Standard Webhooks headers verify with the same verifier the webhook listener uses,
+    // the delivery id as webhook-id.
+    assert_eq!(
+        header(&second.0, "webhook-id"),
+        header(&second.0, "x-app-executor-delivery")
+    );
+    let verified = app_executor::signature::verify(
+        &[app_executor::signature::key_of(SECRET)],
+        header(&second.0, "webhook-id"),
+        header(&second.0, "webhook-timestamp"),
+        header(&second.0, "webhook-signature"),
+        second.1.as_bytes(),
+        std::time::SystemTime::now(),
+    );
+    assert_eq!(verified, Ok(()));
+    assert!(app_executor::signature::verify(
+        &[b"other".to_vec()],
+        header(&second.0, "webhook-id"),
+        header(&second.0, "webhook-timestamp"),
+        header(&second.0, "webhook-signature"),
+        second.1.as_bytes(),
+        std::time::SystemTime::now(),
+    )
+    .is_err());
+
     let log = daemon.log_text();
     assert!(!log.contains(SECRET), "the secret was logged:\n{log}");
     daemon.stop();
