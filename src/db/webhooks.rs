@@ -112,7 +112,7 @@ pub async fn deliver(
         .await
         .map_err(query("begin a webhook delivery"))?;
     tx.execute(
-        "select pg_advisory_xact_lock(hashtextextended('app_exec.webhook_company:' || $1::text, 0))",
+        "select pg_advisory_xact_lock(hashtextextended('app_exec.webhook_company:' || $1::uuid::text, 0))",
         &[&hook.company_id],
     )
     .await

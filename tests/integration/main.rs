@@ -27,3 +27,4 @@ mod seed_contract;
 mod storage;
 mod storage_keys;
 mod supabase_cli;
+mod webhooks;

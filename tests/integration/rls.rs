@@ -572,3 +572,84 @@ async fn a_log_object_is_readable_only_under_its_runs_own_app_folder() {
     );
     tx.rollback().await.unwrap();
 }
+
+#[tokio::test]
+async fn company_managers_see_and_disable_their_hooks_but_nobody_reads_a_secret() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let t = tenants(&client).await;
+    let secret = app_executor::signature::generate_secret();
+    let hook: Uuid = client
+        .query_one(
+            "insert into public.app_webhooks (app_id, company_id, secret) values ($1, $2, $3) returning id",
+            &[&t.app_a, &t.company_a, &secret],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let visible = "select id from public.app_webhooks";
+
+    for (user, expected) in [
+        (t.a_owner, vec![hook]),
+        (t.a_admin, vec![hook]),
+        (t.a_member, vec![]),
+        (t.b_owner, vec![]),
+    ] {
+        let tx = as_user(&mut client, Some(user)).await;
+        assert_eq!(ids(&tx, visible).await, expected);
+        drop(tx);
+    }
+
+    // No client reads or writes a secret, an owner included.
+    for column in ["secret", "previous_secret", "*"] {
+        let tx = as_user(&mut client, Some(t.a_owner)).await;
+        let read = tx
+            .query(&format!("select {column} from public.app_webhooks"), &[])
+            .await;
+        assert!(read.is_err(), "an owner read {column}");
+        drop(tx);
+    }
+    let tx = as_user(&mut client, Some(t.a_owner)).await;
+    assert!(tx
+        .execute("update public.app_webhooks set secret = 'whsec_x'", &[])
+        .await
+        .is_err());
+    drop(tx);
+    let tx = as_user(&mut client, None).await;
+    assert!(tx.query(visible, &[]).await.is_err(), "anon reads hooks");
+    drop(tx);
+
+    // Another company's owner changes nothing; the hook's own owner disables it.
+    let tx = as_user(&mut client, Some(t.b_owner)).await;
+    let changed = tx
+        .execute("update public.app_webhooks set is_active = false", &[])
+        .await
+        .unwrap();
+    assert_eq!(changed, 0);
+    tx.commit().await.unwrap();
+    let tx = as_user(&mut client, Some(t.a_owner)).await;
+    let changed = tx
+        .execute(
+            "update public.app_webhooks set is_active = false where id = $1",
+            &[&hook],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    tx.commit().await.unwrap();
+    let active: bool = client
+        .query_one(
+            "select is_active from public.app_webhooks where id = $1",
+            &[&hook],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!active);
+    // The idempotency records are the service role's alone.
+    let tx = as_user(&mut client, Some(t.a_owner)).await;
+    assert!(tx
+        .query("select * from app_exec.webhook_deliveries", &[])
+        .await
+        .is_err());
+}

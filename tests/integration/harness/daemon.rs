@@ -172,10 +172,20 @@ impl Daemon {
     /// The address of the ops endpoints (`/metrics`, `/healthz`, `/readyz`), from the line the
     /// daemon logs once it listens; panics with the log if that does not happen within 30 s.
     pub fn ops_addr(&mut self) -> std::net::SocketAddr {
+        self.listening_addr("ops endpoints listening")
+    }
+
+    /// The address of the webhook listener (`[webhooks] listen`), like [`Daemon::ops_addr`].
+    pub fn webhooks_addr(&mut self) -> std::net::SocketAddr {
+        self.listening_addr("webhook listener listening")
+    }
+
+    /// The `local_addr=` of the first log line containing `marker`.
+    fn listening_addr(&mut self, marker: &str) -> std::net::SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log_text();
-            if let Some(line) = log.lines().find(|l| l.contains("ops endpoints listening")) {
+            if let Some(line) = log.lines().find(|l| l.contains(marker)) {
                 let addr = line
                     .split_whitespace()
                     .find_map(|word| word.strip_prefix("local_addr="))
@@ -183,11 +193,11 @@ impl Daemon {
                 return addr.parse().unwrap();
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}) before listening; log:\n{log}");
+                panic!("daemon exited ({status}) before logging {marker:?}; log:\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
-                "the daemon did not start its ops endpoints within 30 s; log:\n{log}"
+                "the daemon did not log {marker:?} within 30 s; log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
