@@ -62,3 +62,59 @@ create table app_exec.webhook_deliveries (
 create index webhook_deliveries_received_idx on app_exec.webhook_deliveries (received_at);
 revoke all on app_exec.webhook_deliveries from public, anon, authenticated;
 grant all on app_exec.webhook_deliveries to service_role;
+
+-- One delivery in one round trip (the listener answers 202 once it returns): the `webhook-id`
+-- seen within 24 hours answers its run; a company at `company_cap` pending runs gets nothing
+-- written; otherwise the id is recorded and the run inserted. Deliveries for one company are
+-- serialised by an advisory lock so the cap holds under a burst; the primary key decides
+-- between two deliveries of one id whatever the timing. Counting stops at the cap, so its cost
+-- is bounded by the cap, not the backlog (the partial index of pending runs by company).
+create function app_exec.deliver_webhook(
+  hook uuid, app uuid, company uuid, delivery text, input jsonb, company_cap bigint,
+  out outcome text, out run_id uuid, out pending bigint)
+language plpgsql set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('app_exec.webhook_company:' || company::text, 0));
+  if delivery is not null then
+    select d.run_id into run_id from app_exec.webhook_deliveries d
+     where d.hook_id = hook and d.webhook_id = delivery
+       and d.received_at > now() - interval '24 hours';
+    if found then
+      outcome := 'replayed';
+      return;
+    end if;
+  end if;
+  select count(*) into pending from (
+    select 1 from public.app_runs r
+     where r.company_id = company and r.status = 'pending' limit company_cap) p;
+  if pending >= company_cap then
+    outcome := 'company_full';
+    return;
+  end if;
+  run_id := gen_random_uuid();
+  if delivery is not null then
+    -- An expired record of the same id is taken over; a live one means another delivery won.
+    insert into app_exec.webhook_deliveries as d (hook_id, webhook_id, run_id)
+    values (hook, delivery, run_id)
+    on conflict (hook_id, webhook_id) do update
+      set run_id = excluded.run_id, received_at = now()
+      where d.received_at <= now() - interval '24 hours'
+    returning d.run_id into run_id;
+    if run_id is null then
+      select d.run_id into run_id from app_exec.webhook_deliveries d
+       where d.hook_id = hook and d.webhook_id = delivery;
+      outcome := 'replayed';
+      return;
+    end if;
+  end if;
+  insert into public.app_runs (id, app_id, company_id, run_type, input_data, metadata)
+  values (run_id, app, company, 'webhook', input,
+          jsonb_build_object('webhook', jsonb_build_object('hook_id', hook, 'webhook_id', delivery)));
+  outcome := 'created';
+end
+$$;
+revoke execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint)
+  from public, anon, authenticated;
+grant execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint)
+  to service_role;

@@ -94,11 +94,8 @@ pub enum Delivery {
 
 /// A `webhook` run of the hook's app for its company with `input`, unless the `webhook-id` was
 /// seen within [`IDEMPOTENCY_WINDOW`] (then that run) or the company has `company_cap` pending
-/// runs already. One transaction: a request answered `Created` has its run committed.
-///
-/// Concurrent deliveries for one company are serialised by an advisory lock, so the cap holds
-/// under a burst; two deliveries of one `webhook-id` are decided by the primary key of
-/// `webhook_deliveries` whatever the timing.
+/// runs already: one call of `app_exec.deliver_webhook`, one transaction, one round trip. A
+/// delivery answered `Created` has its run committed.
 pub async fn deliver(
     pool: &Pool,
     hook: &Hook,
@@ -106,88 +103,29 @@ pub async fn deliver(
     input: &serde_json::Value,
     company_cap: i64,
 ) -> Result<Delivery> {
-    let mut client = client(pool, "recording a webhook delivery").await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(query("begin a webhook delivery"))?;
-    tx.execute(
-        "select pg_advisory_xact_lock(hashtextextended('app_exec.webhook_company:' || $1::uuid::text, 0))",
-        &[&hook.company_id],
-    )
-    .await
-    .map_err(query("lock the company's webhook deliveries"))?;
-    if let Some(webhook_id) = webhook_id {
-        let seen = tx
-            .query_opt(
-                &format!(
-                    "select run_id from app_exec.webhook_deliveries
-                      where hook_id = $1 and webhook_id = $2
-                        and received_at > now() - interval '{IDEMPOTENCY_WINDOW}'"
-                ),
-                &[&hook.id, &webhook_id],
-            )
-            .await
-            .map_err(query("look up a webhook-id"))?;
-        if let Some(row) = seen {
-            return Ok(Delivery::Replayed(row.get(0)));
-        }
-    }
-    let pending: i64 = tx
+    let client = client(pool, "recording a webhook delivery").await?;
+    let row = client
         .query_one(
-            "select count(*) from public.app_runs where company_id = $1 and status = 'pending'",
-            &[&hook.company_id],
+            "select outcome, run_id, pending from app_exec.deliver_webhook($1, $2, $3, $4, $5, $6)",
+            &[
+                &hook.id,
+                &hook.app_id,
+                &hook.company_id,
+                &webhook_id,
+                input,
+                &company_cap,
+            ],
         )
         .await
-        .map_err(query("count the company's pending runs"))?
-        .get(0);
-    if pending >= company_cap {
-        return Ok(Delivery::CompanyFull { pending });
-    }
-    let run_id = Uuid::new_v4();
-    if let Some(webhook_id) = webhook_id {
-        // An expired record of the same id is taken over; a live one means another request
-        // won after all (it cannot, under the lock, but the key is what guarantees it).
-        let claimed = tx
-            .query_opt(
-                &format!(
-                    "insert into app_exec.webhook_deliveries (hook_id, webhook_id, run_id)
-                     values ($1, $2, $3)
-                     on conflict (hook_id, webhook_id) do update
-                       set run_id = excluded.run_id, received_at = now()
-                       where webhook_deliveries.received_at <= now() - interval '{IDEMPOTENCY_WINDOW}'
-                     returning run_id"
-                ),
-                &[&hook.id, &webhook_id, &run_id],
-            )
-            .await
-            .map_err(query("record a webhook-id"))?;
-        if claimed.is_none() {
-            let row = tx
-                .query_one(
-                    "select run_id from app_exec.webhook_deliveries
-                      where hook_id = $1 and webhook_id = $2",
-                    &[&hook.id, &webhook_id],
-                )
-                .await
-                .map_err(query("look up a webhook-id"))?;
-            return Ok(Delivery::Replayed(row.get(0)));
-        }
-    }
-    let metadata = serde_json::json!({
-        "webhook": { "hook_id": hook.id, "webhook_id": webhook_id },
-    });
-    tx.execute(
-        "insert into public.app_runs (id, app_id, company_id, run_type, input_data, metadata)
-         values ($1, $2, $3, 'webhook', $4, $5)",
-        &[&run_id, &hook.app_id, &hook.company_id, input, &metadata],
-    )
-    .await
-    .map_err(query("insert a webhook run"))?;
-    tx.commit()
-        .await
-        .map_err(query("commit a webhook delivery"))?;
-    Ok(Delivery::Created(run_id))
+        .map_err(query("record a webhook delivery"))?;
+    let outcome: String = row.get(0);
+    Ok(match outcome.as_str() {
+        "created" => Delivery::Created(row.get(1)),
+        "replayed" => Delivery::Replayed(row.get(1)),
+        _ => Delivery::CompanyFull {
+            pending: row.get(2),
+        },
+    })
 }
 
 /// Deletes idempotency records past the window; returns how many.

@@ -416,3 +416,41 @@ async fn current_status(shared: &Shared, run: Uuid) -> String {
         _ => "pending".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_input_carries_json_as_json_text_as_text_binary_as_base64_and_only_safe_headers() {
+        let json_headers = headers(&[
+            ("content-type", "application/vnd.api+json; charset=utf-8"),
+            ("authorization", "Bearer secret"),
+            ("webhook-signature", "v1,abc"),
+            ("x-github-event", "push"),
+            ("cookie", "a=b"),
+        ]);
+        let input = run_input(&json_headers, br#"{"a": [1, 2]}"#);
+        assert_eq!(input["body"], json!({"a": [1, 2]}));
+        assert_eq!(
+            input["headers"],
+            json!({"content-type": "application/vnd.api+json; charset=utf-8", "x-github-event": "push"})
+        );
+        // JSON that does not parse is kept as the text it is.
+        assert_eq!(run_input(&json_headers, b"{oops")["body"], "{oops");
+        let text = run_input(&headers(&[("content-type", "text/plain")]), b"[1]");
+        assert_eq!(text["body"], "[1]", "only a JSON content type makes JSON");
+        let binary = run_input(&HeaderMap::new(), &[0xff, 0x00, 0xfe]);
+        assert_eq!(binary["body"], "/wD+");
+        assert_eq!(binary["body_encoding"], "base64");
+        assert_eq!(binary["content_type"], "");
+    }
+}

@@ -332,6 +332,21 @@ async fn a_bearer_hook_accepts_its_secret_as_a_token_and_nothing_else() {
         202
     );
     assert_eq!(webhook_runs(&db, company).await, 2);
+
+    // Every answer is counted by outcome, and timed.
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.ops_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"app_executor_webhook_requests_total{outcome="accepted"} 2"#,
+        r#"app_executor_webhook_requests_total{outcome="unauthorized"} 1"#,
+        "app_executor_webhook_request_duration_seconds_count 3",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
     daemon.stop();
 }
 
