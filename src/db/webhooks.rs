@@ -59,13 +59,17 @@ pub struct HookSummary {
 /// The hook, or `None` when there is none with this id.
 pub async fn find_hook(pool: &Pool, id: Uuid) -> Result<Option<Hook>> {
     let client = client(pool, "looking up a webhook").await?;
-    let row = client
-        .query_opt(
+    // Prepared once per connection: every request runs this and `deliver`.
+    let statement = client
+        .prepare_cached(
             "select id, app_id, company_id, is_active, allow_bearer, rate_limit_per_minute, secret,
                     case when previous_secret_expires_at > now() then previous_secret end
                from public.app_webhooks where id = $1",
-            &[&id],
         )
+        .await
+        .map_err(query("prepare the webhook lookup"))?;
+    let row = client
+        .query_opt(&statement, &[&id])
         .await
         .map_err(query("look up a webhook"))?;
     Ok(row.map(|r| Hook {
@@ -104,9 +108,15 @@ pub async fn deliver(
     company_cap: i64,
 ) -> Result<Delivery> {
     let client = client(pool, "recording a webhook delivery").await?;
+    let statement = client
+        .prepare_cached(
+            "select outcome, run_id, pending from app_exec.deliver_webhook($1, $2, $3, $4, $5, $6)",
+        )
+        .await
+        .map_err(query("prepare the webhook delivery"))?;
     let row = client
         .query_one(
-            "select outcome, run_id, pending from app_exec.deliver_webhook($1, $2, $3, $4, $5, $6)",
+            &statement,
             &[
                 &hook.id,
                 &hook.app_id,
