@@ -119,9 +119,11 @@ impl EmbeddedPostgres {
             None => free_port().map_err(dir_err)?,
         };
         std::fs::write(&port_file, cluster.port.to_string()).map_err(dir_err)?;
+        // wal_level = logical, as on Supabase (Realtime reads the supabase_realtime
+        // publication through a logical slot), so that can be tested here too.
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
+             -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical",
             cluster.port,
             socket.display()
         );

@@ -140,7 +140,7 @@ pub async fn run(
             hooks.stop().await;
         })
     });
-    ops.ready(pool.clone(), &shutdown);
+    ops.ready(pool.clone(), &shutdown, config.executor.state_dir.clone());
     let sweeper_stop = CancellationToken::new();
     let sweeper = docker.map(|docker| {
         let (stop, queue) = (sweeper_stop.clone(), config.queue.clone());

@@ -67,6 +67,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000013_executor_tenant_guards.sql"),
     migration!("20250801000014_executor_claim_bounded_lock_wait.sql"),
     migration!("20250801000015_executor_webhooks.sql"),
+    migration!("20250801000016_executor_realtime.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -35,6 +35,10 @@ pub const BUILD_INFO: &str = "app_executor_build_info";
 pub const ALERTS: &str = "app_executor_alerts_total";
 pub const ALERTS_WAITING: &str = "app_executor_alerts_waiting";
 pub const RETENTION_DELETED: &str = "app_executor_retention_deleted_total";
+pub const DATABASE_UP: &str = "app_executor_database_up";
+pub const CLAIM_LOOP_AGE: &str = "app_executor_claim_loop_tick_age_seconds";
+pub const STATE_DIR_FREE: &str = "app_executor_state_dir_free_bytes";
+pub const STATE_DIR_SIZE: &str = "app_executor_state_dir_size_bytes";
 pub const WEBHOOK_REQUESTS: &str = "app_executor_webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "app_executor_webhook_request_duration_seconds";
 
@@ -102,6 +106,36 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
                 .map_err(|e| e.to_string())?;
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Counters without labels exist from the start at 0, so rules such as
+            // `increase(…[15m]) > 0` see the first event (a series that appears with its first
+            // increment has no earlier sample to increase from).
+            for name in [
+                RUNS_CLAIMED,
+                LEASE_LOSSES,
+                CANCELLATIONS,
+                OOM_KILLS,
+                BLOB_CACHE_HITS,
+                BLOB_CACHE_MISSES,
+                BLOB_DOWNLOADED_BYTES,
+                CRON_FIRES,
+            ] {
+                counter!(name).absolute(0);
+            }
+            for outcome in ["requeued", "failed"] {
+                counter!(RUNS_RESCUED, "outcome" => outcome).absolute(0);
+            }
+            for reason in ["retry", "shutdown", "stopped"] {
+                counter!(RUNS_RELEASED, "reason" => reason).absolute(0);
+            }
+            for (sink, outcome) in [
+                ("notify", "sent"),
+                ("webhook", "sent"),
+                ("webhook", "failed"),
+                ("webhook", "dropped"),
+            ] {
+                counter!(ALERTS, "sink" => sink, "outcome" => outcome).absolute(0);
+            }
+            gauge!(ALERTS_WAITING).set(0.0);
             Ok(handle)
         })
         .clone()
@@ -117,6 +151,25 @@ pub fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::Build
 }
 
 fn describe() {
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the last queue-depth query (every ops.status_interval) succeeded, else 0"
+    );
+    describe_gauge!(
+        CLAIM_LOOP_AGE,
+        metrics::Unit::Seconds,
+        "Time since the claim loop last made progress (what the systemd watchdog checks)"
+    );
+    describe_gauge!(
+        STATE_DIR_FREE,
+        metrics::Unit::Bytes,
+        "Bytes available to the daemon on the file system of executor.state_dir"
+    );
+    describe_gauge!(
+        STATE_DIR_SIZE,
+        metrics::Unit::Bytes,
+        "Size of the file system of executor.state_dir"
+    );
     describe_counter!(
         WEBHOOK_REQUESTS,
         "Webhook trigger requests, by outcome (accepted, replayed, unauthorized, not_found, too_large, rate_limited, company_full, unavailable, bad_request)"
@@ -258,6 +311,22 @@ pub fn alert_sent(sink: &'static str, outcome: &'static str) {
 }
 
 /// The retention policy deleted `count` things of `kind`.
+/// Whether the database answered the last status query.
+pub fn set_database_up(up: bool) {
+    gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Time since the claim loop last made progress.
+pub fn set_claim_loop_age(age: Duration) {
+    gauge!(CLAIM_LOOP_AGE).set(age.as_secs_f64());
+}
+
+/// Free and total bytes of the state directory's file system.
+pub fn set_state_dir_space(free: u64, size: u64) {
+    gauge!(STATE_DIR_FREE).set(free as f64);
+    gauge!(STATE_DIR_SIZE).set(size as f64);
+}
+
 /// One webhook trigger request answered.
 pub fn webhook_request(outcome: &'static str, took: Duration) {
     counter!(WEBHOOK_REQUESTS, "outcome" => outcome).increment(1);

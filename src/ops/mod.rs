@@ -105,7 +105,7 @@ impl Ops {
     /// The startup checks passed: marks the daemon active, sends `READY=1` with a first status,
     /// starts the watchdog and the status refresh, and arranges `STOPPING=1` for when
     /// `shutdown` fires. Call before the runner starts, so its idle wait honours the watchdog.
-    pub fn ready(&self, pool: Pool, shutdown: &CancellationToken) {
+    pub fn ready(&self, pool: Pool, shutdown: &CancellationToken, state_dir: std::path::PathBuf) {
         let status = self.status.clone();
         status.advance(Phase::Active);
         metrics::set_running(0, status.capacity());
@@ -132,6 +132,7 @@ impl Ops {
         self.tasks.spawn(systemd::status_loop(
             self.systemd.clone(),
             pool,
+            state_dir,
             status.clone(),
             self.metrics.clone(),
             self.config.status_interval,

@@ -183,6 +183,7 @@ fn loop_alive(since_last_tick: Duration, period: Duration, phase: Phase) -> bool
 pub async fn status_loop(
     systemd: Arc<Systemd>,
     pool: Pool,
+    state_dir: std::path::PathBuf,
     status: Arc<DaemonStatus>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     interval: Duration,
@@ -202,6 +203,20 @@ pub async fn status_loop(
                 }
                 Err(_) => None,
             };
+        super::metrics::set_database_up(depth.is_some());
+        super::metrics::set_claim_loop_age(status.since_last_tick());
+        match nix::sys::statvfs::statvfs(&state_dir) {
+            Ok(fs) => {
+                let block = fs.fragment_size();
+                super::metrics::set_state_dir_space(
+                    fs.blocks_available() * block,
+                    fs.blocks() * block,
+                );
+            }
+            Err(e) => {
+                tracing::debug!(dir = %state_dir.display(), error = %e, "cannot stat the state directory's file system")
+            }
+        }
         super::metrics::set_running(status.running(), status.capacity());
         if let Some(handle) = &metrics {
             handle.run_upkeep();

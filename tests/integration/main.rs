@@ -14,6 +14,7 @@ mod demo;
 mod docker;
 mod logs;
 mod migrate;
+mod monitoring;
 mod ops;
 mod outputs;
 mod publish;

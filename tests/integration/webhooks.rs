@@ -13,7 +13,7 @@ use crate::harness::daemon::{Daemon, DaemonOptions};
 use crate::harness::{binary, insert_tenant, TestDb};
 
 /// A company with an app enabled for it.
-async fn tenant(db: &TestDb) -> (Uuid, Uuid) {
+pub(crate) async fn tenant(db: &TestDb) -> (Uuid, Uuid) {
     let client = db.client().await;
     let (company, app) = insert_tenant(&client).await;
     client
@@ -48,7 +48,12 @@ async fn cli(db: &TestDb, args: &[&str]) -> String {
 }
 
 /// A new hook: `(id, secret)`.
-async fn create_hook(db: &TestDb, app: Uuid, company: Uuid, extra: &[&str]) -> (Uuid, String) {
+pub(crate) async fn create_hook(
+    db: &TestDb,
+    app: Uuid,
+    company: Uuid,
+    extra: &[&str],
+) -> (Uuid, String) {
     let (app, company) = (app.to_string(), company.to_string());
     let mut args = vec!["create", "--app", &app, "--company", &company, "--json"];
     args.extend_from_slice(extra);
@@ -74,7 +79,7 @@ fn daemon(db: &TestDb, mut options: DaemonOptions, extra: &[(&str, &str)]) -> (D
 }
 
 /// The Standard Webhooks headers for `body` signed with `secret` at `timestamp`.
-fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
     vec![
         ("webhook-id".into(), id.into()),
         ("webhook-timestamp".into(), timestamp.to_string()),
@@ -85,12 +90,12 @@ fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, S
     ]
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     signature::unix_seconds(SystemTime::now())
 }
 
 /// POSTs `body` with `headers`: `(status, parsed body, Retry-After)`.
-async fn post(
+pub(crate) async fn post(
     url: &str,
     headers: &[(String, String)],
     body: &[u8],
