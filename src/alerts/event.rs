@@ -42,6 +42,7 @@ pub enum EventKind {
     RunOom,
     RunRescued,
     Security,
+    ResourceThreshold,
 }
 
 impl EventKind {
@@ -52,6 +53,7 @@ impl EventKind {
             EventKind::RunOom => "run_oom",
             EventKind::RunRescued => "run_rescued",
             EventKind::Security => "security",
+            EventKind::ResourceThreshold => "resource_threshold",
         }
     }
 }
@@ -83,6 +85,10 @@ pub struct AlertEvent {
     pub attempt: i32,
     pub executor_id: Option<String>,
     pub at: DateTime<Utc>,
+    /// For `resource_threshold`: each resource at or above its threshold, as
+    /// `{"resource", "used", "limit", "ratio"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<serde_json::Value>,
 }
 
 impl AlertEvent {
@@ -138,6 +144,7 @@ mod tests {
             attempt: 1,
             executor_id: Some("host-1-abc".into()),
             at: DateTime::from_timestamp(1_754_000_000, 0).unwrap(),
+            thresholds: None,
         }
     }
 

@@ -80,6 +80,7 @@ impl Alerts {
             attempt: run.attempt,
             executor_id: Some(executor_id.to_owned()),
             at: chrono::Utc::now(),
+            thresholds: None,
         })
     }
 
@@ -96,6 +97,30 @@ impl Alerts {
             attempt: rescued.attempt,
             executor_id: rescued.previous_executor.clone(),
             at: chrono::Utc::now(),
+            thresholds: None,
+        })
+    }
+
+    /// `resource_threshold` for a run that used `crossings` (a JSON array) of its limits, to
+    /// write with its record (see `db::runs::record_thresholds`).
+    pub fn for_thresholds(
+        &self,
+        run: &ClaimedRun,
+        executor_id: &str,
+        crossings: serde_json::Value,
+    ) -> Option<Raised> {
+        self.raise(AlertEvent {
+            event: EventKind::ResourceThreshold,
+            run_id: run.id,
+            app_id: run.app_id,
+            company_id: run.company_id,
+            status: "running".to_owned(),
+            error_kind: None,
+            error_message: None,
+            attempt: run.attempt,
+            executor_id: Some(executor_id.to_owned()),
+            at: chrono::Utc::now(),
+            thresholds: Some(crossings),
         })
     }
 

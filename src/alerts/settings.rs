@@ -23,6 +23,10 @@ pub struct RawAlerts {
     max_attempts: u32,
     retry_backoff: String,
     queue_capacity: usize,
+    memory_threshold: f64,
+    cpu_throttle_threshold: f64,
+    output_threshold: f64,
+    logs_threshold: f64,
     /// Only to refuse it with a message naming the fix: the secret never lives in the file.
     #[serde(skip_serializing)]
     webhook_secret: Option<String>,
@@ -40,6 +44,10 @@ impl Default for RawAlerts {
             max_attempts: 5,
             retry_backoff: "1s".into(),
             queue_capacity: 10_000,
+            memory_threshold: 0.9,
+            cpu_throttle_threshold: 0.5,
+            output_threshold: 0.9,
+            logs_threshold: 0.9,
             webhook_secret: None,
             resolved_secret: None,
         }
@@ -83,6 +91,22 @@ pub struct AlertSettings {
     /// beyond it a new event skips the webhook with a warning, so a receiver that stays down
     /// cannot grow the table without bound.
     pub queue_capacity: usize,
+    /// When a run's use of a resource raises a `resource_threshold` event.
+    pub thresholds: Thresholds,
+}
+
+/// Fractions of a run's limits at or above which its ending raises `resource_threshold`
+/// (`[alerts] memory_threshold`, ...); `1.0` or more turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Thresholds {
+    /// Peak memory of the limit.
+    pub memory: f64,
+    /// CPU periods in which the run was throttled, of all its periods.
+    pub cpu_throttle: f64,
+    /// Bytes or files in `/output` of `sandbox.output_max` / `output_max_files`.
+    pub output: f64,
+    /// Bytes a stream wrote of `logs.stream_cap`.
+    pub logs: f64,
 }
 
 /// Where and how events are POSTed. `Debug` shows the URL redacted.
@@ -155,6 +179,18 @@ impl AlertSettings {
                 raw.queue_capacity
             ));
         }
+        for (key, value) in [
+            ("memory_threshold", raw.memory_threshold),
+            ("cpu_throttle_threshold", raw.cpu_throttle_threshold),
+            ("output_threshold", raw.output_threshold),
+            ("logs_threshold", raw.logs_threshold),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                violations.push(format!(
+                    "alerts.{key} = {value}: must be a fraction above 0, e.g. 0.9 (1.0 or more turns it off)"
+                ));
+            }
+        }
         let url = match raw.webhook_url.trim() {
             "" => None,
             text => match url::Url::parse(text) {
@@ -187,6 +223,12 @@ impl AlertSettings {
                 retry_backoff: retry_backoff.unwrap_or_default(),
             }),
             queue_capacity: raw.queue_capacity,
+            thresholds: Thresholds {
+                memory: raw.memory_threshold,
+                cpu_throttle: raw.cpu_throttle_threshold,
+                output: raw.output_threshold,
+                logs: raw.logs_threshold,
+            },
         })
     }
 
@@ -197,6 +239,7 @@ impl AlertSettings {
             "notify": self.notify,
             "webhook_url": webhook.map(WebhookSettings::redacted_url).unwrap_or_default(),
             "webhook_secret": webhook.and_then(|w| w.secret.as_ref()).map(|_| "***"),
+            "thresholds": self.thresholds,
             "webhook_timeout": webhook.map(|w| humantime::format_duration(w.timeout).to_string()),
             "max_attempts": webhook.map(|w| w.max_attempts),
             "retry_backoff": webhook.map(|w| humantime::format_duration(w.retry_backoff).to_string()),

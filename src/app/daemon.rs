@@ -84,15 +84,18 @@ pub async fn run(
     }
 
     let storage = verified_storage(config).await?;
+    let webhook = webhook_client(config)?;
+    // Before the execution: the pipeline raises resource_threshold events through it.
+    let (alerts, alert_tasks) = crate::alerts::start(&config.alerts, pool.clone(), webhook);
     let (execution, docker) = select_execution(
         config,
         &pool,
         storage.clone(),
         &executor_id,
         options.test_execution.as_deref(),
+        alerts.clone(),
     )
     .await?;
-    let webhook = webhook_client(config)?;
     let retention = if config.retention.enabled {
         Some(retention_policy(config, pool.clone(), storage)?)
     } else {
@@ -174,7 +177,6 @@ pub async fn run(
         listener_stop.clone(),
     ));
 
-    let (alerts, alert_tasks) = crate::alerts::start(&config.alerts, pool.clone(), webhook);
     let retention_stop = CancellationToken::new();
     let retention = retention.map(|r| tokio::spawn(r.run(retention_stop.clone())));
     let runner = Runner {
@@ -259,6 +261,7 @@ async fn select_execution(
     storage: Arc<dyn Storage>,
     executor_id: &str,
     test_execution: Option<&str>,
+    alerts: crate::alerts::Alerts,
 ) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<Sweeper>>)> {
     match test_execution {
         None => {
@@ -293,6 +296,8 @@ async fn select_execution(
                 engine,
                 settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),
+                alerts,
+                thresholds: config.alerts.thresholds,
             });
             Ok((pipeline, Some(sweeper)))
         }

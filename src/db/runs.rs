@@ -182,3 +182,45 @@ pub async fn run_result(pool: &Pool, run: Uuid) -> Result<Option<serde_json::Val
         .map_err(query("read a run's result"))?;
     Ok(row.and_then(|r| r.get(0)))
 }
+
+/// Records on a running run (fenced by its claim) the resources it used at or above their
+/// thresholds (`metadata.resource_thresholds`), and raises `alert` with it in one transaction.
+/// `None` when the run is no longer this claim's (nothing written).
+pub async fn record_thresholds(
+    pool: &Pool,
+    run: Uuid,
+    executor_id: &str,
+    attempt: i32,
+    crossings: &serde_json::Value,
+    alert: Option<&super::alert::Raised>,
+) -> Result<Option<Option<super::alert::Recorded>>, QueueError> {
+    let mut client = client(pool, "recording a run's resource thresholds").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("begin recording resource thresholds"))?;
+    let updated = tx
+        .execute(
+            "update public.app_runs
+                set metadata = metadata || jsonb_build_object('resource_thresholds', $4::jsonb)
+              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+            &[&run, &executor_id, &attempt, crossings],
+        )
+        .await
+        .map_err(query("record resource thresholds"))?;
+    if updated == 0 {
+        return Ok(None);
+    }
+    let recorded = match alert {
+        Some(alert) => Some(
+            super::alert::raise(&tx, alert)
+                .await
+                .map_err(query("raise a resource_threshold alert"))?,
+        ),
+        None => None,
+    };
+    tx.commit()
+        .await
+        .map_err(query("commit resource thresholds"))?;
+    Ok(Some(recorded))
+}

@@ -19,6 +19,7 @@
 mod outcome;
 mod phases;
 mod sink;
+mod thresholds;
 
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub struct RunPipeline {
     pub installer: Installer,
     pub settings: SandboxSettings,
     pub executor_id: String,
+    /// Raises `resource_threshold` for runs that came near their limits.
+    pub alerts: crate::alerts::Alerts,
+    pub thresholds: crate::alerts::settings::Thresholds,
 }
 
 /// How an attempt ended: `Ok` once its outputs were recorded (the app ran to an end the run
@@ -236,6 +240,8 @@ impl RunPipeline {
             },
         )
         .await;
+        self.check_thresholds(run, &app, &exit, &run_dir, &summary)
+            .await;
         phases.done("record");
         phases.report();
         Ok(outcome)
@@ -329,6 +335,62 @@ impl RunPipeline {
             }
         }
         Ok(dependencies)
+    }
+
+    /// After the record: the resources the run used at or above their thresholds, noted on the
+    /// run (`metadata.resource_thresholds`) and raised as one `resource_threshold` event.
+    async fn check_thresholds(
+        &self,
+        run: &ClaimedRun,
+        app: &PreparedApp,
+        exit: &crate::sandbox::ContainerExit,
+        run_dir: &std::path::Path,
+        logs: &crate::logs::LogSummary,
+    ) {
+        let output = run_dir.join("output");
+        let limit = self.settings.output_max_files + 1;
+        let (output_bytes, output_files) =
+            tokio::task::spawn_blocking(move || crate::sandbox::engine::usage(&output, limit))
+                .await
+                .unwrap_or_default();
+        let usage = thresholds::Usage {
+            peak_memory: peak_memory(exit, app.manifest.limits.memory_bytes),
+            memory_limit: app.manifest.limits.memory_bytes,
+            output_bytes,
+            output_max_bytes: self.settings.output_max_bytes,
+            output_files: output_files as u64,
+            output_max_files: self.settings.output_max_files as u64,
+            log_bytes: vec![
+                ("stdout", logs.stdout.received_bytes),
+                ("stderr", logs.stderr.received_bytes),
+            ],
+            log_cap: self.logs.stream_cap,
+        };
+        let crossed = thresholds::crossed(&self.thresholds, &usage);
+        if crossed.is_empty() {
+            return;
+        }
+        let crossed = serde_json::Value::Array(crossed);
+        tracing::warn!(run_id = %run.id, thresholds = %crossed, "the run came near its limits");
+        let raised = self
+            .alerts
+            .for_thresholds(run, &self.executor_id, crossed.clone());
+        let recorded = crate::db::runs::record_thresholds(
+            &self.resolver.pool,
+            run.id,
+            &self.executor_id,
+            run.attempt,
+            &crossed,
+            raised.as_ref(),
+        )
+        .await;
+        match (recorded, &raised) {
+            (Ok(Some(Some(recorded))), Some(raised)) => self.alerts.raised(raised, recorded),
+            (Ok(_), _) => {}
+            (Err(e), _) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not record the run's resource thresholds")
+            }
+        }
     }
 
     /// Phase 6: the run's outputs, metrics and failure recorded, fenced by the lease.

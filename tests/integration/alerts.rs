@@ -556,3 +556,100 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
     );
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_near_its_memory_limit_raises_one_resource_threshold_event_and_one_at_half_none() {
+    crate::harness::docker::ensure_engine();
+    let db = TestDb::migrated().await;
+    let state = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    // Allocates (and touches) memory until its cgroup's usage, as the container sees it,
+    // reaches input.fraction of its limit (RSS would count shared pages charged elsewhere).
+    let dir = crate::harness::apps::write_app(
+        &[(
+            "index.js",
+            r#"const fs = require("fs");
+const read = (...files) => {
+  for (const f of files) { try { return Number(fs.readFileSync(f, "utf8").trim()); } catch {} }
+  return NaN;
+};
+const usage = () => read("/sys/fs/cgroup/memory/memory.usage_in_bytes", "/sys/fs/cgroup/memory.current");
+const limit = read("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max");
+const target = JSON.parse(process.env.APP_INPUT).fraction * limit;
+const kept = [];
+while (usage() < target) kept.push(Buffer.alloc(1024 * 1024, 1));
+console.log("usage", usage(), "of", limit);
+// Held for a moment: the cgroup's high-water mark is sampled every 50 ms while the container
+// lives, and its cgroup is gone the instant it exits.
+setTimeout(() => console.log("kept", kept.length), 300);"#,
+        )],
+        serde_json::json!({"memory_limit": "256MiB"}),
+        serde_json::json!([]),
+    );
+    crate::harness::apps::publish_ok(&db, state.path(), dir.path(), app);
+    let (_session, mut events) = listen(&db, "app_executor_events").await;
+    let near =
+        crate::harness::apps::enqueue(&client, app, company, serde_json::json!({"fraction": 0.95}))
+            .await;
+    let half =
+        crate::harness::apps::enqueue(&client, app, company, serde_json::json!({"fraction": 0.5}))
+            .await;
+    let log = crate::harness::daemon::run_until_idle(
+        &db,
+        DaemonOptions::production(state.path()).queue("max_concurrent_runs", "1"),
+    )
+    .await;
+
+    let status = |run: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "select status, metadata from public.app_runs where id = $1",
+                    &[&run],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, String>(0), row.get::<_, Value>(1))
+        }
+    };
+    let (near_status, near_metadata) = status(near).await;
+    let (half_status, half_metadata) = status(half).await;
+    assert_eq!(
+        (near_status.as_str(), half_status.as_str()),
+        ("success", "success"),
+        "{log}"
+    );
+
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no event; metadata {near_metadata}; log:\n{log}"))
+        .unwrap();
+    assert_eq!(event["event"], "resource_threshold", "{event}");
+    assert_eq!(event["run_id"], near.to_string());
+    let crossings = event["thresholds"].as_array().unwrap();
+    assert_eq!(crossings.len(), 1, "{event}");
+    let memory = &crossings[0];
+    assert_eq!(memory["resource"], "memory");
+    assert_eq!(memory["limit"], 256 * 1024 * 1024);
+    let ratio = memory["ratio"].as_f64().unwrap();
+    assert!((0.9..=1.0).contains(&ratio), "{memory}");
+    assert!(
+        memory["used"].as_u64().unwrap() >= 240 * 1024 * 1024,
+        "{memory}"
+    );
+    assert_eq!(near_metadata["resource_thresholds"], event["thresholds"]);
+
+    // The run at half its limit raised nothing and records nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .is_err(),
+        "a second event"
+    );
+    assert!(
+        half_metadata.get("resource_thresholds").is_none(),
+        "{half_metadata}"
+    );
+}

@@ -9,6 +9,8 @@
 mod container;
 mod image;
 
+pub use container::usage;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
