@@ -221,12 +221,7 @@ async fn where_supabase_realtime_exists_runs_and_outputs_are_published_and_a_slo
         .batch_execute("create publication supabase_realtime")
         .await
         .unwrap();
-    let out = tokio::process::Command::new(crate::harness::binary())
-        .args(["migrate", "--database-url", db.url.expose()])
-        .env(
-            "APP_EXECUTOR_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
-        )
+    let out = crate::harness::cli(&db, &["migrate"])
         .output()
         .await
         .unwrap();

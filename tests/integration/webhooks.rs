@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::harness::apps::{publish_ok, write_app};
 use crate::harness::daemon::{Daemon, DaemonOptions};
-use crate::harness::{binary, insert_tenant, TestDb};
+use crate::harness::{insert_tenant, TestDb};
 
 /// A company with an app enabled for it.
 pub(crate) async fn tenant(db: &TestDb) -> (Uuid, Uuid) {
@@ -28,14 +28,7 @@ pub(crate) async fn tenant(db: &TestDb) -> (Uuid, Uuid) {
 
 /// `app-executor webhook <args> --json` (or without `--json` when `json` is false): stdout.
 async fn cli(db: &TestDb, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(binary())
-        .arg("webhook")
-        .args(args)
-        .env("DATABASE_URL", db.url.expose())
-        .env(
-            "APP_EXECUTOR_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
-        )
+    let out = crate::harness::cli(db, &[&["webhook"], args].concat())
         .output()
         .await
         .unwrap();
@@ -461,17 +454,14 @@ async fn a_hook_needs_an_app_enabled_for_its_company() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let (company, app) = insert_tenant(&client).await;
-    let out = tokio::process::Command::new(binary())
-        .args(["webhook", "create", "--app", &app.to_string(), "--company"])
-        .arg(company.to_string())
-        .env("DATABASE_URL", db.url.expose())
-        .env(
-            "APP_EXECUTOR_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
-        )
-        .output()
-        .await
-        .unwrap();
+    let (app, company) = (app.to_string(), company.to_string());
+    let out = crate::harness::cli(
+        &db,
+        &["webhook", "create", "--app", &app, "--company", &company],
+    )
+    .output()
+    .await
+    .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

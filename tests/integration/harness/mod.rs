@@ -16,3 +16,14 @@ pub use postgres::{insert_tenant, TestDb};
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_app-executor")
 }
+
+/// `app-executor <args>` as an async command against `db`, with the repository's
+/// `executor.toml` (what a user runs after `migrate`).
+pub fn cli(db: &TestDb, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).env("DATABASE_URL", db.url.expose()).env(
+        "APP_EXECUTOR_CONFIG",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
+    );
+    command
+}
