@@ -145,6 +145,15 @@ pub async fn enqueue(
     Ok((pool, run))
 }
 
+/// A small pool for `status`.
+pub fn status_pool(config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
+    Ok(db::pool(
+        database_url(config)?,
+        config.database.connect_timeout,
+        1,
+    )?)
+}
+
 /// The company `--company` names (which must exist), or the app's only company.
 async fn company_of(
     pool: &deadpool_postgres::Pool,

@@ -11,6 +11,7 @@
 
 mod commands;
 mod print;
+mod status;
 mod webhooks;
 
 use commands::{cron_next, enqueue, retention, validate, NewRun};
@@ -139,6 +140,21 @@ pub enum Command {
     /// Cron tools
     #[command(subcommand)]
     Cron(CronCommand),
+    /// The fleet at a glance: executors, queue by company, runs in flight, last hour's failures
+    #[command(
+        after_help = "Examples:\n  app-executor status\n  app-executor status --watch\n  app-executor status --json"
+    )]
+    Status {
+        /// Print one JSON document (with --watch, one line per refresh)
+        #[arg(long)]
+        json: bool,
+        /// Redraw in place until Ctrl-C
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes
+        #[arg(long, default_value = "2s")]
+        interval: String,
+    },
     /// Webhook triggers: URLs whose signed requests become webhook runs of an app
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -369,6 +385,16 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Logs { run, follow } => app::logs(&config, &run, follow).await,
         Command::Retention { dry_run, json } => retention(&config, dry_run, json).await,
         Command::Webhook(command) => webhooks::run(&config, command).await,
+        Command::Status {
+            json,
+            watch,
+            interval,
+        } => {
+            let interval = humantime::parse_duration(&interval).map_err(|e| {
+                anyhow::anyhow!("--interval {interval:?} is not a duration ({e}); use e.g. 2s")
+            })?;
+            status::run(&config, json, watch, interval).await
+        }
         Command::Cron(CronCommand::Next {
             expression,
             tz,

@@ -26,6 +26,7 @@ pub mod runs;
 pub mod schedule;
 pub mod settings;
 pub mod statement;
+pub mod status;
 pub mod tls;
 pub mod webhooks;
 

@@ -25,6 +25,7 @@ mod run_logs;
 mod sandbox;
 mod schema;
 mod seed_contract;
+mod status;
 mod storage;
 mod storage_keys;
 mod supabase_cli;
