@@ -6,26 +6,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::harness::apps::enqueue;
 use crate::harness::daemon::{Daemon, DaemonOptions};
 use crate::harness::{insert_tenant, TestDb};
-
-async fn enqueue(client: &tokio_postgres::Client, app: Uuid, company: Uuid) -> Uuid {
-    client
-        .query_one(
-            "insert into public.app_runs (app_id, company_id) values ($1, $2) returning id",
-            &[&app, &company],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_the_executor_the_queue_and_the_running_run_as_json_and_on_screen() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let (company, app) = insert_tenant(&client).await;
-    let first = enqueue(&client, app, company).await;
+    let first = enqueue(&client, app, company, serde_json::json!({})).await;
     let mut daemon = Daemon::spawn(
         &db,
         DaemonOptions::new("sleep=60s")
@@ -46,8 +36,8 @@ async fn status_shows_the_executor_the_queue_and_the_running_run_as_json_and_on_
         assert!(Instant::now() < deadline, "{}", daemon.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    enqueue(&client, app, company).await;
-    enqueue(&client, app, company).await;
+    enqueue(&client, app, company, serde_json::json!({})).await;
+    enqueue(&client, app, company, serde_json::json!({})).await;
 
     // The executor row's `running` is written by its heartbeat: ask until it has caught up.
     let deadline = Instant::now() + Duration::from_secs(15);
