@@ -64,13 +64,14 @@ revoke all on app_exec.webhook_deliveries from public, anon, authenticated;
 grant all on app_exec.webhook_deliveries to service_role;
 
 -- One delivery in one round trip (the listener answers 202 once it returns): the `webhook-id`
--- seen within 24 hours answers its run; a company at `company_cap` pending runs gets nothing
+-- seen within `idempotency_window` answers its run; a company at `company_cap` pending runs gets nothing
 -- written; otherwise the id is recorded and the run inserted. Deliveries for one company are
 -- serialised by an advisory lock so the cap holds under a burst; the primary key decides
 -- between two deliveries of one id whatever the timing. Counting stops at the cap, so its cost
 -- is bounded by the cap, not the backlog (the partial index of pending runs by company).
 create function app_exec.deliver_webhook(
   hook uuid, app uuid, company uuid, delivery text, input jsonb, company_cap bigint,
+  idempotency_window interval,
   out outcome text, out run_id uuid, out pending bigint)
 language plpgsql set search_path = ''
 as $$
@@ -79,7 +80,7 @@ begin
   if delivery is not null then
     select d.run_id into run_id from app_exec.webhook_deliveries d
      where d.hook_id = hook and d.webhook_id = delivery
-       and d.received_at > now() - interval '24 hours';
+       and d.received_at > now() - idempotency_window;
     if found then
       outcome := 'replayed';
       return;
@@ -99,7 +100,7 @@ begin
     values (hook, delivery, run_id)
     on conflict (hook_id, webhook_id) do update
       set run_id = excluded.run_id, received_at = now()
-      where d.received_at <= now() - interval '24 hours'
+      where d.received_at <= now() - idempotency_window
     returning d.run_id into run_id;
     if run_id is null then
       select d.run_id into run_id from app_exec.webhook_deliveries d
@@ -114,7 +115,7 @@ begin
   outcome := 'created';
 end
 $$;
-revoke execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint)
+revoke execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint, interval)
   from public, anon, authenticated;
-grant execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint)
+grant execute on function app_exec.deliver_webhook(uuid, uuid, uuid, text, jsonb, bigint, interval)
   to service_role;

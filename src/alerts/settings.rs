@@ -24,7 +24,6 @@ pub struct RawAlerts {
     retry_backoff: String,
     queue_capacity: usize,
     memory_threshold: f64,
-    cpu_throttle_threshold: f64,
     output_threshold: f64,
     logs_threshold: f64,
     /// Only to refuse it with a message naming the fix: the secret never lives in the file.
@@ -45,7 +44,6 @@ impl Default for RawAlerts {
             retry_backoff: "1s".into(),
             queue_capacity: 10_000,
             memory_threshold: 0.9,
-            cpu_throttle_threshold: 0.5,
             output_threshold: 0.9,
             logs_threshold: 0.9,
             webhook_secret: None,
@@ -101,8 +99,6 @@ pub struct AlertSettings {
 pub struct Thresholds {
     /// Peak memory of the limit.
     pub memory: f64,
-    /// CPU periods in which the run was throttled, of all its periods.
-    pub cpu_throttle: f64,
     /// Bytes or files in `/output` of `sandbox.output_max` / `output_max_files`.
     pub output: f64,
     /// Bytes a stream wrote of `logs.stream_cap`.
@@ -181,7 +177,6 @@ impl AlertSettings {
         }
         for (key, value) in [
             ("memory_threshold", raw.memory_threshold),
-            ("cpu_throttle_threshold", raw.cpu_throttle_threshold),
             ("output_threshold", raw.output_threshold),
             ("logs_threshold", raw.logs_threshold),
         ] {
@@ -225,7 +220,6 @@ impl AlertSettings {
             queue_capacity: raw.queue_capacity,
             thresholds: Thresholds {
                 memory: raw.memory_threshold,
-                cpu_throttle: raw.cpu_throttle_threshold,
                 output: raw.output_threshold,
                 logs: raw.logs_threshold,
             },

@@ -12,7 +12,8 @@ use super::queue::{client, interval, query, QueueError};
 
 type Result<T, E = QueueError> = std::result::Result<T, E>;
 
-/// How long a `webhook-id` names the same run.
+/// How long a `webhook-id` names the same run: passed to `app_exec.deliver_webhook` and used
+/// by the purge, so both agree.
 pub const IDEMPOTENCY_WINDOW: &str = "24 hours";
 
 /// A hook as the listener needs it: who it runs for and what it accepts.
@@ -110,7 +111,8 @@ pub async fn deliver(
     let client = client(pool, "recording a webhook delivery").await?;
     let statement = client
         .prepare_cached(
-            "select outcome, run_id, pending from app_exec.deliver_webhook($1, $2, $3, $4, $5, $6)",
+            "select outcome, run_id, pending
+               from app_exec.deliver_webhook($1, $2, $3, $4, $5, $6, $7::text::interval)",
         )
         .await
         .map_err(query("prepare the webhook delivery"))?;
@@ -124,6 +126,7 @@ pub async fn deliver(
                 &webhook_id,
                 input,
                 &company_cap,
+                &IDEMPOTENCY_WINDOW,
             ],
         )
         .await

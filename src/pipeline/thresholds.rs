@@ -68,7 +68,6 @@ mod tests {
 
     const DEFAULTS: Thresholds = Thresholds {
         memory: 0.9,
-        cpu_throttle: 0.5,
         output: 0.9,
         logs: 0.9,
     };
