@@ -30,9 +30,9 @@
 //!   fenced recording of a run's `app_outputs` rows. [`retention`]: the background deletion of
 //!   old logs, outputs, builds and versions. [`sandbox`]: the container engine only — the
 //!   hardened profile, the install and run containers, the orphan sweep. [`runner`]: the claim
-//!   loop, leases, outcome writes, rescue, drain; the `RunExecutor` seam.
+//!   loop, leases, outcome writes, rescue, drain; the `JobExecutor` seam.
 //! - [`pipeline`]: one attempt of a run, phase by phase (prepare, image, install, run, collect,
-//!   record): the production `RunExecutor`.
+//!   record): the production `JobExecutor`.
 //! - [`config`]: finds and layers `executor.toml`, `APP_EXECUTOR_*` and systemd credentials,
 //!   hands each section to the component that owns it (`<component>/settings.rs`), collects
 //!   the violations and redacts secrets.

@@ -23,6 +23,88 @@ pub struct ClaimedRun {
     pub started_at: DateTime<Utc>,
 }
 
+/// A build this daemon holds the lease of (an `app_builds` row in `building`), fenced like a
+/// run.
+#[derive(Debug, Clone)]
+pub struct ClaimedBuild {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    /// The app version (`app_storage.version`) to build.
+    pub version: String,
+    /// `build_config`: `{"script", "env", "timeout"}`, all optional.
+    pub config: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Work a daemon claimed from one of the two queues. Everything about holding it (lease,
+/// fencing, cancel, drain, retries) is the same for both; only executing it differs.
+#[derive(Debug, Clone)]
+pub enum Job {
+    Run(ClaimedRun),
+    Build(ClaimedBuild),
+}
+
+impl Job {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Job::Run(run) => run.id,
+            Job::Build(build) => build.id,
+        }
+    }
+
+    pub fn attempt(&self) -> i32 {
+        match self {
+            Job::Run(run) => run.attempt,
+            Job::Build(build) => build.attempt,
+        }
+    }
+
+    pub fn max_attempts(&self) -> i32 {
+        match self {
+            Job::Run(run) => run.max_attempts,
+            Job::Build(build) => build.max_attempts,
+        }
+    }
+
+    /// The queue (table) the job came from.
+    pub fn queue(&self) -> Queue {
+        match self {
+            Job::Run(_) => Queue::Runs,
+            Job::Build(_) => Queue::Builds,
+        }
+    }
+}
+
+/// A table the daemons claim work from: `app_runs` or `app_builds` (their SQL names are in
+/// `db::queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Runs,
+    Builds,
+}
+
+impl Queue {
+    /// What one item is called in messages: `run`, `build`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Queue::Runs => "run",
+            Queue::Builds => "build",
+        }
+    }
+
+    /// The status written for a final outcome: a build has no `timeout` status (the document's
+    /// values), so a build past its timeout is `failed` (its `error_kind` says `build_timeout`).
+    pub fn final_status(self, status: FinalStatus) -> &'static str {
+        match (self, status) {
+            (Queue::Builds, FinalStatus::Timeout) => "failed",
+            _ => status.as_str(),
+        }
+    }
+}
+
 /// Final status of a run that ended on this daemon, as written to `app_runs.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalStatus {

@@ -84,13 +84,14 @@ impl Alerts {
         })
     }
 
-    /// `run_rescued` for a run whose lease expired (requeued, or failed out of attempts).
+    /// `run_rescued` for a run whose lease expired (requeued, or failed out of attempts); none
+    /// for a build (it has no company to tell).
     pub fn for_rescue(&self, rescued: &db::queue::Rescued) -> Option<Raised> {
         self.raise(AlertEvent {
             event: EventKind::RunRescued,
             run_id: rescued.run_id,
             app_id: rescued.app_id,
-            company_id: rescued.company_id,
+            company_id: rescued.company_id?,
             status: rescued.status.clone(),
             error_kind: Some("lease_expired".into()),
             error_message: rescued.error_message.clone(),

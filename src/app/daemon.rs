@@ -16,7 +16,7 @@ use crate::db;
 use crate::db::listener::Wakeups;
 use crate::ops::{DaemonStatus, DockerCheck, Ops, Readiness, Systemd};
 use crate::pipeline::RunPipeline;
-use crate::runner::execution::{RunExecutor, TestExecution};
+use crate::runner::execution::{JobExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::sandbox::install::Installer;
 use crate::sandbox::{Engine, Sweeper};
@@ -262,7 +262,7 @@ async fn select_execution(
     executor_id: &str,
     test_execution: Option<&str>,
     alerts: crate::alerts::Alerts,
-) -> anyhow::Result<(Arc<dyn RunExecutor>, Option<Arc<Sweeper>>)> {
+) -> anyhow::Result<(Arc<dyn JobExecutor>, Option<Arc<Sweeper>>)> {
     match test_execution {
         None => {
             let state = &config.executor.state_dir;

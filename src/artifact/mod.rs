@@ -24,6 +24,7 @@ pub mod digest;
 pub mod extract;
 pub mod manifest;
 pub mod object_key;
+pub mod pack;
 pub mod policy;
 pub mod publish;
 pub mod resolve;

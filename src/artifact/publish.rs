@@ -226,7 +226,7 @@ fn file_type(path: &str) -> &'static str {
 }
 
 /// A MIME type from the app-storage allow-list (no parameters: the server does not strip them).
-fn content_type(path: &str) -> &'static str {
+pub fn content_type(path: &str) -> &'static str {
     let ext = path.rsplit('.').next().unwrap_or("");
     match ext {
         "json" => "application/json",

@@ -49,6 +49,14 @@ pub enum PrepareError {
     },
     #[error("build {build} is not a build of this run's app {app}; nothing was read")]
     ForeignBuild { build: uuid::Uuid, app: uuid::Uuid },
+    #[error("build {build} is {status}, so the run has nothing to start from; {hint}")]
+    BuildNotUsable {
+        build: uuid::Uuid,
+        status: String,
+        hint: &'static str,
+    },
+    #[error("build {build} succeeded but records no archive (build_path, artifact_digest); build the version again")]
+    BuildMissing { build: uuid::Uuid },
     #[error("version {version} has no manifest.json")]
     NoManifest { version: String },
     #[error("manifest.json of version {version}: {message}")]
@@ -83,6 +91,13 @@ impl PrepareError {
             PrepareError::UnsafePath { .. } => "unsafe_path",
             PrepareError::DuplicatePath { .. } => "duplicate_path",
             PrepareError::ForeignBuild { .. } => "foreign_build",
+            PrepareError::BuildNotUsable { status, .. }
+                if status == "failed" || status == "cancelled" =>
+            {
+                "build_failed"
+            }
+            PrepareError::BuildNotUsable { .. } => "build_not_ready",
+            PrepareError::BuildMissing { .. } => "build_missing",
             PrepareError::MissingObject { .. } => "missing_object",
             PrepareError::Corrupt { .. } => "checksum_mismatch",
             PrepareError::NoManifest { .. } => "missing_manifest",
@@ -117,6 +132,9 @@ pub struct PreparedApp {
     pub downloaded_bytes: u64,
     /// Permissions the platform granted the app (`app_permissions`), as `(type, scope)`.
     pub granted: Vec<(PermissionType, String)>,
+    /// The build the files came from: its archive holds the app with its `node_modules` and
+    /// build output, so the run installs nothing.
+    pub build: Option<uuid::Uuid>,
 }
 
 pub struct Resolver {
@@ -139,16 +157,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
 impl Resolver {
     /// The directory a run's attempt prepares into; removed by [`Resolver::clean_up`].
     pub fn run_dir(&self, run: &ClaimedRun) -> PathBuf {
-        self.runs_dir.join(format!("{}-{}", run.id, run.attempt))
+        self.attempt_dir(run.id, run.attempt)
+    }
+
+    /// The directory of one attempt of a run or a build (`<id>-<attempt>`, which the orphan
+    /// sweep parses).
+    pub fn attempt_dir(&self, id: uuid::Uuid, attempt: i32) -> PathBuf {
+        self.runs_dir.join(format!("{id}-{attempt}"))
     }
 
     pub async fn clean_up(&self, run: &ClaimedRun) {
         let _ = tokio::fs::remove_dir_all(self.run_dir(run)).await;
     }
 
+    /// The version's published files laid out in `attempt_dir/app` (for a build: no build is
+    /// used, whatever exists).
+    pub async fn prepare_version(
+        &self,
+        app_id: uuid::Uuid,
+        version: &str,
+        attempt_dir: &Path,
+    ) -> Result<PreparedApp, PrepareError> {
+        let (files, granted) = {
+            let client = self.pool.get().await.map_err(|source| QueueError::Pool {
+                action: "resolving an app version",
+                source,
+            })?;
+            let available = sql::app_versions(&client, app_id).await?;
+            let version = choose_version(Some(version), &serde_json::Value::Null, &available)?;
+            let files = sql::app_files(&client, app_id, &version).await?;
+            let granted = sql::granted_permissions(&client, app_id).await?;
+            (files, granted)
+        };
+        self.lay_out(app_id, version.to_owned(), &files, granted, attempt_dir)
+            .await
+    }
+
     /// Resolves, fetches, verifies and lays out the run's files.
     pub async fn prepare(&self, run: &ClaimedRun) -> Result<PreparedApp, PrepareError> {
-        let (version, files, granted) = {
+        let (version, files, granted, build) = {
             let client = self.pool.get().await.map_err(|source| QueueError::Pool {
                 action: "resolving an app version",
                 source,
@@ -169,18 +216,109 @@ impl Resolver {
             };
             let available = sql::app_versions(&client, run.app_id).await?;
             let version = choose_version(build_version.as_deref(), &run.metadata, &available)?;
-            let files = sql::app_files(&client, run.app_id, &version).await?;
+            let build = match run.build_id {
+                Some(id) => sql::build(&client, id).await?,
+                None => sql::build_of_version(&client, run.app_id, &version).await?,
+            };
+            let files = match build {
+                Some(_) => Vec::new(),
+                None => sql::app_files(&client, run.app_id, &version).await?,
+            };
             let granted = sql::granted_permissions(&client, run.app_id).await?;
-            (version, files, granted)
+            (version, files, granted, build)
         };
+        let run_dir = self.run_dir(run);
+        match build {
+            Some(build) => self.lay_out_build(version, &build, granted, &run_dir).await,
+            None => {
+                self.lay_out(run.app_id, version, &files, granted, &run_dir)
+                    .await
+            }
+        }
+    }
+
+    /// A build's archive, fetched through the verified cache and extracted as the app root.
+    async fn lay_out_build(
+        &self,
+        version: String,
+        build: &sql::BuildRow,
+        granted: Vec<(String, String)>,
+        run_dir: &Path,
+    ) -> Result<PreparedApp, PrepareError> {
+        if build.status != "success" {
+            return Err(PrepareError::BuildNotUsable {
+                build: build.id,
+                status: build.status.clone(),
+                hint: if build.status == "failed" || build.status == "cancelled" {
+                    "see its build_logs, fix the app and build it again"
+                } else {
+                    "wait for it (app-executor build --wait) before running with its build_id"
+                },
+            });
+        }
+        let (Some(key), Some(digest)) = (&build.build_path, &build.digest) else {
+            return Err(PrepareError::BuildMissing { build: build.id });
+        };
+        let archive = AppFile {
+            file_path: key.clone(),
+            file_type: "archive".into(),
+            file_size: build.archive_size.unwrap_or(-1),
+            checksum: digest.clone(),
+        };
+        if parse_checksum(digest).is_none() {
+            return Err(PrepareError::MalformedChecksum {
+                file: format!("the archive of build {}", build.id),
+                checksum: digest.clone(),
+            });
+        }
+        let app_dir = run_dir.join("app");
+        let _ = tokio::fs::remove_dir_all(run_dir).await;
+        tokio::fs::create_dir_all(run_dir)
+            .await
+            .map_err(io(run_dir))?;
+        let blob = self
+            .fetch(
+                build.app_id,
+                &archive,
+                &format!("the archive of build {}", build.id),
+            )
+            .await?;
+        let (blob_path, target, limits) =
+            (blob.path.clone(), app_dir.clone(), self.extract.clone());
+        tokio::task::spawn_blocking(move || extract_archive(&blob_path, &target, &limits))
+            .await
+            .map_err(|e| PrepareError::Archive(e.to_string()))?
+            .map_err(|e| PrepareError::Archive(format!("build {}: {e}", build.id)))?;
+        let (manifest, granted) = self.check_app(&app_dir, &version, granted).await?;
+        Ok(PreparedApp {
+            dir: app_dir,
+            version,
+            digest: digest.clone(),
+            manifest,
+            downloaded_bytes: blob.downloaded,
+            granted,
+            build: Some(build.id),
+        })
+    }
+
+    /// Lays the version's files out in `run_dir/app`: every key checked before any I/O, every
+    /// file verified through the cache, archives extracted.
+    async fn lay_out(
+        &self,
+        app_id: uuid::Uuid,
+        version: String,
+        files: &[AppFile],
+        granted: Vec<(String, String)>,
+        run_dir: &Path,
+    ) -> Result<PreparedApp, PrepareError> {
         // Every key is checked before any I/O: a row pointing outside the app's folder never
         // reaches storage or the blob cache.
         let mut by_path = std::collections::BTreeMap::new();
         let mut placed = Vec::with_capacity(files.len());
-        for file in &files {
+        for file in files {
             // A key that passes is a plain relative path below the app's folder (no empty,
             // `.` or `..` segment, no `\`), so the path it gives inside the app is one too.
-            let path = path_in_app(run.app_id, &version, &file.file_path).map_err(|e| {
+            let path = path_in_app(app_id, &version, &file.file_path).map_err(|e| {
                 PrepareError::UnsafePath {
                     key: file.file_path.clone(),
                     reason: e.to_string(),
@@ -202,9 +340,8 @@ impl Resolver {
             placed.push((file, path));
         }
 
-        let run_dir = self.run_dir(run);
         let app_dir = run_dir.join("app");
-        let _ = tokio::fs::remove_dir_all(&run_dir).await;
+        let _ = tokio::fs::remove_dir_all(run_dir).await;
         tokio::fs::create_dir_all(&app_dir)
             .await
             .map_err(io(&app_dir))?;
@@ -212,7 +349,7 @@ impl Resolver {
         let mut downloaded_bytes = 0;
         let mut archives = Vec::new();
         for (file, path) in &placed {
-            let blob = self.fetch(run.app_id, file, path).await?;
+            let blob = self.fetch(app_id, file, path).await?;
             downloaded_bytes += blob.downloaded;
             let target = app_dir.join(path);
             place(&blob.path, &target).await?;
@@ -221,9 +358,34 @@ impl Resolver {
             }
         }
         for archive in archives {
-            self.unpack_into(&archive, &app_dir, &run_dir).await?;
+            self.unpack_into(&archive, &app_dir, run_dir).await?;
         }
 
+        let (manifest, granted) = self.check_app(&app_dir, &version, granted).await?;
+        let digest = file_set_digest(
+            placed
+                .iter()
+                .map(|(f, path)| (path.as_str(), f.checksum.as_str())),
+        );
+        Ok(PreparedApp {
+            dir: app_dir,
+            version,
+            digest,
+            manifest,
+            downloaded_bytes,
+            granted,
+            build: None,
+        })
+    }
+
+    /// The laid-out app's manifest, validated, and the granted permissions it needs.
+    async fn check_app(
+        &self,
+        app_dir: &Path,
+        version: &str,
+        granted: Vec<(String, String)>,
+    ) -> Result<(Manifest, Vec<(PermissionType, String)>), PrepareError> {
+        let version = version.to_owned();
         let manifest_path = app_dir.join("manifest.json");
         let text = match tokio::fs::read_to_string(&manifest_path).await {
             Ok(text) => text,
@@ -232,7 +394,7 @@ impl Resolver {
             }
             Err(e) => return Err(io(&manifest_path)(e)),
         };
-        let manifest = validate_manifest(&text, &self.host, Some(&app_dir))
+        let manifest = validate_manifest(&text, &self.host, Some(app_dir))
             .map_err(|e| PrepareError::Manifest {
                 version: version.clone(),
                 message: e.to_string(),
@@ -248,19 +410,7 @@ impl Resolver {
                 missing.iter().map(ToString::to_string).collect(),
             ));
         }
-        let digest = file_set_digest(
-            placed
-                .iter()
-                .map(|(f, path)| (path.as_str(), f.checksum.as_str())),
-        );
-        Ok(PreparedApp {
-            dir: app_dir,
-            version,
-            digest,
-            manifest,
-            downloaded_bytes,
-            granted,
-        })
+        Ok((manifest, granted))
     }
 
     /// One file through the cache: downloaded and verified unless already cached. `path` is

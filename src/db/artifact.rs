@@ -23,6 +23,69 @@ fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> QueueErr
     move |source| QueueError::Query { action, source }
 }
 
+/// An `app_builds` row as a run sees it.
+#[derive(Debug, Clone)]
+pub struct BuildRow {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub version: String,
+    pub status: String,
+    /// Object key of the archive in `app-storage`, once the build succeeded.
+    pub build_path: Option<String>,
+    pub digest: Option<String>,
+    pub archive_size: Option<i64>,
+}
+
+const BUILD_COLUMNS: &str =
+    "id, app_id, build_version, build_status, build_path, artifact_digest, archive_size";
+
+fn build_row(r: &tokio_postgres::Row) -> BuildRow {
+    BuildRow {
+        id: r.get(0),
+        app_id: r.get(1),
+        version: r.get(2),
+        status: r.get(3),
+        build_path: r.get(4),
+        digest: r.get(5),
+        archive_size: r.get(6),
+    }
+}
+
+/// One build, by id.
+pub async fn build(client: &Client, build_id: Uuid) -> Result<Option<BuildRow>, QueueError> {
+    let row = client
+        .query_opt(
+            &format!("select {BUILD_COLUMNS} from public.app_builds where id = $1"),
+            &[&build_id],
+        )
+        .await
+        .map_err(query("read a build"))?;
+    Ok(row.as_ref().map(build_row))
+}
+
+/// The build a run of `version` uses when it names none: the app's current build if it is of
+/// that version, else the newest successful build of the version; `None` when there is none
+/// (the run installs its dependencies itself).
+pub async fn build_of_version(
+    client: &Client,
+    app_id: Uuid,
+    version: &str,
+) -> Result<Option<BuildRow>, QueueError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select {BUILD_COLUMNS} from public.app_builds
+                  where app_id = $1 and build_version = $2 and build_status = 'success'
+                    and build_path is not null and artifact_digest is not null
+                  order by is_current desc, created_at desc limit 1"
+            ),
+            &[&app_id, &version],
+        )
+        .await
+        .map_err(query("look up a version's build"))?;
+    Ok(row.as_ref().map(build_row))
+}
+
 /// The app and version of a build.
 pub async fn build_version(
     client: &Client,
@@ -50,7 +113,8 @@ pub async fn app_versions(client: &Client, app_id: Uuid) -> Result<Vec<String>, 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The files of one version, ordered by path.
+/// The files of one version, ordered by path. Rows a build published (its frontend assets,
+/// `metadata.build_id` set) are the platform's to serve, not part of what runs.
 pub async fn app_files(
     client: &Client,
     app_id: Uuid,
@@ -59,7 +123,9 @@ pub async fn app_files(
     let rows = client
         .query(
             "select file_path, file_type, file_size, checksum
-               from public.app_storage where app_id = $1 and version = $2 order by file_path",
+               from public.app_storage
+              where app_id = $1 and version = $2 and not (metadata ? 'build_id')
+              order by file_path",
             &[&app_id, &version],
         )
         .await

@@ -1,7 +1,10 @@
 //! The LISTEN session: a dedicated connection that turns NOTIFY messages into wake-ups.
 //!
-//! Channels are `<namespace>_run_pending`, `<namespace>_run_cancelled` and
-//! `<namespace>_schedule_changed` (see the `executor_queue` migration). The session reconnects
+//! Channels are `<namespace>_run_pending`, `<namespace>_run_cancelled`,
+//! `<namespace>_schedule_changed` (see the `executor_queue` migration), and
+//! `<namespace>_build_pending` / `<namespace>_build_cancelled` (`executor_builds`). Builds and
+//! runs share one queue in the daemon, so their channels feed the same wake-ups: a build id and
+//! a run id are both UUIDs and never collide. The session reconnects
 //! with backoff when it drops; because notifications sent while it was down are lost, every
 //! (re)connect wakes all waiters once so they look for themselves. Polling in the runner stays
 //! on as the fallback either way.
@@ -20,11 +23,11 @@ use crate::db::DatabaseUrl;
 /// Where the listener delivers what it hears.
 #[derive(Clone)]
 pub struct Wakeups {
-    /// A run became pending (new or requeued).
+    /// A run or a build became pending (new or requeued).
     pub run_pending: Arc<Notify>,
     /// A schedule was created, changed or deleted.
     pub schedule_changed: Arc<Notify>,
-    /// Ids of runs a client cancelled.
+    /// Ids of runs and builds a client cancelled.
     pub run_cancelled: mpsc::UnboundedSender<Uuid>,
 }
 
@@ -91,9 +94,12 @@ async fn session(
     let pending = format!("{namespace}_run_pending");
     let cancelled = format!("{namespace}_run_cancelled");
     let schedules = format!("{namespace}_schedule_changed");
+    let build_pending = format!("{namespace}_build_pending");
+    let build_cancelled = format!("{namespace}_build_cancelled");
     let subscribed = client
         .batch_execute(&format!(
-            "listen \"{pending}\"; listen \"{cancelled}\"; listen \"{schedules}\""
+            "listen \"{pending}\"; listen \"{cancelled}\"; listen \"{schedules}\"; \
+             listen \"{build_pending}\"; listen \"{build_cancelled}\""
         ))
         .await;
     if let Err(e) = subscribed {
@@ -112,12 +118,13 @@ async fn session(
             message = messages.recv() => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     let channel = n.channel();
-                    if channel == pending {
+                    if channel == pending || channel == build_pending {
                         wakeups.run_pending.notify_waiters();
-                    } else if channel == cancelled {
+                    } else if channel == cancelled || channel == build_cancelled {
+                        let field = if channel == cancelled { "run_id" } else { "build_id" };
                         let run = serde_json::from_str::<serde_json::Value>(n.payload())
                             .ok()
-                            .and_then(|v| v["run_id"].as_str().and_then(|s| s.parse::<Uuid>().ok()));
+                            .and_then(|v| v[field].as_str().and_then(|s| s.parse::<Uuid>().ok()));
                         if let Some(run) = run {
                             let _ = wakeups.run_cancelled.send(run);
                         }

@@ -15,6 +15,7 @@
 
 pub mod alert;
 pub mod artifact;
+pub mod builds;
 mod channel_binding;
 pub mod executors;
 pub mod listener;

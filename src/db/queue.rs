@@ -1,6 +1,10 @@
-//! The run queue's statements: claim, lease, finish, release, rescue and the queue's counts
-//! (the executor registry is [`super::executors`]). One function per statement, named for its
+//! The queue's statements: claim, lease, finish, release, rescue and the queue's counts (the
+//! executor registry is [`super::executors`]). One function per statement, named for its
 //! effect.
+//!
+//! Two tables are queues: `app_runs` and `app_builds` ([`Queue`]). They have the same lease
+//! columns, so every statement after the claim serves both; only the claims differ (runs are
+//! fair per company, builds per app).
 //!
 //! Every write after the claim is fenced on `(executor_id, attempt)` and the expected status;
 //! a write that matches no row means the lease is gone, and callers must keep nothing.
@@ -12,7 +16,35 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::alert::{self, Raised, Recorded};
-use crate::model::{ClaimedRun, FinalStatus};
+use crate::model::{ClaimedBuild, ClaimedRun, FinalStatus};
+
+pub use crate::model::Queue;
+
+/// The SQL names of a queue's table and status.
+impl Queue {
+    fn table(self) -> &'static str {
+        match self {
+            Queue::Runs => "public.app_runs",
+            Queue::Builds => "public.app_builds",
+        }
+    }
+
+    /// The status column.
+    fn status(self) -> &'static str {
+        match self {
+            Queue::Runs => "status",
+            Queue::Builds => "build_status",
+        }
+    }
+
+    /// The status of work a daemon holds.
+    fn running(self) -> &'static str {
+        match self {
+            Queue::Runs => "running",
+            Queue::Builds => "building",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -103,6 +135,38 @@ pub async fn claim_next_run(
     Ok(row.as_ref().map(claimed_run))
 }
 
+fn claimed_build(row: &Row) -> ClaimedBuild {
+    ClaimedBuild {
+        id: row.get("id"),
+        app_id: row.get("app_id"),
+        version: row.get("build_version"),
+        config: row.get("build_config"),
+        attempt: row.get("attempt"),
+        max_attempts: row.get("max_attempts"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+    }
+}
+
+/// Claims the oldest pending build that is due and whose app has no build in progress (see
+/// the migration `executor_builds`), or `None`.
+pub async fn claim_next_build(
+    pool: &Pool,
+    executor_id: &str,
+    lease: Duration,
+) -> Result<Option<ClaimedBuild>> {
+    let client = client(pool, "claiming a build").await?;
+    let statement = client
+        .prepare_cached("select * from app_exec.claim_next_build($1, $2::text::interval)")
+        .await
+        .map_err(query("prepare a queue statement"))?;
+    let row = client
+        .query_opt(&statement, &[&executor_id, &interval(lease)])
+        .await
+        .map_err(query("claim the next build"))?;
+    Ok(row.as_ref().map(claimed_build))
+}
+
 /// What a fenced lease extension found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -114,22 +178,25 @@ pub enum LeaseState {
     Lost,
 }
 
-/// Extends the lease of a run we hold; reports a cancellation or a lost lease instead.
+/// Extends the lease of a run (or build) we hold; reports a cancellation or a lost lease
+/// instead.
 pub async fn extend_lease(
     pool: &Pool,
+    queue: Queue,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
     lease: Duration,
 ) -> Result<LeaseState> {
     let client = client(pool, "extending a lease").await?;
+    let (table, status, running) = (queue.table(), queue.status(), queue.running());
     let statement = client
-        .prepare_cached(
-            "update public.app_runs
+        .prepare_cached(&format!(
+            "update {table}
                 set lease_expires_at = now() + $4::text::interval, heartbeat_at = now()
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'
-                and lease_expires_at > now()",
-        )
+              where id = $1 and executor_id = $2 and attempt = $3 and {status} = '{running}'
+                and lease_expires_at > now()"
+        ))
         .await
         .map_err(query("prepare a queue statement"))?;
     let extended = client
@@ -144,8 +211,10 @@ pub async fn extend_lease(
     }
     let cancelled = client
         .query_opt(
-            "select 1 from public.app_runs
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'cancelled'",
+            &format!(
+                "select 1 from {table}
+                  where id = $1 and executor_id = $2 and attempt = $3 and {status} = 'cancelled'"
+            ),
             &[&run_id, &executor_id, &attempt],
         )
         .await
@@ -168,41 +237,78 @@ pub struct Completion<'a> {
 
 /// The fenced final write: `$1` run, `$2` executor, `$3` attempt, `$4` status, `$5` error
 /// kind, `$6` message, `$7` exit code.
-const FINISH_RUN: &str = "update public.app_runs
-    set status = $4, completed_at = now(),
-        duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
-        error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
-  where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'";
+fn finish_statement(queue: Queue) -> String {
+    let (table, status, running) = (queue.table(), queue.status(), queue.running());
+    format!(
+        "update {table}
+            set {status} = $4, completed_at = now(),
+                duration_ms = (extract(epoch from now() - started_at) * 1000)::bigint,
+                error_kind = $5, error_message = $6, exit_code = $7, lease_expires_at = null
+          where id = $1 and executor_id = $2 and attempt = $3 and {status} = '{running}'"
+    )
+}
 
 /// Writes a terminal status, fenced. `false` when the run is no longer ours (nothing written).
+/// A successful build also becomes its app's current build when it is the newest successful
+/// one (`app_exec.promote_current_build`), in the same transaction.
 pub async fn finish_run(
     pool: &Pool,
+    queue: Queue,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
     completion: &Completion<'_>,
 ) -> Result<bool> {
-    let client = client(pool, "finishing a run").await?;
+    let mut client = client(pool, "finishing a run").await?;
     let statement = client
-        .prepare_cached(FINISH_RUN)
+        .prepare_cached(&finish_statement(queue))
         .await
         .map_err(query("prepare a queue statement"))?;
+    if queue == Queue::Runs {
+        return execute_finish(
+            &client,
+            &statement,
+            queue,
+            run_id,
+            executor_id,
+            attempt,
+            completion,
+        )
+        .await
+        .map_err(query("write a run's final status"));
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("begin a build's final write"))?;
     let matched = execute_finish(
-        &client,
+        &tx,
         &statement,
+        queue,
         run_id,
         executor_id,
         attempt,
         completion,
     )
     .await
-    .map_err(query("write a run's final status"))?;
+    .map_err(query("write a build's final status"))?;
+    if matched && completion.status == FinalStatus::Success {
+        tx.execute(
+            "select app_exec.promote_current_build(app_id) from public.app_builds where id = $1",
+            &[&run_id],
+        )
+        .await
+        .map_err(query("make a build its app's current build"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(query("commit a build's final write"))?;
     Ok(matched)
 }
 
-/// [`finish_run`] for an ending that raises an alert: the final status and the alert (NOTIFY,
-/// webhook outbox) commit together or not at all. `None` when the fence matched no row (and
-/// nothing was raised).
+/// [`finish_run`] for a run's ending that raises an alert: the final status and the alert
+/// (NOTIFY, webhook outbox) commit together or not at all. `None` when the fence matched no row
+/// (and nothing was raised).
 pub async fn finish_run_raising(
     pool: &Pool,
     run_id: Uuid,
@@ -216,9 +322,18 @@ pub async fn finish_run_raising(
         .transaction()
         .await
         .map_err(query("begin a run's final write"))?;
-    let matched = execute_finish(&tx, FINISH_RUN, run_id, executor_id, attempt, completion)
-        .await
-        .map_err(query("write a run's final status"))?;
+    let finish = finish_statement(Queue::Runs);
+    let matched = execute_finish(
+        &tx,
+        finish.as_str(),
+        Queue::Runs,
+        run_id,
+        executor_id,
+        attempt,
+        completion,
+    )
+    .await
+    .map_err(query("write a run's final status"))?;
     if !matched {
         return Ok(None);
     }
@@ -231,10 +346,11 @@ pub async fn finish_run_raising(
     Ok(Some(recorded))
 }
 
-/// Runs [`FINISH_RUN`] (or its prepared form) on `client`; whether it matched the run.
+/// Runs [`finish_statement`] (or its prepared form) on `client`; whether it matched the run.
 async fn execute_finish<T>(
     client: &impl GenericClient,
     statement: &T,
+    queue: Queue,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
@@ -243,7 +359,7 @@ async fn execute_finish<T>(
 where
     T: ?Sized + tokio_postgres::ToStatement + Sync + Send,
 {
-    let status = completion.status.as_str();
+    let status = queue.final_status(completion.status);
     let n = client
         .execute(
             statement,
@@ -265,18 +381,22 @@ where
 /// duration (the status stays `cancelled`). Fenced like every write.
 pub async fn record_cancellation(
     pool: &Pool,
+    queue: Queue,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
 ) -> Result<bool> {
     let client = client(pool, "recording a cancellation").await?;
+    let (table, status) = (queue.table(), queue.status());
     let n = client
         .execute(
-            "update public.app_runs
-                set completed_at = coalesce(completed_at, now()),
-                    duration_ms = (extract(epoch from coalesce(completed_at, now()) - started_at) * 1000)::bigint,
-                    error_kind = coalesce(error_kind, 'cancelled'), lease_expires_at = null
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'cancelled'",
+            &format!(
+                "update {table}
+                    set completed_at = coalesce(completed_at, now()),
+                        duration_ms = (extract(epoch from coalesce(completed_at, now()) - started_at) * 1000)::bigint,
+                        error_kind = coalesce(error_kind, 'cancelled'), lease_expires_at = null
+                  where id = $1 and executor_id = $2 and attempt = $3 and {status} = 'cancelled'"
+            ),
             &[&run_id, &executor_id, &attempt],
         )
         .await
@@ -286,8 +406,11 @@ pub async fn record_cancellation(
 
 /// Puts a run we hold back to `pending`. `charge_attempt = false` (shutdown) gives the attempt
 /// back; `delay` postpones the next claim (retry backoff). Fenced.
+// The fence (queue, id, executor, attempt) is four of the eight.
+#[allow(clippy::too_many_arguments)]
 pub async fn release_run(
     pool: &Pool,
+    queue: Queue,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
@@ -297,15 +420,18 @@ pub async fn release_run(
 ) -> Result<bool> {
     let client = client(pool, "releasing a run").await?;
     let (kind, message) = reason.unzip();
+    let (table, status, running) = (queue.table(), queue.status(), queue.running());
     let n = client
         .execute(
-            "update public.app_runs
-                set status = 'pending', executor_id = null, lease_expires_at = null,
-                    heartbeat_at = null, started_at = null,
-                    attempt = case when $4 then attempt else attempt - 1 end,
-                    run_after = now() + $5::text::interval,
-                    error_kind = coalesce($6, error_kind), error_message = coalesce($7, error_message)
-              where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
+            &format!(
+                "update {table}
+                    set {status} = 'pending', executor_id = null, lease_expires_at = null,
+                        heartbeat_at = null, started_at = null,
+                        attempt = case when $4 then attempt else attempt - 1 end,
+                        run_after = now() + $5::text::interval,
+                        error_kind = coalesce($6, error_kind), error_message = coalesce($7, error_message)
+                  where id = $1 and executor_id = $2 and attempt = $3 and {status} = '{running}'"
+            ),
             &[
                 &run_id,
                 &executor_id,
@@ -321,7 +447,7 @@ pub async fn release_run(
     Ok(n == 1)
 }
 
-/// A run rescued from an expired lease.
+/// A run (or build) rescued from an expired lease.
 #[derive(Debug, Clone)]
 pub struct Rescued {
     pub run_id: Uuid,
@@ -329,7 +455,8 @@ pub struct Rescued {
     /// `pending` (retried) or `failed` (attempts exhausted).
     pub status: String,
     pub app_id: Uuid,
-    pub company_id: Uuid,
+    /// `None` for a build (builds belong to no company).
+    pub company_id: Option<Uuid>,
     /// The attempt whose lease expired.
     pub attempt: i32,
     pub error_message: Option<String>,
@@ -340,6 +467,7 @@ pub struct Rescued {
 /// each rescue raises; it is raised in the rescue's transaction (see [`alert::raise`]).
 pub async fn rescue_expired_leases(
     pool: &Pool,
+    queue: Queue,
     limit: i64,
     retry_delay: Duration,
     stale_after: Duration,
@@ -350,17 +478,22 @@ pub async fn rescue_expired_leases(
         .transaction()
         .await
         .map_err(query("begin a rescue"))?;
+    let (table, status, running) = (queue.table(), queue.status(), queue.running());
+    let company = match queue {
+        Queue::Runs => "r.company_id",
+        Queue::Builds => "null::uuid",
+    };
     let rows = tx
         .query(
-            "with expired as (
-               select id, executor_id from public.app_runs
-                where status = 'running' and lease_expires_at < now()
+            &format!("with expired as (
+               select id, executor_id from {table}
+                where {status} = '{running}' and lease_expires_at < now()
                 order by lease_expires_at
                 limit $1
                 for update skip locked
              )
-             update public.app_runs r
-                set status = case when r.attempt >= r.max_attempts then 'failed' else 'pending' end,
+             update {table} r
+                set {status} = case when r.attempt >= r.max_attempts then 'failed' else 'pending' end,
                     error_kind = 'lease_expired',
                     error_message = format('the lease of executor %s expired during attempt %s (daemon crashed, hung or lost the database)', e.executor_id, r.attempt),
                     completed_at = case when r.attempt >= r.max_attempts then now() end,
@@ -370,7 +503,7 @@ pub async fn rescue_expired_leases(
                     started_at = case when r.attempt >= r.max_attempts then r.started_at end
                from expired e
               where r.id = e.id
-             returning r.id, e.executor_id, r.status, r.app_id, r.company_id, r.attempt, r.error_message",
+             returning r.id, e.executor_id, r.{status}, r.app_id, {company}, r.attempt, r.error_message"),
             &[&limit, &interval(retry_delay)],
         )
         .await
@@ -409,12 +542,13 @@ pub async fn rescue_expired_leases(
     Ok(rescued)
 }
 
-/// Pending runs, whether eligible now or waiting for a retry delay.
+/// Pending runs and builds, whether eligible now or waiting for a retry delay.
 pub async fn count_pending_runs(pool: &Pool) -> Result<i64> {
     let client = client(pool, "counting pending runs").await?;
     let row = client
         .query_one(
-            "select count(*) from public.app_runs where status = 'pending'",
+            "select (select count(*) from public.app_runs where status = 'pending')
+                  + (select count(*) from public.app_builds where build_status = 'pending')",
             &[],
         )
         .await
@@ -429,8 +563,11 @@ pub async fn time_until_next_waiting_run(pool: &Pool) -> Result<Option<Duration>
     let client = client(pool, "looking up the next waiting run").await?;
     let statement = client
         .prepare_cached(
-            "select extract(epoch from min(run_after) - now())::float8 from public.app_runs
-              where status = 'pending' and run_after > now()",
+            "select extract(epoch from least(
+                      (select min(run_after) from public.app_runs
+                        where status = 'pending' and run_after > now()),
+                      (select min(run_after) from public.app_builds
+                        where build_status = 'pending' and run_after > now())) - now())::float8",
         )
         .await
         .map_err(query("prepare a queue statement"))?;
@@ -456,8 +593,9 @@ pub async fn notify_namespace(pool: &Pool) -> Result<Option<String>> {
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Of the attempts `(run, attempt)`, the ones still in flight: the run is `running` at that
-/// attempt (some daemon holds it, or held it until its lease runs out).
+/// Of the attempts `(run or build, attempt)`, the ones still in flight: the run is `running`
+/// (the build `building`) at that attempt (some daemon holds it, or held it until its lease
+/// runs out).
 pub async fn attempts_in_flight(
     pool: &Pool,
     runs: &[Uuid],
@@ -469,7 +607,12 @@ pub async fn attempts_in_flight(
             "select r.id, r.attempt from public.app_runs r
                join unnest($1::uuid[], $2::int[]) as a(id, attempt)
                  on a.id = r.id and a.attempt = r.attempt
-              where r.status = 'running'",
+              where r.status = 'running'
+             union all
+             select b.id, b.attempt from public.app_builds b
+               join unnest($1::uuid[], $2::int[]) as a(id, attempt)
+                 on a.id = b.id and a.attempt = b.attempt
+              where b.build_status = 'building'",
             &[&runs, &attempts],
         )
         .await

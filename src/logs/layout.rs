@@ -2,7 +2,7 @@
 //! and parsing only, no I/O.
 //!
 //! ```text
-//! app_{appId}/runs/{runId}/                                 logs_path
+//! app_{appId}/runs/{runId}/                                 logs_path (a build's: builds/{buildId}/)
 //!   stdout.log, stderr.log                                  compacted, of the attempt that finished
 //!   attempt-{n}-{claimed}/stdout.{seq:06}.log               live chunks of one claim, seq from 1
 //!   attempt-{n}-{claimed}/stderr.{seq:06}.log
@@ -29,6 +29,12 @@ pub const MARKER_RESERVE: u64 = 256;
 /// `app_{appId}/runs/{runId}/`: the run's prefix (`app_runs.logs_path`).
 pub fn run_prefix(app_id: Uuid, run_id: Uuid) -> String {
     format!("app_{app_id}/runs/{run_id}/")
+}
+
+/// `app_{appId}/builds/{buildId}/`: a build's log prefix (`app_builds.build_log_path`); the
+/// build's streams and chunks are laid out below it as a run's are.
+pub fn build_prefix(app_id: Uuid, build_id: Uuid) -> String {
+    format!("app_{app_id}/builds/{build_id}/")
 }
 
 /// The compacted log of one stream: `app_{appId}/runs/{runId}/stdout.log`.

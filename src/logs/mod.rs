@@ -63,14 +63,17 @@ impl LogStream {
     }
 }
 
-/// Which claim of which run a log belongs to.
+/// Which claim of which run (or build) a log belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogTarget {
     pub app_id: Uuid,
+    /// The run's id, or the build's.
     pub run_id: Uuid,
     pub attempt: i32,
     /// The claim's `started_at`: with `attempt`, names the chunk folder (see [`layout`]).
     pub claimed_at: DateTime<Utc>,
+    /// A build's log lives under `builds/` instead of `runs/`.
+    pub build: bool,
 }
 
 impl LogTarget {
@@ -80,7 +83,32 @@ impl LogTarget {
             run_id: run.id,
             attempt: run.attempt,
             claimed_at: run.started_at,
+            build: false,
         }
+    }
+
+    pub fn of_build(build: &crate::model::ClaimedBuild) -> Self {
+        Self {
+            app_id: build.app_id,
+            run_id: build.id,
+            attempt: build.attempt,
+            claimed_at: build.started_at,
+            build: true,
+        }
+    }
+
+    /// The log's prefix: `app_{appId}/runs/{runId}/` or `app_{appId}/builds/{buildId}/`.
+    pub fn prefix(&self) -> String {
+        if self.build {
+            layout::build_prefix(self.app_id, self.run_id)
+        } else {
+            layout::run_prefix(self.app_id, self.run_id)
+        }
+    }
+
+    /// The compacted log of one stream under [`LogTarget::prefix`].
+    pub fn compacted_key(&self, stream: LogStream) -> String {
+        format!("{}{}.log", self.prefix(), stream.as_str())
     }
 }
 

@@ -10,7 +10,6 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::layout;
 use super::line::{LineSplitter, MAX_LINE};
 use super::spool::{StreamSpool, StreamStats};
 use super::upload::{Ending, StreamUpload, UploadReport, Uploader};
@@ -205,7 +204,7 @@ impl RunLog {
             let stats = spool.stats();
             StreamSummary {
                 stream: spool.stream(),
-                key: layout::compacted_key(app_id, run_id, spool.stream()),
+                key: self.target.compacted_key(spool.stream()),
                 stored_bytes: stats.stored,
                 received_bytes: stats.received,
                 dropped_bytes: stats.dropped,
@@ -214,7 +213,7 @@ impl RunLog {
             }
         };
         LogSummary {
-            logs_path: layout::run_prefix(app_id, run_id),
+            logs_path: self.target.prefix(),
             stdout: summary(0),
             stderr: summary(1),
             durable: report.durable,

@@ -162,7 +162,7 @@ impl Uploader {
     fn folder(&self) -> String {
         format!(
             "{}{}/",
-            layout::run_prefix(self.target.app_id, self.target.run_id),
+            self.target.prefix(),
             layout::attempt_folder(self.target.attempt, self.target.claimed_at)
         )
     }
@@ -253,7 +253,7 @@ impl Uploader {
             return report;
         }
         for s in &self.streams {
-            let key = layout::compacted_key(self.target.app_id, run_id, s.stream);
+            let key = self.target.compacted_key(s.stream);
             let mut retry = Retry::new(
                 deadline,
                 run_id,

@@ -14,6 +14,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const RUNS_FINISHED: &str = "app_executor_runs_finished_total";
+pub const BUILDS_FINISHED: &str = "app_executor_builds_finished_total";
 pub const RUNS_CLAIMED: &str = "app_executor_runs_claimed_total";
 pub const RUNS_RESCUED: &str = "app_executor_runs_rescued_total";
 pub const RUNS_RELEASED: &str = "app_executor_runs_released_total";
@@ -183,6 +184,10 @@ fn describe() {
         RUNS_FINISHED,
         "Runs this daemon brought to a terminal status, by status and error_kind"
     );
+    describe_counter!(
+        BUILDS_FINISHED,
+        "Builds this daemon brought to a terminal status, by status and error_kind"
+    );
     describe_counter!(RUNS_CLAIMED, "Runs claimed from the queue");
     describe_counter!(
         RUNS_RESCUED,
@@ -264,6 +269,27 @@ pub fn run_finished(status: &str, error_kind: Option<&str>) {
         "error_kind" => error_kind.unwrap_or("none").to_owned()
     )
     .increment(1);
+}
+
+/// A run or build reached a terminal status on this daemon.
+pub fn job_finished(queue: crate::model::Queue, status: &str, error_kind: Option<&str>) {
+    match queue {
+        crate::model::Queue::Runs => run_finished(status, error_kind),
+        crate::model::Queue::Builds => counter!(
+            BUILDS_FINISHED,
+            "status" => status.to_owned(),
+            "error_kind" => error_kind.unwrap_or("none").to_owned()
+        )
+        .increment(1),
+    }
+}
+
+/// A run or build in flight was stopped because a client cancelled it (builds are counted in
+/// [`BUILDS_FINISHED`] only).
+pub fn job_cancelled(queue: crate::model::Queue) {
+    if queue == crate::model::Queue::Runs {
+        run_cancelled();
+    }
 }
 
 /// A run was claimed; `queue_wait` is `started_at - created_at`.

@@ -1,10 +1,12 @@
 //! The run pipeline: what happens to one attempt of a claimed run, phase by phase. It is the
-//! production [`RunExecutor`]; the runner claims, leases and finishes runs, this module does
-//! the work in between, each phase a call into the module that owns it:
+//! production [`JobExecutor`]; the runner claims, leases and finishes runs and builds, this
+//! module does the work in between, each phase a call into the module that owns it (a build's
+//! phases are in `build`):
 //!
 //! 1. **prepare** the files: download, verify and extract the version ([`Resolver`]);
 //! 2. **image**: the runtime image for the manifest's Node version ([`Engine::ensure_image`]);
-//! 3. **install** the dependencies, or take them from the cache ([`Installer`]);
+//! 3. **install** the dependencies, or take them from the cache ([`Installer`]); nothing when
+//!    the files came from a build's archive (it holds `node_modules`);
 //! 4. **run** the entrypoint in a hardened container ([`sandbox::run`], [`Engine::run_container`]),
 //!    its output streamed live to the run's log ([`RunLog`]);
 //! 5. **collect** what the app left in `/output` ([`outputs::collect`]);
@@ -16,6 +18,7 @@
 //! - `outcome`: a finished container mapped to an exact outcome.
 //! - `phases`: the per-phase timer; `sink`: where the container's output goes.
 
+mod build;
 mod outcome;
 mod phases;
 mod sink;
@@ -28,10 +31,10 @@ use futures_util::future::BoxFuture;
 use crate::artifact::manifest::BackendRuntime;
 use crate::artifact::resolve::{PreparedApp, Resolver};
 use crate::logs::{LogSettings, LogTarget, RunLog};
-use crate::model::{ClaimedRun, Outcome, StopReason};
+use crate::model::{ClaimedRun, Job, Outcome, StopReason};
 use crate::ops::metrics;
 use crate::outputs::{self, DaemonMetrics, OutputLimits, RunRecord};
-use crate::runner::{RunExecutor, Stop};
+use crate::runner::{JobExecutor, Stop};
 use crate::sandbox::install::{Dependencies, InstallError, InstallRequest, Installer};
 use crate::sandbox::output::Tail;
 use crate::sandbox::run::RunRequest;
@@ -61,9 +64,13 @@ pub struct RunPipeline {
 /// recorded yet.
 type Attempt = Result<Outcome, Outcome>;
 
-impl RunExecutor for RunPipeline {
-    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome> {
+impl JobExecutor for RunPipeline {
+    fn execute<'a>(&'a self, job: &'a Job, stop: Stop) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
+            let run = match job {
+                Job::Run(run) => run,
+                Job::Build(build) => return self.build(build, &stop).await,
+            };
             let outcome = match self.attempt(run, &stop).await {
                 Ok(recorded) => recorded,
                 Err(outcome) => {
@@ -105,12 +112,20 @@ impl RunPipeline {
             ));
         };
 
-        let (image, image_id) = self.image(&backend, stop_signal).await?;
+        let (image, image_id) = self.image(&backend.node_version, stop_signal).await?;
         phases.done("image");
 
-        let dependencies = self
-            .install(run, &app, &backend, &image, &image_id, stop_signal)
-            .await?;
+        // A build's archive brought node_modules along: nothing to install.
+        let dependencies = match app.build {
+            Some(build) => {
+                tracing::info!(run_id = %run.id, %build, "dependencies from the build's archive; no install");
+                None
+            }
+            None => {
+                self.install(run, &app, &backend, &image, &image_id, stop_signal)
+                    .await?
+            }
+        };
         phases.done("install");
 
         let run_dir = self.resolver.run_dir(run);
@@ -276,12 +291,8 @@ impl RunPipeline {
 
     /// Phase 2: the runtime image for the app's Node version, present locally (pulled when the
     /// policy allows); returns its name and id.
-    async fn image(
-        &self,
-        backend: &BackendRuntime,
-        stop: &Stop,
-    ) -> Result<(String, String), Outcome> {
-        let image = self.settings.image_for(&backend.node_version);
+    async fn image(&self, node_version: &str, stop: &Stop) -> Result<(String, String), Outcome> {
+        let image = self.settings.image_for(node_version);
         let ensured = tokio::select! {
             biased;
             _ = stop.token().cancelled() => return Err(Outcome::Stopped),
@@ -313,9 +324,10 @@ impl RunPipeline {
             image,
             image_id,
             allow_scripts: self.settings.install_scripts_apps.contains(&run.app_id),
+            include_dev: false,
             cpu: app.manifest.limits.cpu,
-            container_name: sandbox::run::container_name(run, "install"),
-            labels: sandbox::run::labels(&self.executor_id, run, "install"),
+            container_name: sandbox::run::container_name(run.id, run.attempt, "install"),
+            labels: sandbox::run::labels(&self.executor_id, run.id, run.attempt, "install"),
         };
         let dependencies = match self.installer.ensure(&install, stop.token()).await {
             Ok(deps) => deps,

@@ -1,6 +1,6 @@
-//! The execution seam: what turns a claimed run into an [`Outcome`].
+//! The execution seam: what turns a claimed job (a run or a build) into an [`Outcome`].
 //!
-//! The runner owns leases, cancellation and status writes; an execution only runs the app and
+//! The runner owns leases, cancellation and status writes; an execution only does the work and
 //! must return promptly once `stop` fires. Production uses `pipeline::RunPipeline`;
 //! [`TestExecution`] (sleep, record, succeed) exists for tests and benchmarks of the queue and
 //! can only be selected in debug or benchmark builds.
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::{Arc, Mutex};
 
-use crate::model::{ClaimedRun, FinalStatus, Outcome, StopReason};
+use crate::model::{FinalStatus, Job, Outcome, StopReason};
 
 /// How a run in flight is stopped from outside its task (client cancel, lost lease, drain),
 /// and why: the reason is set before the token fires, so whoever sees the token can ask.
@@ -46,13 +46,14 @@ impl Stop {
     }
 }
 
-/// Runs one claimed run to an outcome. Must return [`Outcome::Stopped`] soon after `stop` fires.
-pub trait RunExecutor: Send + Sync + 'static {
-    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome>;
+/// Executes one claimed job to an outcome. Must return [`Outcome::Stopped`] soon after `stop`
+/// fires.
+pub trait JobExecutor: Send + Sync + 'static {
+    fn execute<'a>(&'a self, job: &'a Job, stop: Stop) -> BoxFuture<'a, Outcome>;
 }
 
 /// A trivial execution for queue tests and benchmarks: optionally appends
-/// `<run id> <attempt>` to a file (O_APPEND, so several processes can share it), sleeps, and
+/// `<run or build id> <attempt>` to a file (O_APPEND, so several processes can share it), sleeps, and
 /// succeeds (or ends as `fail` says); stops early when told to.
 #[derive(Debug, Clone, Default)]
 pub struct TestExecution {
@@ -94,11 +95,11 @@ impl TestExecution {
     }
 }
 
-impl RunExecutor for TestExecution {
-    fn execute<'a>(&'a self, run: &'a ClaimedRun, stop: Stop) -> BoxFuture<'a, Outcome> {
+impl JobExecutor for TestExecution {
+    fn execute<'a>(&'a self, job: &'a Job, stop: Stop) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             if let Some(path) = &self.record {
-                let line = format!("{} {}\n", run.id, run.attempt);
+                let line = format!("{} {}\n", job.id(), job.attempt());
                 let written = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

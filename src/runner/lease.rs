@@ -1,4 +1,5 @@
-//! One run's lease: renewing it while the run executes, and writing the outcome afterwards.
+//! One job's lease (a run's or a build's): renewing it while the job executes, and writing the
+//! outcome afterwards. Both queues have the same lease columns; `queue` names the table.
 //!
 //! Renewal is fenced: if the row is no longer ours the execution is stopped at once (a client
 //! cancelled it, or another daemon rescued it). If the database cannot be reached for longer
@@ -16,8 +17,8 @@ use uuid::Uuid;
 
 use super::Stop;
 use crate::alerts::Alerts;
-use crate::db::queue::{self, Completion, LeaseState, QueueError};
-use crate::model::{retry_delay, ClaimedRun, Outcome, StopReason};
+use crate::db::queue::{self, Completion, LeaseState, Queue, QueueError};
+use crate::model::{retry_delay, Job, Outcome, StopReason};
 use crate::ops::metrics;
 use crate::runner::settings::QueueSettings;
 
@@ -27,6 +28,7 @@ use crate::runner::settings::QueueSettings;
 /// database refuses it: a rescuer may already own the run).
 pub(super) async fn keep(
     pool: Pool,
+    queue: Queue,
     executor_id: String,
     run_id: Uuid,
     attempt: i32,
@@ -38,7 +40,8 @@ pub(super) async fn keep(
     loop {
         tokio::time::sleep(wait).await;
         wait = settings.heartbeat_interval;
-        match queue::extend_lease(&pool, run_id, &executor_id, attempt, settings.lease).await {
+        match queue::extend_lease(&pool, queue, run_id, &executor_id, attempt, settings.lease).await
+        {
             Ok(LeaseState::Held) => last_renewed = Instant::now(),
             Ok(LeaseState::Cancelled) => {
                 tracing::info!(%run_id, "run cancelled by a client; stopping it");
@@ -63,38 +66,41 @@ pub(super) async fn keep(
     }
 }
 
-/// Writes what became of the run, fenced on `(executor_id, attempt)`.
+/// Writes what became of the job, fenced on `(executor_id, attempt)`.
 pub(super) async fn record_outcome(
     pool: &Pool,
     executor_id: &str,
-    run: &ClaimedRun,
+    job: &Job,
     settings: &QueueSettings,
     outcome: Outcome,
     reason: Option<StopReason>,
     alerts: &Alerts,
 ) {
-    let run_id = run.id;
-    let attempt = run.attempt;
+    let run_id = job.id();
+    let attempt = job.attempt();
+    let queue = job.queue();
+    let noun = queue.noun();
     match (reason, outcome) {
         (Some(StopReason::LeaseLost), _) => {
             metrics::lease_lost();
-            tracing::warn!(%run_id, attempt, "lease lost: the result of this attempt is discarded");
+            tracing::warn!(%run_id, attempt, job = noun, "lease lost: the result of this attempt is discarded");
         }
         (Some(StopReason::Cancelled), _) => {
-            metrics::run_cancelled();
+            metrics::job_cancelled(queue);
             let written = retry_write("record a cancellation", run_id, || {
-                queue::record_cancellation(pool, run_id, executor_id, attempt)
+                queue::record_cancellation(pool, queue, run_id, executor_id, attempt)
             })
             .await;
             if written {
-                metrics::run_finished("cancelled", None);
+                metrics::job_finished(queue, "cancelled", None);
             }
-            tracing::info!(%run_id, recorded = written, "run cancelled");
+            tracing::info!(%run_id, job = noun, recorded = written, "cancelled");
         }
         (Some(StopReason::Shutdown), _) => {
             let released = retry_write("release an interrupted run", run_id, || {
                 queue::release_run(
                     pool,
+                    queue,
                     run_id,
                     executor_id,
                     attempt,
@@ -107,7 +113,7 @@ pub(super) async fn record_outcome(
             if released {
                 metrics::run_released("shutdown");
             }
-            tracing::info!(%run_id, released, "run interrupted by shutdown and returned to the queue (attempt not charged)");
+            tracing::info!(%run_id, job = noun, released, "interrupted by shutdown and returned to the queue (attempt not charged)");
         }
         (
             None,
@@ -128,16 +134,17 @@ pub(super) async fn record_outcome(
                 "write the final status",
                 pool,
                 executor_id,
-                run,
+                job,
                 &completion,
                 alerts,
             )
             .await;
+            let status = queue.final_status(status);
             if written {
-                metrics::run_finished(status.as_str(), completion.error_kind);
-                tracing::info!(%run_id, status = status.as_str(), error_kind = ?completion.error_kind, "run finished");
+                metrics::job_finished(queue, status, completion.error_kind);
+                tracing::info!(%run_id, job = noun, status, error_kind = ?completion.error_kind, "finished");
             } else {
-                settle_unwritten_finish(pool, executor_id, run).await;
+                settle_unwritten_finish(pool, executor_id, job).await;
             }
         }
         (
@@ -147,12 +154,13 @@ pub(super) async fn record_outcome(
                 message,
             },
         ) => {
-            if attempt < run.max_attempts {
+            if attempt < job.max_attempts() {
                 let delay =
                     retry_delay(attempt, settings.retry_backoff, settings.retry_backoff_max);
                 let released = retry_write("release a run for retry", run_id, || {
                     queue::release_run(
                         pool,
+                        queue,
                         run_id,
                         executor_id,
                         attempt,
@@ -165,7 +173,7 @@ pub(super) async fn record_outcome(
                 if released {
                     metrics::run_released("retry");
                 }
-                tracing::warn!(%run_id, attempt, %error_kind, error = %message, retry_in = ?delay, released, "infrastructure failure; the run will be retried");
+                tracing::warn!(%run_id, job = noun, attempt, %error_kind, error = %message, retry_in = ?delay, released, "infrastructure failure; will be retried");
             } else {
                 let completion = Completion {
                     status: crate::model::FinalStatus::Failed,
@@ -174,25 +182,26 @@ pub(super) async fn record_outcome(
                     exit_code: None,
                 };
                 let written = write_final(
-                    "fail a run out of attempts",
+                    "fail a job out of attempts",
                     pool,
                     executor_id,
-                    run,
+                    job,
                     &completion,
                     alerts,
                 )
                 .await;
                 if written {
-                    metrics::run_finished("failed", Some(&error_kind));
+                    metrics::job_finished(queue, "failed", Some(&error_kind));
                 }
-                tracing::warn!(%run_id, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; run failed");
+                tracing::warn!(%run_id, job = noun, attempt, %error_kind, error = %message, written, "infrastructure failure on the last attempt; failed");
             }
         }
         (None, Outcome::Stopped) => {
             // The execution stopped without being told to: treat as an infrastructure failure.
-            let released = retry_write("release a run that stopped by itself", run_id, || {
+            let released = retry_write("release a job that stopped by itself", run_id, || {
                 queue::release_run(
                     pool,
+                    queue,
                     run_id,
                     executor_id,
                     attempt,
@@ -208,25 +217,26 @@ pub(super) async fn record_outcome(
             if released {
                 metrics::run_released("stopped");
             }
-            tracing::warn!(%run_id, released, "execution stopped unexpectedly; run released for retry");
+            tracing::warn!(%run_id, job = noun, released, "execution stopped unexpectedly; released for retry");
         }
     }
 }
 
 /// A fenced final write matched no row: a client cancelled at the last moment (cancel wins; we
 /// complete its record), or the lease is gone (keep nothing).
-async fn settle_unwritten_finish(pool: &Pool, executor_id: &str, run: &ClaimedRun) {
-    let cancelled = retry_write("record a late cancellation", run.id, || {
-        queue::record_cancellation(pool, run.id, executor_id, run.attempt)
+async fn settle_unwritten_finish(pool: &Pool, executor_id: &str, job: &Job) {
+    let (id, attempt, queue) = (job.id(), job.attempt(), job.queue());
+    let cancelled = retry_write("record a late cancellation", id, || {
+        queue::record_cancellation(pool, queue, id, executor_id, attempt)
     })
     .await;
     if cancelled {
-        metrics::run_cancelled();
-        metrics::run_finished("cancelled", None);
-        tracing::info!(run_id = %run.id, "run was cancelled as it finished; cancellation kept");
+        metrics::job_cancelled(queue);
+        metrics::job_finished(queue, "cancelled", None);
+        tracing::info!(run_id = %id, job = queue.noun(), "cancelled as it finished; cancellation kept");
     } else {
         metrics::lease_lost();
-        tracing::warn!(run_id = %run.id, attempt = run.attempt, "final status not written: the lease was lost; result discarded");
+        tracing::warn!(run_id = %id, job = queue.noun(), attempt, "final status not written: the lease was lost; result discarded");
     }
 }
 
@@ -236,22 +246,27 @@ async fn write_final(
     what: &str,
     pool: &Pool,
     executor_id: &str,
-    run: &ClaimedRun,
+    job: &Job,
     completion: &Completion<'_>,
     alerts: &Alerts,
 ) -> bool {
-    let (run_id, attempt) = (run.id, run.attempt);
+    let (run_id, attempt, queue) = (job.id(), job.attempt(), job.queue());
     let status = completion.status.as_str();
-    match alerts.for_ending(
-        run,
-        executor_id,
-        status,
-        completion.error_kind,
-        completion.error_message,
-    ) {
+    // Alerts are about runs (their events name a company); a build's ending raises none.
+    let raised = match job {
+        Job::Run(run) => alerts.for_ending(
+            run,
+            executor_id,
+            status,
+            completion.error_kind,
+            completion.error_message,
+        ),
+        Job::Build(_) => None,
+    };
+    match raised {
         None => {
             retry_write(what, run_id, || {
-                queue::finish_run(pool, run_id, executor_id, attempt, completion)
+                queue::finish_run(pool, queue, run_id, executor_id, attempt, completion)
             })
             .await
         }

@@ -1,14 +1,20 @@
-//! The runner: keeps up to `max_concurrent_runs` runs in flight, each under a lease.
+//! The runner: keeps up to `max_concurrent_runs` runs and `max_concurrent_builds` builds in
+//! flight, each under a lease.
 //!
-//! One loop claims runs while slots are free, then waits for a NOTIFY wake-up, a freed slot,
-//! the `run_after` of a run not claimable yet (a cron tick fired ahead, a retry's backoff) or
-//! the poll interval. Each claimed run gets a task that renews its lease (fenced on executor
-//! and attempt), executes it through the [`RunExecutor`] seam, and writes the outcome —
-//! retrying database errors until the write lands or the run is provably no longer ours.
-//! Background loops renew this daemon's `app_executors` row, rescue expired leases of any
-//! daemon, and forward client cancellations to the run they concern.
+//! Runs (`app_runs`) and builds (`app_builds`) are two queues with the same lease columns, so
+//! one runner serves both: a claimed item is a [`Job`], and everything after the claim —
+//! lease, fencing, cancel, drain, retries, rescue — is the same code for both. Each queue has
+//! its own slots: a build never waits for a run's slot, nor takes one.
 //!
-//! Shutdown (the token passed to [`Runner::run`]) drains: no new claims, running runs get
+//! One loop claims while slots are free, then waits for a NOTIFY wake-up, a freed slot, the
+//! `run_after` of a job not claimable yet (a cron tick fired ahead, a retry's backoff) or the
+//! poll interval. Each claimed job gets a task that renews its lease (fenced on executor and
+//! attempt), executes it through the [`JobExecutor`] seam, and writes the outcome — retrying
+//! database errors until the write lands or the job is provably no longer ours. Background
+//! loops renew this daemon's `app_executors` row, rescue expired leases of any daemon, and
+//! forward client cancellations to the job they concern.
+//!
+//! Shutdown (the token passed to [`Runner::run`]) drains: no new claims, running jobs get
 //! `drain_grace` to finish, then they are stopped and put back in the queue without charging
 //! an attempt.
 
@@ -28,27 +34,27 @@ use uuid::Uuid;
 
 use crate::alerts::Alerts;
 use crate::db::executors;
-use crate::db::queue::{self, ClaimLimits};
-use crate::model::{ClaimedRun, StopReason};
+use crate::db::queue::{self, ClaimLimits, Queue};
+use crate::model::{Job, StopReason};
 use crate::ops::metrics;
 use crate::ops::DaemonStatus;
 use crate::runner::settings::QueueSettings;
-pub use execution::{RunExecutor, Stop};
+pub use execution::{JobExecutor, Stop};
 
 /// Added to the wait for a run's `run_after`, so the claim's `now()` is past it.
 const DUE_MARGIN: Duration = Duration::from_millis(1);
 
-/// Runs registered in this process, by id.
+/// Jobs registered in this process, by id (run and build ids are UUIDs and never collide).
 type Registry = Arc<Mutex<HashMap<Uuid, Stop>>>;
 
 pub struct Runner {
     pub pool: Pool,
     pub executor_id: String,
     pub settings: QueueSettings,
-    pub execution: Arc<dyn RunExecutor>,
-    /// Notified by the LISTEN session when a run becomes pending.
+    pub execution: Arc<dyn JobExecutor>,
+    /// Notified by the LISTEN session when a run or a build becomes pending.
     pub run_pending: Arc<Notify>,
-    /// Run ids a client cancelled, from the LISTEN session.
+    /// Run and build ids a client cancelled, from the LISTEN session.
     pub run_cancelled: mpsc::UnboundedReceiver<Uuid>,
     /// Exit once no run is pending and none is in flight (`run --until-idle`).
     pub until_idle: bool,
@@ -79,7 +85,10 @@ impl Runner {
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
         let state = Arc::new(Mutex::new("active"));
-        let slots = Arc::new(Semaphore::new(settings.max_concurrent_runs));
+        let slots = Slots {
+            runs: Arc::new(Semaphore::new(settings.max_concurrent_runs)),
+            builds: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
+        };
         let slot_freed = Arc::new(Notify::new());
         let limits = ClaimLimits {
             lease: settings.lease,
@@ -127,46 +136,51 @@ impl Runner {
             pending.as_mut().enable();
             freed.as_mut().enable();
 
-            // Whether the last claim found nothing: only then is it worth asking if we are idle.
+            // Whether a queue's last claim found nothing: only then is it worth asking if we
+            // are idle, or when the next waiting job is due.
             let mut found_nothing = false;
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                status.loop_ticked();
-                match queue::claim_next_run(&pool, &executor_id, &limits).await {
-                    Ok(Some(run)) => {
-                        note_claimed(&run);
-                        let task = RunTask {
-                            pool: pool.clone(),
-                            executor_id: executor_id.clone(),
-                            settings: settings.clone(),
-                            execution: execution.clone(),
-                            registry: registry.clone(),
-                            status: status.clone(),
-                            alerts: alerts.clone(),
-                        };
-                        let limits = limits.clone();
-                        let shutdown = shutdown.clone();
-                        let freed_signal = slot_freed.clone();
-                        tracker.spawn(async move {
-                            task.execute_while_claimable(run, &limits, &shutdown).await;
-                            drop(permit);
-                            freed_signal.notify_one();
-                        });
-                    }
-                    Ok(None) => {
-                        found_nothing = true;
+            for queue in [Queue::Runs, Queue::Builds] {
+                let slots = slots.of(queue);
+                while let Ok(permit) = slots.clone().try_acquire_owned() {
+                    if shutdown.is_cancelled() {
                         break;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
-                        break;
+                    status.loop_ticked();
+                    match claim_next(&pool, queue, &executor_id, &limits).await {
+                        Ok(Some(job)) => {
+                            note_claimed(&job);
+                            let task = RunTask {
+                                pool: pool.clone(),
+                                executor_id: executor_id.clone(),
+                                settings: settings.clone(),
+                                execution: execution.clone(),
+                                registry: registry.clone(),
+                                status: status.clone(),
+                                alerts: alerts.clone(),
+                            };
+                            let limits = limits.clone();
+                            let shutdown = shutdown.clone();
+                            let freed_signal = slot_freed.clone();
+                            tracker.spawn(async move {
+                                task.execute_while_claimable(job, &limits, &shutdown).await;
+                                drop(permit);
+                                freed_signal.notify_one();
+                            });
+                        }
+                        Ok(None) => {
+                            found_nothing = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
+                            break;
+                        }
                     }
                 }
             }
 
-            let all_slots_free = slots.available_permits() == settings.max_concurrent_runs;
+            let all_slots_free = slots.runs.available_permits() == settings.max_concurrent_runs
+                && slots.builds.available_permits() == settings.max_concurrent_builds;
             if until_idle && found_nothing && all_slots_free {
                 match queue::count_pending_runs(&pool).await {
                     Ok(0) => break,
@@ -269,7 +283,8 @@ async fn registry_heartbeat(
     }
 }
 
-/// Requeues runs whose lease expired, whoever held them; wakes the claim loop when it did.
+/// Requeues runs and builds whose lease expired, whoever held them; wakes the claim loop when
+/// it did.
 async fn rescue_loop(
     pool: Pool,
     settings: QueueSettings,
@@ -283,30 +298,71 @@ async fn rescue_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(settings.rescue_interval) => {}
         }
-        let rescue =
-            queue::rescue_expired_leases(&pool, 100, Duration::ZERO, settings.lease * 3, |run| {
-                alerts.for_rescue(run)
-            });
-        match rescue.await {
-            Ok(rescued) => {
-                let failed = rescued.iter().filter(|(r, _)| r.status == "failed").count() as u64;
-                metrics::runs_rescued(rescued.len() as u64 - failed, failed);
-                for (run, alert) in &rescued {
-                    tracing::warn!(run_id = %run.run_id, previous_executor = ?run.previous_executor, status = %run.status, "rescued run with an expired lease");
-                    if let Some((raised, recorded)) = alert {
-                        alerts.raised(raised, *recorded);
+        for queue in [Queue::Runs, Queue::Builds] {
+            let rescue = queue::rescue_expired_leases(
+                &pool,
+                queue,
+                100,
+                Duration::ZERO,
+                settings.lease * 3,
+                |run| alerts.for_rescue(run),
+            );
+            match rescue.await {
+                Ok(rescued) => {
+                    let failed =
+                        rescued.iter().filter(|(r, _)| r.status == "failed").count() as u64;
+                    if queue == Queue::Runs {
+                        metrics::runs_rescued(rescued.len() as u64 - failed, failed);
+                    }
+                    for (run, alert) in &rescued {
+                        tracing::warn!(run_id = %run.run_id, job = queue.noun(), previous_executor = ?run.previous_executor, status = %run.status, "rescued from an expired lease");
+                        if let Some((raised, recorded)) = alert {
+                            alerts.raised(raised, *recorded);
+                        }
+                    }
+                    if !rescued.is_empty() {
+                        run_pending.notify_waiters();
                     }
                 }
-                if !rescued.is_empty() {
-                    run_pending.notify_waiters();
-                }
+                Err(e) => tracing::warn!(error = %e, job = queue.noun(), "rescue sweep failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "rescue sweep failed"),
         }
     }
 }
 
-/// Stops runs of ours that a client cancelled.
+/// The slots of each queue.
+struct Slots {
+    runs: Arc<Semaphore>,
+    builds: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn of(&self, queue: Queue) -> &Arc<Semaphore> {
+        match queue {
+            Queue::Runs => &self.runs,
+            Queue::Builds => &self.builds,
+        }
+    }
+}
+
+/// Claims the next job of `queue`: a run (fair per company, under the caps) or a build.
+async fn claim_next(
+    pool: &Pool,
+    queue: Queue,
+    executor_id: &str,
+    limits: &ClaimLimits,
+) -> Result<Option<Job>, queue::QueueError> {
+    Ok(match queue {
+        Queue::Runs => queue::claim_next_run(pool, executor_id, limits)
+            .await?
+            .map(Job::Run),
+        Queue::Builds => queue::claim_next_build(pool, executor_id, limits.lease)
+            .await?
+            .map(Job::Build),
+    })
+}
+
+/// Stops runs and builds of ours that a client cancelled.
 async fn forward_cancellations(
     mut cancelled: mpsc::UnboundedReceiver<Uuid>,
     registry: Registry,
@@ -319,7 +375,7 @@ async fn forward_cancellations(
             run = cancelled.recv() => match run {
                 Some(run) => {
                     if let Some(in_flight) = registry.lock().unwrap().get(&run) {
-                        tracing::info!(run_id = %run, "run cancelled by a client; stopping it");
+                        tracing::info!(run_id = %run, "cancelled by a client; stopping it");
                         in_flight.stop_for(StopReason::Cancelled);
                     }
                 }
@@ -334,41 +390,50 @@ struct RunTask {
     pool: Pool,
     executor_id: String,
     settings: QueueSettings,
-    execution: Arc<dyn RunExecutor>,
+    execution: Arc<dyn JobExecutor>,
     registry: Registry,
     status: Arc<DaemonStatus>,
     alerts: Alerts,
 }
 
-/// Logs and counts a claimed run.
-fn note_claimed(run: &ClaimedRun) {
-    tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
-    metrics::run_claimed(
-        (run.started_at - run.created_at)
-            .to_std()
-            .unwrap_or_default(),
-    );
+/// Logs and counts a claimed job.
+fn note_claimed(job: &Job) {
+    match job {
+        Job::Run(run) => {
+            tracing::info!(run_id = %run.id, app_id = %run.app_id, company_id = %run.company_id, attempt = run.attempt, "claimed run");
+            metrics::run_claimed(
+                (run.started_at - run.created_at)
+                    .to_std()
+                    .unwrap_or_default(),
+            );
+        }
+        Job::Build(build) => {
+            tracing::info!(build_id = %build.id, app_id = %build.app_id, version = %build.version, attempt = build.attempt, "claimed build");
+        }
+    }
 }
 
 impl RunTask {
-    /// Executes `run`, then keeps its slot busy by claiming the next run itself for as long as
-    /// one is eligible: with a deep queue, handing the slot back through the claim loop would
-    /// cost a wake-up and a new task per run. Stops claiming once shutdown begins.
+    /// Executes `job`, then keeps its slot busy by claiming the next job of the same queue
+    /// itself for as long as one is eligible: with a deep queue, handing the slot back through
+    /// the claim loop would cost a wake-up and a new task per job. Stops claiming once shutdown
+    /// begins.
     async fn execute_while_claimable(
         &self,
-        mut run: ClaimedRun,
+        mut job: Job,
         limits: &ClaimLimits,
         shutdown: &CancellationToken,
     ) {
         loop {
-            self.execute(run).await;
+            let queue = job.queue();
+            self.execute(job).await;
             if shutdown.is_cancelled() {
                 return;
             }
-            match queue::claim_next_run(&self.pool, &self.executor_id, limits).await {
+            match claim_next(&self.pool, queue, &self.executor_id, limits).await {
                 Ok(Some(next)) => {
                     note_claimed(&next);
-                    run = next;
+                    job = next;
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -380,37 +445,40 @@ impl RunTask {
         }
     }
 
-    async fn execute(&self, run: ClaimedRun) {
+    async fn execute(&self, job: Job) {
         let started = std::time::Instant::now();
         self.status.run_started();
         let in_flight = Stop::new();
         self.registry
             .lock()
             .unwrap()
-            .insert(run.id, in_flight.clone());
+            .insert(job.id(), in_flight.clone());
         let keeper = tokio::spawn(lease::keep(
             self.pool.clone(),
+            job.queue(),
             self.executor_id.clone(),
-            run.id,
-            run.attempt,
+            job.id(),
+            job.attempt(),
             self.settings.clone(),
             in_flight.clone(),
         ));
-        let outcome = self.execution.execute(&run, in_flight.clone()).await;
+        let outcome = self.execution.execute(&job, in_flight.clone()).await;
         keeper.abort();
         let reason = in_flight.reason();
         lease::record_outcome(
             &self.pool,
             &self.executor_id,
-            &run,
+            &job,
             &self.settings,
             outcome,
             reason,
             &self.alerts,
         )
         .await;
-        self.registry.lock().unwrap().remove(&run.id);
+        self.registry.lock().unwrap().remove(&job.id());
         self.status.run_ended();
-        metrics::phase_finished(metrics::Phase::Total, started.elapsed());
+        if let Job::Run(_) = job {
+            metrics::phase_finished(metrics::Phase::Total, started.elapsed());
+        }
     }
 }

@@ -14,6 +14,9 @@ use crate::units::{format_duration, parse_byte_size, parse_duration};
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     pub max_concurrent_runs: usize,
+    /// Builds this daemon processes at once, in slots of their own (a build never waits for a
+    /// run's slot, nor takes one); 0: this host builds nothing.
+    pub max_concurrent_builds: usize,
     pub lease: Duration,
     pub heartbeat_interval: Duration,
     pub poll_interval: Duration,
@@ -32,6 +35,7 @@ pub struct QueueSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RawQueue {
     max_concurrent_runs: usize,
+    max_concurrent_builds: usize,
     lease: String,
     heartbeat_interval: String,
     poll_interval: String,
@@ -48,6 +52,7 @@ impl Default for RawQueue {
     fn default() -> Self {
         Self {
             max_concurrent_runs: 4,
+            max_concurrent_builds: 1,
             lease: "30s".into(),
             heartbeat_interval: "10s".into(),
             poll_interval: "5s".into(),
@@ -109,6 +114,7 @@ impl QueueSettings {
         }
         (violations.len() == before).then_some(Self {
             max_concurrent_runs: raw.max_concurrent_runs,
+            max_concurrent_builds: raw.max_concurrent_builds,
             lease,
             heartbeat_interval,
             poll_interval,
@@ -125,6 +131,7 @@ impl QueueSettings {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "max_concurrent_runs": self.max_concurrent_runs,
+            "max_concurrent_builds": self.max_concurrent_builds,
             "lease": format_duration(self.lease),
             "heartbeat_interval": format_duration(self.heartbeat_interval),
             "poll_interval": format_duration(self.poll_interval),

@@ -90,6 +90,9 @@ pub struct InstallRequest<'a> {
     pub image: &'a str,
     pub image_id: &'a str,
     pub allow_scripts: bool,
+    /// Install `devDependencies` too (a build needs its compilers and bundlers; a run only what
+    /// it imports).
+    pub include_dev: bool,
     pub cpu: f64,
     /// Name prefix and labels for the install container.
     pub container_name: String,
@@ -269,6 +272,10 @@ fn dependency_key(request: &InstallRequest<'_>) -> std::io::Result<String> {
     hasher.update(format!("pm={:?}\n", request.package_manager).as_bytes());
     hasher.update(format!("image={}\n", request.image_id).as_bytes());
     hasher.update(format!("scripts={}\n", request.allow_scripts).as_bytes());
+    if request.include_dev {
+        // Only when set, so the keys of existing production installs stay as they were.
+        hasher.update(b"dev=true\n");
+    }
     for name in KEY_FILES {
         match std::fs::read(request.app_dir.join(name)) {
             Ok(bytes) => {
@@ -292,10 +299,15 @@ fn install_script(request: &InstallRequest<'_>) -> String {
     } else {
         " --ignore-scripts"
     };
-    let npm = if has("package-lock.json") {
-        format!("npm ci --omit=dev --no-audit --no-fund{scripts}")
+    let (omit, prod) = if request.include_dev {
+        ("", "")
     } else {
-        format!("npm install --omit=dev --no-audit --no-fund --no-package-lock{scripts}")
+        (" --omit=dev", " --prod")
+    };
+    let npm = if has("package-lock.json") {
+        format!("npm ci{omit} --no-audit --no-fund{scripts}")
+    } else {
+        format!("npm install{omit} --no-audit --no-fund --no-package-lock{scripts}")
     };
     let frozen = if has("pnpm-lock.yaml") {
         "--frozen-lockfile"
@@ -303,7 +315,7 @@ fn install_script(request: &InstallRequest<'_>) -> String {
         "--no-frozen-lockfile"
     };
     let pnpm = format!(
-        "pnpm install {frozen} --prod --reporter=append-only --store-dir /app/.pnpm-store{scripts}"
+        "pnpm install {frozen}{prod} --reporter=append-only --store-dir /app/.pnpm-store{scripts}"
     );
     match request.package_manager {
         PackageManager::Npm => format!("exec {npm}"),
@@ -328,6 +340,37 @@ fn prepare_work_dir(app_dir: &Path, work: &Path, user: &str) -> std::io::Result<
         std::fs::write(work.join(".npmrc"), npmrc)?;
     }
     hand_over(work, user)
+}
+
+/// Copies the app (without `node_modules`) into `work` and gives the whole copy to the sandbox
+/// user: a build script may rewrite any file of it.
+pub fn prepare_build_dir(app_dir: &Path, work: &Path, user: &str) -> std::io::Result<()> {
+    copy_tree(app_dir, work)?;
+    hand_over_tree(work, user)
+}
+
+fn hand_over_tree(dir: &Path, user: &str) -> std::io::Result<()> {
+    hand_over(dir, user)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            hand_over_tree(&entry.path(), user)?;
+        } else if kind.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let ids = user
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+            let owned = ids
+                .map(|(u, g)| std::os::unix::fs::lchown(entry.path(), Some(u), Some(g)).is_ok())
+                .unwrap_or(false);
+            if !owned {
+                let mode = entry.metadata()?.permissions().mode() | 0o666;
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Makes `dir` writable for the sandbox user: chown when we may (root), else mode 0777 on the
@@ -377,6 +420,7 @@ mod tests {
             image: "img",
             image_id: "sha256:1",
             allow_scripts: false,
+            include_dev: false,
             cpu: 1.0,
             container_name: "x".into(),
             labels: HashMap::new(),

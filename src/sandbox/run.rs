@@ -93,7 +93,7 @@ pub async fn prepare(
         .iter()
         .any(|(kind, _)| *kind == PermissionType::Network);
     Ok(ContainerSpec {
-        name: container_name(run, "run"),
+        name: container_name(run.id, run.attempt, "run"),
         image: image.to_owned(),
         cmd: vec!["node".into(), entrypoint.to_owned()],
         working_dir: APP_DIR,
@@ -107,27 +107,31 @@ pub async fn prepare(
         } else {
             "none".into()
         },
-        labels: labels(executor_id, run, "run"),
+        labels: labels(executor_id, run.id, run.attempt, "run"),
     })
 }
 
 /// The labels every container of an attempt carries: the orphan sweep finds a dead daemon's
-/// containers, runs and attempts by them.
-pub fn labels(executor_id: &str, run: &ClaimedRun, phase: &str) -> HashMap<String, String> {
+/// containers, runs and attempts by them. `id` is a run's or a build's.
+pub fn labels(
+    executor_id: &str,
+    id: uuid::Uuid,
+    attempt: i32,
+    phase: &str,
+) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_EXECUTOR.to_owned(), executor_id.to_owned()),
-        (LABEL_RUN.to_owned(), run.id.to_string()),
-        (LABEL_ATTEMPT.to_owned(), run.attempt.to_string()),
+        (LABEL_RUN.to_owned(), id.to_string()),
+        (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
         (LABEL_PHASE.to_owned(), phase.to_owned()),
     ])
 }
 
 /// A container name unique per attempt and phase, readable in `docker ps`.
-pub fn container_name(run: &ClaimedRun, phase: &str) -> String {
+pub fn container_name(id: uuid::Uuid, attempt: i32, phase: &str) -> String {
     format!(
-        "app-executor-{}-{}-{phase}-{}",
-        run.id.simple(),
-        run.attempt,
+        "app-executor-{}-{attempt}-{phase}-{}",
+        id.simple(),
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     )
 }

@@ -69,6 +69,7 @@ fn target(attempt: i32) -> LogTarget {
         run_id: Uuid::new_v4(),
         attempt,
         claimed_at: Utc::now(),
+        build: false,
     }
 }
 
@@ -609,10 +610,16 @@ async fn record_end(
         error_message: None,
         exit_code: Some(0),
     };
-    let finished =
-        app_executor::db::queue::finish_run(pool, run.id, EXECUTOR, run.attempt, &completion)
-            .await
-            .unwrap();
+    let finished = app_executor::db::queue::finish_run(
+        pool,
+        app_executor::db::queue::Queue::Runs,
+        run.id,
+        EXECUTOR,
+        run.attempt,
+        &completion,
+    )
+    .await
+    .unwrap();
     assert!(finished);
 }
 

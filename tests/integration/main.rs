@@ -7,6 +7,7 @@ mod alerts;
 mod archive;
 mod artifact;
 mod bench;
+mod builds;
 mod cli;
 mod cron;
 mod db_tls;

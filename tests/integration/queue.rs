@@ -180,6 +180,7 @@ async fn a_killed_daemons_runs_are_rescued_within_one_lease_and_its_late_write_i
     let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 2).unwrap();
     let late = app_executor::db::queue::finish_run(
         &pool,
+        app_executor::db::queue::Queue::Runs,
         runs[0],
         stale_executor.as_deref().unwrap(),
         1,
@@ -765,6 +766,7 @@ async fn a_failing_statement_names_the_servers_reason() {
     let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 1).unwrap();
     let error = app_executor::db::queue::finish_run(
         &pool,
+        app_executor::db::queue::Queue::Runs,
         Uuid::new_v4(),
         "e1",
         1,
@@ -831,6 +833,7 @@ async fn an_expired_lease_is_not_renewed() {
     let renew = || {
         app_executor::db::queue::extend_lease(
             &pool,
+            app_executor::db::queue::Queue::Runs,
             run.id,
             crate::harness::run::EXECUTOR,
             run.attempt,

@@ -122,6 +122,17 @@ const OUR_COLUMNS: &[(&str, &[&str])] = &[
             "build_log_path",
             "error_message",
             "metadata",
+            "started_at",
+            "run_after",
+            "attempt",
+            "max_attempts",
+            "executor_id",
+            "lease_expires_at",
+            "heartbeat_at",
+            "error_kind",
+            "exit_code",
+            "duration_ms",
+            "archive_size",
         ],
     ),
     (
@@ -278,8 +289,8 @@ fn insert_with(table: &str, column: &str) -> String {
     let insert = match (table, column) {
         ("app_storage", "file_type") => "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum)
              select app, '1.0.0', 'app_' || app::text || '/1.0.0/' || value || '.bin', value, 1, 'sha256:' || repeat('a', 64) from ctx".to_owned(),
-        ("app_builds", "build_status") => "insert into public.app_builds (app_id, build_version, build_status)
-             select app, '1.0.0', value from ctx".to_owned(),
+        ("app_builds", "build_status") => "insert into public.app_builds (app_id, build_version, build_status, executor_id, lease_expires_at)
+             select app, '1.0.0', value, 'e', now() from ctx".to_owned(),
         ("app_runs", _) => format!(
             "insert into public.app_runs (app_id, company_id, {column}, executor_id, lease_expires_at)
              select r.app_id, r.company_id, value, 'e', now() from ctx join public.app_runs r on r.id = ctx.run"
