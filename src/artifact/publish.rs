@@ -225,17 +225,30 @@ fn file_type(path: &str) -> &'static str {
     }
 }
 
-/// A MIME type from the app-storage allow-list (no parameters: the server does not strip them).
+/// A MIME type from the app-storage allow-list (no parameters: the server does not strip them);
+/// anything the list has no entry for is `application/octet-stream`.
 pub fn content_type(path: &str) -> &'static str {
-    let ext = path.rsplit('.').next().unwrap_or("");
-    match ext {
+    let ext = path.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
         "json" => "application/json",
         "js" | "mjs" | "cjs" => "application/javascript",
         "ts" => "application/typescript",
         "md" => "text/markdown",
         "txt" => "text/plain",
-        "html" => "text/html",
+        "html" | "htm" => "text/html",
         "css" => "text/css",
+        "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
         "csv" => "text/csv",
         "yaml" | "yml" => "application/yaml",
         "gz" | "tgz" => "application/gzip",
@@ -261,6 +274,9 @@ mod tests {
         assert_eq!(file_type("logo.png"), "asset");
         assert_eq!(file_type("dist/index.html"), "dist");
         assert_eq!(content_type("a/b.mjs"), "application/javascript");
-        assert_eq!(content_type("logo.png"), "application/octet-stream");
+        assert_eq!(content_type("logo.PNG"), "image/png");
+        assert_eq!(content_type("assets/icon.svg"), "image/svg+xml");
+        assert_eq!(content_type("font.woff2"), "font/woff2");
+        assert_eq!(content_type("blob.bin"), "application/octet-stream");
     }
 }

@@ -80,8 +80,16 @@ impl figment::Provider for EnvOverrides {
 }
 
 /// Env values are typed like TOML scalars when they look like one (`32`, `true`, `1.5`), and
-/// are strings otherwise, so `APP_EXECUTOR_DATABASE__POOL_SIZE=32` fills an integer.
+/// are strings otherwise, so `APP_EXECUTOR_DATABASE__POOL_SIZE=32` fills an integer. A value in
+/// brackets that parses as a TOML array is one (`["a", "b"]`), for the list keys.
 fn parse_env_value(value: &str) -> toml::Value {
+    if value.trim_start().starts_with('[') {
+        if let Ok(mut table) = format!("v = {value}").parse::<toml::Table>() {
+            if let Some(array @ toml::Value::Array(_)) = table.remove("v") {
+                return array;
+            }
+        }
+    }
     if let Ok(i) = value.parse::<i64>() {
         if !(value.starts_with('0') && value.len() > 1) {
             return toml::Value::Integer(i);

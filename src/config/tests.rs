@@ -98,6 +98,26 @@ fn env_overrides_win_over_the_file() {
 }
 
 #[test]
+fn an_env_value_in_brackets_is_a_list() {
+    let app = "7d3f4c1e-8a2b-4c5d-9e6f-0a1b2c3d4e5f";
+    let (_dir, overrides) = write_config("");
+    let config = Config::load_from(
+        &overrides,
+        &env(&[(
+            "APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS",
+            &format!("[\"{app}\"]"),
+        )]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.sandbox.install_scripts_apps,
+        vec![app.parse::<uuid::Uuid>().unwrap()]
+    );
+    let err = load_error("", &[("APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS", "[oops")]);
+    assert!(err.contains("sandbox.install_scripts_apps"), "{err}");
+}
+
+#[test]
 fn a_bad_duration_names_the_key_and_the_value() {
     let err = load_error("[database]\nconnect_timeout = \"ten seconds\"\n", &[]);
     assert!(err.contains("database.connect_timeout"), "{err}");

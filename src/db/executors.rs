@@ -85,8 +85,9 @@ pub async fn executors_on_host(pool: &Pool, host: &str, except: &str) -> Result<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Marks a dead executor stopped and expires the leases of the runs it held, so the next
-/// rescue pass requeues them instead of waiting out their leases. Returns the runs affected.
+/// Marks a dead executor stopped and expires the leases of the runs and builds it held, so the
+/// next rescue pass requeues them instead of waiting out their leases. Returns the jobs
+/// affected.
 pub async fn retire_executor(pool: &Pool, executor_id: &str) -> Result<u64> {
     let client = client(pool, "retiring an executor").await?;
     client
@@ -96,12 +97,21 @@ pub async fn retire_executor(pool: &Pool, executor_id: &str) -> Result<u64> {
         )
         .await
         .map_err(query("mark an executor stopped"))?;
-    client
+    let runs = client
         .execute(
             "update public.app_runs set lease_expires_at = now()
               where executor_id = $1 and status = 'running' and lease_expires_at > now()",
             &[&executor_id],
         )
         .await
-        .map_err(query("expire the leases of a dead executor"))
+        .map_err(query("expire the leases of a dead executor"))?;
+    let builds = client
+        .execute(
+            "update public.app_builds set lease_expires_at = now()
+              where executor_id = $1 and build_status = 'building' and lease_expires_at > now()",
+            &[&executor_id],
+        )
+        .await
+        .map_err(query("expire the build leases of a dead executor"))?;
+    Ok(runs + builds)
 }

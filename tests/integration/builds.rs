@@ -11,7 +11,47 @@ use uuid::Uuid;
 use crate::harness::apps::{self, enqueue, run_record};
 use crate::harness::daemon::{Daemon, DaemonOptions};
 use crate::harness::docker::{self, assert_no_containers, containers_created_since};
+use crate::harness::storage_double::{StorageDouble, SERVICE_KEY};
 use crate::harness::{insert_tenant, TestDb};
+
+/// Where the daemons and the publisher keep objects: a local storage root, or the HTTP double
+/// of Supabase Storage.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    Local(&'a Path),
+    Double(&'a StorageDouble),
+}
+
+impl<'a> From<&'a Path> for Store<'a> {
+    fn from(root: &'a Path) -> Self {
+        Store::Local(root)
+    }
+}
+
+impl<'a> From<&'a StorageDouble> for Store<'a> {
+    fn from(double: &'a StorageDouble) -> Self {
+        Store::Double(double)
+    }
+}
+
+impl Store<'_> {
+    fn env(self) -> Vec<(String, String)> {
+        match self {
+            Store::Local(root) => vec![(
+                "APP_EXECUTOR_STORAGE__LOCAL_ROOT".to_owned(),
+                root.display().to_string(),
+            )],
+            Store::Double(double) => vec![
+                ("APP_EXECUTOR_STORAGE__BACKEND".into(), "supabase".into()),
+                ("APP_EXECUTOR_STORAGE__URL".into(), double.url.to_string()),
+                (
+                    "APP_EXECUTOR_STORAGE__SERVICE_KEY".into(),
+                    SERVICE_KEY.into(),
+                ),
+            ],
+        }
+    }
+}
 
 /// A daemon host: its own state directory (caches, run directories), the storage shared.
 struct Host {
@@ -25,12 +65,9 @@ impl Host {
         }
     }
 
-    fn options(&self, storage: &Path) -> DaemonOptions {
+    fn options<'a>(&self, storage: impl Into<Store<'a>>) -> DaemonOptions {
         let mut options = DaemonOptions::production(self.state.path());
-        options.env.push((
-            "APP_EXECUTOR_STORAGE__LOCAL_ROOT".to_owned(),
-            storage.display().to_string(),
-        ));
+        options.env.extend(storage.into().env());
         options
     }
 
@@ -38,7 +75,7 @@ impl Host {
         DaemonOptions::test_label(self.state.path())
     }
 
-    fn run_until_idle(&self, db: &TestDb, storage: &Path) -> String {
+    fn run_until_idle<'a>(&self, db: &TestDb, storage: impl Into<Store<'a>>) -> String {
         let mut daemon = Daemon::spawn(db, self.options(storage).until_idle());
         let status = daemon.wait(Duration::from_secs(120));
         let log = daemon.log_text();
@@ -49,12 +86,34 @@ impl Host {
 
 /// The app `examples/hello` with a `build` script that writes `built.txt`, published with the
 /// storage at `storage`.
-fn publish_with_build_script(db: &TestDb, storage: &Path, app: Uuid, script: &str) {
+fn publish_with_build_script<'a>(
+    db: &TestDb,
+    storage: impl Into<Store<'a>>,
+    app: Uuid,
+    script: &str,
+) {
+    publish_hello_variant(db, storage, app, script, |_, _| {});
+}
+
+/// [`publish_with_build_script`] with `edit` applied to the manifest and `package.json` first.
+fn publish_hello_variant<'a>(
+    db: &TestDb,
+    storage: impl Into<Store<'a>>,
+    app: Uuid,
+    script: &str,
+    edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) {
     let dir = apps::copy_hello();
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+
     let package = dir.path().join("package.json");
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&package).unwrap()).unwrap();
-    value["scripts"] = json!({"build": "node build.js"});
+    value["scripts"] = json!({"build": "node build.js", "noop": "node --version"});
+    edit(&mut manifest, &mut value);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
     std::fs::write(&package, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
     std::fs::write(dir.path().join("build.js"), script).unwrap();
     let publisher = tempfile::tempdir().unwrap();
@@ -68,7 +127,7 @@ fn publish_with_build_script(db: &TestDb, storage: &Path, app: Uuid, script: &st
             concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
         )
         .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", publisher.path())
-        .env("APP_EXECUTOR_STORAGE__LOCAL_ROOT", storage)
+        .envs(storage.into().env())
         .output()
         .unwrap();
     assert!(
@@ -350,12 +409,17 @@ async fn a_build_past_its_timeout_fails_and_a_cancelled_one_stops_within_seconds
 }
 
 fn wait_for_build_container(build: Uuid, limit: Duration) -> Option<String> {
+    wait_for_container(build, "build", limit)
+}
+
+/// The running container of `build`'s `phase` (`install` or `build`), once there is one.
+fn wait_for_container(build: Uuid, phase: &str, limit: Duration) -> Option<String> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let out = std::process::Command::new("docker")
             .args(["ps", "-q", "--filter"])
             .arg(format!("label=app-executor.run={build}"))
-            .args(["--filter", "label=app-executor.phase=build"])
+            .args(["--filter", &format!("label=app-executor.phase={phase}")])
             .output()
             .unwrap();
         let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
@@ -376,7 +440,7 @@ fn container_exists(id: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tampered_build_archive_fails_the_run_with_checksum_mismatch() {
+async fn a_tampered_or_unsafe_build_archive_fails_the_run_and_so_does_a_failed_build() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let storage = tempfile::tempdir().unwrap();
@@ -415,6 +479,35 @@ async fn a_tampered_build_archive_fails_the_run_with_checksum_mismatch() {
         "{record:?}\n{log}"
     );
 
+    // An archive whose digest is right but which holds an entry escaping the app directory
+    // is refused by the archive policy, not extracted.
+    let evil = tempfile::tempdir().unwrap();
+    std::fs::create_dir(evil.path().join("app")).unwrap();
+    std::fs::write(evil.path().join("escape.js"), "owned").unwrap();
+    let status = std::process::Command::new("tar")
+        .args(["-C", evil.path().join("app").to_str().unwrap()])
+        .args(["--absolute-names", "-czf"])
+        .arg(&archive)
+        .arg("../escape.js")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    client
+        .execute(
+            "update public.app_builds set artifact_digest = $2, archive_size = $3 where id = $1",
+            &[
+                &build,
+                &sha256(&archive),
+                &(std::fs::metadata(&archive).unwrap().len() as i64),
+            ],
+        )
+        .await
+        .unwrap();
+    let run = enqueue(&client, app, company, json!({})).await;
+    let log = Host::new().run_until_idle(&db, storage.path());
+    let record = run_record(&client, run).await;
+    assert_eq!(record.summary(), "failed/unsafe_archive", "{record:?}\n{log}");
+
     // A run naming a build that failed says so.
     let failed = insert_build(&client, app, json!({"script": "missing-script"})).await;
     Host::new().run_until_idle(&db, storage.path());
@@ -430,4 +523,273 @@ async fn a_tampered_build_archive_fails_the_run_with_checksum_mismatch() {
     Host::new().run_until_idle(&db, storage.path());
     let record = run_record(&client, run).await;
     assert_eq!(record.summary(), "failed/build_failed", "{record:?}");
+}
+
+/// A build script that writes a small static site into `dist/` (the PNG is a real 1x1 image).
+const WRITES_DIST: &str = r#"
+const fs = require('fs');
+fs.mkdirSync('dist/img', { recursive: true });
+fs.writeFileSync('dist/index.html', '<!doctype html><script src="app.js"></script>');
+fs.writeFileSync('dist/app.js', 'console.log("hi")');
+fs.writeFileSync('dist/style.css', 'body { color: red }');
+fs.writeFileSync('dist/img/icon.svg', '<svg xmlns="http://www.w3.org/2000/svg"/>');
+fs.writeFileSync('dist/logo.png', Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=', 'base64'));
+console.log('site built');
+"#;
+
+fn with_frontend(manifest: &mut serde_json::Value, _: &mut serde_json::Value) {
+    manifest["type"] = json!("both");
+    manifest["runtime"]["frontend"] =
+        json!({"type": "static", "entrypoint": "dist/index.html", "assets": ["dist/"]});
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frontend_build_publishes_its_assets_as_dist_rows_with_their_mime_types() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (_, app) = insert_tenant(&client).await;
+    // dist/ does not exist when the app is published: it is what the build makes.
+    publish_hello_variant(&db, storage.path(), app, WRITES_DIST, with_frontend);
+    let host = Host::new();
+    let built = insert_build(&client, app, json!({})).await;
+    let log = host.run_until_idle(&db, storage.path());
+    let row = build_row(&client, built).await;
+    assert_eq!(row.status, "success", "{row:?}\n{log}");
+    assert!(row.is_current);
+
+    let rows = client
+        .query(
+            "select file_path, mime_type, checksum, file_size, version from public.app_storage
+              where app_id = $1 and file_type = 'dist' and metadata->>'build_id' = $2
+              order by file_path",
+            &[&app, &built.to_string()],
+        )
+        .await
+        .unwrap();
+    let prefix = format!("app_{app}/builds/{built}/dist/");
+    let listed: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let path: String = r.get(0);
+            (path.strip_prefix(&prefix).unwrap().to_owned(), r.get(1))
+        })
+        .collect();
+    let expected = [
+        ("dist/app.js", "application/javascript"),
+        ("dist/img/icon.svg", "image/svg+xml"),
+        ("dist/index.html", "text/html"),
+        ("dist/logo.png", "image/png"),
+        ("dist/style.css", "text/css"),
+    ];
+    assert_eq!(
+        listed,
+        expected
+            .iter()
+            .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    for r in &rows {
+        let key: String = r.get(0);
+        let stored = object(storage.path(), "app-storage", &key);
+        assert_eq!(sha256(&stored), r.get::<_, String>(2), "{key}");
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().len() as i64,
+            r.get::<_, i64>(3)
+        );
+        assert_eq!(r.get::<_, String>(4), "1.0.0");
+    }
+
+    // A later build that fails leaves the successful one current and its assets in place; a
+    // build that produces no frontend entrypoint fails clearly.
+    let failed = insert_build(&client, app, json!({"script": "missing-script"})).await;
+    let no_site = insert_build(&client, app, json!({"script": "noop"})).await;
+    let log = host.run_until_idle(&db, storage.path());
+    assert_eq!(build_row(&client, failed).await.status, "failed", "{log}");
+    let row = build_row(&client, no_site).await;
+    assert_eq!(row.status, "failed", "{row:?}\n{log}");
+    assert_eq!(row.error_kind.as_deref(), Some("frontend_missing"));
+    assert!(
+        row.error_message.as_deref().unwrap_or("").contains("dist/index.html"),
+        "{row:?}"
+    );
+    let current: Vec<Uuid> = client
+        .query(
+            "select id from public.app_builds where app_id = $1 and is_current",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(current, vec![built], "is_current moves only on success");
+    let dist: i64 = client
+        .query_one(
+            "select count(*) from public.app_storage where app_id = $1 and file_type = 'dist'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dist, 5, "failed builds publish no assets");
+    assert_no_containers(&host.label());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_cancelled_while_installing_stops_within_seconds() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (_, app) = insert_tenant(&client).await;
+    // The package's own postinstall hangs, so the install phase lasts until it is stopped.
+    publish_hello_variant(&db, storage.path(), app, WRITES_BUILT_TXT, |_, package| {
+        package["scripts"]["postinstall"] = json!("node -e \"setTimeout(() => {}, 600000)\"");
+    });
+    let host = Host::new();
+    let build = insert_build(&client, app, json!({})).await;
+    let mut options = host.options(storage.path());
+    options.env.push((
+        "APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS".to_owned(),
+        format!("[\"{app}\"]"),
+    ));
+    let mut daemon = Daemon::spawn(&db, options);
+    let container = wait_for_container(build, "install", Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("no install container:\n{}", daemon.log_text()));
+    client
+        .execute(
+            "update public.app_builds set build_status = 'cancelled' where id = $1",
+            &[&build],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while container_exists(&container) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the install container outlived its cancel:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let row = wait_until_completed(&client, build, Duration::from_secs(15)).await;
+    assert_eq!(row.status, "cancelled", "{row:?}");
+    assert_eq!(row.error_kind.as_deref(), Some("cancelled"));
+    assert!(row.build_path.is_none());
+    daemon.stop();
+    assert!(
+        !storage.path().join("app-storage").join(format!("app_{app}/builds")).exists(),
+        "a cancelled build uploaded something"
+    );
+    assert_no_containers(&host.label());
+}
+
+/// A daemon killed hard while the build script runs: its container is removed, the build goes
+/// back to the queue and is built again under a new attempt, ending with one archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_whose_daemon_is_killed_is_rescued_and_ends_with_one_archive() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (_, app) = insert_tenant(&client).await;
+    publish_with_build_script(
+        &db,
+        storage.path(),
+        app,
+        "setTimeout(() => { require('fs').writeFileSync('built.txt', 'x'); console.log('build step done'); }, 4000);",
+    );
+    let host = Host::new();
+    let build = insert_build(&client, app, json!({})).await;
+    let mut first = Daemon::spawn(&db, host.options(storage.path()));
+    let orphan = wait_for_build_container(build, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("no build container:\n{}", first.log_text()));
+    first.kill_hard();
+    assert!(container_exists(&orphan), "the container outlives its daemon");
+
+    let mut second = Daemon::spawn(&db, host.options(storage.path()));
+    let row = wait_until_completed(&client, build, Duration::from_secs(120)).await;
+    let log = second.log_text();
+    assert_eq!(row.status, "success", "{row:?}\n{log}");
+    assert!(row.is_current);
+    assert!(!container_exists(&orphan), "the orphaned build container is still there");
+    let attempt: i32 = client
+        .query_one("select attempt from public.app_builds where id = $1", &[&build])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempt, 2, "{log}");
+    second.stop();
+
+    let folder = storage
+        .path()
+        .join("app-storage")
+        .join(format!("app_{app}/builds/{build}"));
+    let objects: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert_eq!(objects, vec!["app.tar.gz".to_owned()], "{folder:?}");
+    let archive = folder.join("app.tar.gz");
+    assert_eq!(row.digest.as_deref(), Some(sha256(&archive).as_str()));
+    let runs_left: Vec<_> = std::fs::read_dir(host.state.path().join("runs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(runs_left.is_empty(), "attempt directories left: {runs_left:?}");
+    assert_no_containers(&host.label());
+}
+
+async fn wait_until_completed(
+    client: &tokio_postgres::Client,
+    build: Uuid,
+    limit: Duration,
+) -> BuildRow {
+    let deadline = Instant::now() + limit;
+    loop {
+        let row = build_row(client, build).await;
+        if row.completed {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "the build never finished: {row:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The same path through the HTTP client against the double of Supabase Storage: the archive
+/// and the frontend's assets are uploaded there, and a fresh host runs from the archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_works_through_the_supabase_storage_api() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let double = StorageDouble::start().await;
+    let (company, app) = insert_tenant(&client).await;
+    publish_hello_variant(&db, &double, app, WRITES_DIST, with_frontend);
+    let build = insert_build(&client, app, json!({})).await;
+    let log = Host::new().run_until_idle(&db, &double);
+    let row = build_row(&client, build).await;
+    assert_eq!(row.status, "success", "{row:?}\n{log}");
+    let stored = double.keys("app-storage", &format!("app_{app}/builds/{build}/"));
+    let archive = stored
+        .iter()
+        .find(|(key, _)| key.ends_with("/app.tar.gz"))
+        .unwrap_or_else(|| panic!("no archive in {stored:?}"));
+    assert_eq!(Some(archive.1 as i64), row.size);
+    assert_eq!(
+        stored.iter().filter(|(key, _)| key.contains("/dist/")).count(),
+        5,
+        "{stored:?}"
+    );
+    assert!(
+        !double
+            .keys("app-logs", &format!("app_{app}/builds/{build}/"))
+            .is_empty(),
+        "the build log is in app-logs"
+    );
+
+    let fresh = Host::new();
+    let since = docker::unix_now();
+    let run = enqueue(&client, app, company, json!({})).await;
+    let log = fresh.run_until_idle(&db, &double);
+    assert_eq!(run_record(&client, run).await.summary(), "success/-", "{log}");
+    assert_eq!(containers_created_since(&since, &fresh.label(), "install"), 0);
 }

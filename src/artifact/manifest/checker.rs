@@ -150,7 +150,17 @@ impl Checker<'_> {
         })
     }
 
+    /// `runtime.frontend`. Its paths are checked for shape only, never for existence: a
+    /// frontend's entrypoint and assets are usually what the build script produces (`dist/`),
+    /// so the build checks them after the script ran (`frontend_missing`).
     pub(super) fn frontend(&mut self, f: &Map<String, Value>) -> Option<FrontendRuntime> {
+        let app_dir = self.app_dir.take();
+        let frontend = self.frontend_paths(f);
+        self.app_dir = app_dir;
+        frontend
+    }
+
+    fn frontend_paths(&mut self, f: &Map<String, Value>) -> Option<FrontendRuntime> {
         let errors = self.errors.len();
         match self.string(f, "type", "runtime.frontend.type", true) {
             Some(t) if t == "static" => {}

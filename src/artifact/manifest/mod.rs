@@ -187,8 +187,9 @@ pub struct Validated {
     pub clamped: Vec<Clamped>,
 }
 
-/// Parses and validates `manifest.json`. With `app_dir`, entrypoints and assets must exist in
-/// it (entrypoints as regular files, not symlinks).
+/// Parses and validates `manifest.json`. With `app_dir`, the backend entrypoint must exist in
+/// it as a regular file (not a symlink); the frontend's paths are build output, which the build
+/// checks.
 pub fn validate_manifest(
     text: &str,
     host: &HostLimits,
@@ -534,6 +535,24 @@ mod tests {
         assert!(errors[0].reason.contains("does not exist"), "{}", errors[0]);
         std::fs::write(dir.path().join("index.js"), "").unwrap();
         validate_manifest(&text, &HostLimits::default(), Some(dir.path())).unwrap();
+    }
+
+    #[test]
+    fn frontend_paths_need_not_exist_before_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.js"), "").unwrap();
+        let mut manifest = valid();
+        manifest["type"] = json!("both");
+        manifest["runtime"]["frontend"] =
+            json!({"type": "static", "entrypoint": "dist/index.html", "assets": ["dist/"]});
+        validate_manifest(&manifest.to_string(), &HostLimits::default(), Some(dir.path())).unwrap();
+        manifest["runtime"]["frontend"]["assets"] = json!(["../elsewhere"]);
+        let Err(ManifestError::Invalid(errors)) =
+            validate_manifest(&manifest.to_string(), &HostLimits::default(), Some(dir.path()))
+        else {
+            panic!("an escaping asset path is refused")
+        };
+        assert_eq!(errors[0].field, "runtime.frontend.assets[0]");
     }
 
     #[test]
