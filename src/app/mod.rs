@@ -145,6 +145,44 @@ pub async fn enqueue(
     Ok((pool, run))
 }
 
+/// `app-executor build`: a pending build of `version` (default: the newest published
+/// version, as runs choose it) with `build_config` (a JSON object, default `{}`). Returns the
+/// pool (for `--wait`), the build and the version it builds.
+pub async fn enqueue_build(
+    config: &Config,
+    app: &str,
+    version: Option<&str>,
+    build_config: Option<&str>,
+) -> anyhow::Result<(deadpool_postgres::Pool, uuid::Uuid, String)> {
+    let app: uuid::Uuid = app
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--app {app:?} is not an application id (a uuid)"))?;
+    let build_config: serde_json::Value = match build_config {
+        None => serde_json::json!({}),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(value @ serde_json::Value::Object(_)) => value,
+            Ok(_) | Err(_) => anyhow::bail!(
+                "--build-config {text:?} is not a JSON object; pass e.g. '{{\"script\": \"build\", \"timeout\": 600}}'"
+            ),
+        },
+    };
+    let url = database_url(config)?;
+    let pool = db::pool(url, config.database.connect_timeout, 2)?;
+    let version = {
+        let client = pool.get().await?;
+        if !db::artifact::app_exists(&client, app).await? {
+            anyhow::bail!("there is no application {app} in this database");
+        }
+        let available = db::artifact::app_versions(&client, app).await?;
+        crate::artifact::version::choose_version(version, &serde_json::Value::Null, &available)
+            .map_err(|e| {
+                anyhow::anyhow!("app {app}: {e}; publish it first (app-executor publish)")
+            })?
+    };
+    let build = db::builds::insert_build(&pool, app, &version, &build_config).await?;
+    Ok((pool, build, version))
+}
+
 /// A small pool for `status`.
 pub fn status_pool(config: &Config) -> anyhow::Result<deadpool_postgres::Pool> {
     Ok(db::pool(

@@ -1,5 +1,5 @@
-//! The subcommands with logic of their own: `enqueue` (and following the run with `--wait`),
-//! `retention`, `cron next` and `validate`.
+//! The subcommands with logic of their own: `enqueue` and `build` (and following the run or
+//! build with `--wait`), `retention`, `cron next` and `validate`.
 
 use super::print::print_validate_report;
 use super::ExitWith;
@@ -7,8 +7,6 @@ use super::ExitWith;
 use crate::app;
 use crate::config::Config;
 
-/// `enqueue`: create a run; with `--wait`, follow it to the end. Exit status with `--wait`:
-/// 0 success, 1 failed, 124 timeout, 130 cancelled.
 /// What `enqueue` was asked to create, as typed on the command line.
 pub(super) struct NewRun<'a> {
     pub(super) app: &'a str,
@@ -17,6 +15,8 @@ pub(super) struct NewRun<'a> {
     pub(super) run_type: &'a str,
 }
 
+/// `enqueue`: create a run; with `--wait`, follow it to the end. Exit status with `--wait`:
+/// 0 success, 1 failed, 124 timeout, 130 cancelled.
 pub(super) async fn enqueue(
     config: &Config,
     new: NewRun<'_>,
@@ -43,33 +43,138 @@ pub(super) async fn enqueue(
     if !json {
         eprintln!("enqueued run {run}; waiting for it (Ctrl-C stops waiting, the run goes on)");
     }
-    let mut last = String::new();
-    let state = loop {
-        let state = crate::db::runs::run_state(&pool, run)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("run {run} disappeared"))?;
-        let now = format!("{} (attempt {})", state.status, state.attempt);
-        if now != last && !json {
-            eprintln!("run {run}: {now}");
-            last = now;
+    let state = follow("run", run, json, || async {
+        let state = crate::db::runs::run_state(&pool, run).await?;
+        Ok(state.map(|s| {
+            let progress = format!("{} (attempt {})", s.status, s.attempt);
+            (progress, s.is_terminal().then_some(s))
+        }))
+    })
+    .await?;
+    report_end(
+        "run",
+        run,
+        json,
+        &state,
+        &state.status,
+        state.error_kind.as_deref(),
+        state.error_message.as_deref(),
+    )
+}
+
+/// What `build` (or `publish --build`) was asked to create, as typed on the command line.
+pub(super) struct NewBuild<'a> {
+    pub(super) app: &'a str,
+    pub(super) version: Option<&'a str>,
+    pub(super) config: Option<&'a str>,
+}
+
+/// `build`: create a pending build; with `--wait`, follow it to the end. Exit status with
+/// `--wait`: 0 success, 1 failed, 130 cancelled.
+pub(super) async fn build(
+    config: &Config,
+    new: NewBuild<'_>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (pool, build, version) =
+        app::enqueue_build(config, new.app, new.version, new.config).await?;
+    if !wait {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "build_id": build, "version": version })
+            );
+        } else {
+            println!("{build}");
         }
-        if state.is_terminal() {
-            break state;
+        return Ok(());
+    }
+    if !json {
+        eprintln!(
+            "enqueued build {build} of version {version}; waiting for it (Ctrl-C stops waiting, the build goes on; `app-executor logs {build}` prints its log)"
+        );
+    }
+    let state = follow("build", build, json, || async {
+        let state = crate::db::builds::build_state(&pool, build).await?;
+        Ok(state.map(|s| {
+            let progress = format!("{} (attempt {})", s.status, s.attempt);
+            (progress, s.is_terminal().then_some(s))
+        }))
+    })
+    .await?;
+    if !json && state.status == "success" {
+        if let (Some(path), Some(digest), Some(size)) = (
+            &state.build_path,
+            &state.artifact_digest,
+            state.archive_size,
+        ) {
+            println!("archive: {path} ({size} bytes, {digest})");
+        }
+        if state.is_current {
+            println!(
+                "current: runs of version {} start from this build",
+                state.version
+            );
+        }
+    }
+    report_end(
+        "build",
+        build,
+        json,
+        &state,
+        &state.status,
+        state.error_kind.as_deref(),
+        state.error_message.as_deref(),
+    )
+}
+
+/// Polls `poll` every 250 ms, printing each new progress line on stderr (unless `json`),
+/// until it yields the final state. `poll` gives `None` when the row is gone.
+async fn follow<T, F, Fut>(noun: &str, id: uuid::Uuid, json: bool, poll: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<(String, Option<T>)>>>,
+{
+    let mut last = String::new();
+    loop {
+        let (progress, done) = poll()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{noun} {id} disappeared"))?;
+        if progress != last && !json {
+            eprintln!("{noun} {id}: {progress}");
+            last = progress;
+        }
+        if let Some(state) = done {
+            return Ok(state);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
+    }
+}
+
+/// Prints a followed job's end (the state as JSON, or its error and status) and turns its
+/// status into the exit status: 0 success, 124 timeout, 130 cancelled, 1 otherwise.
+fn report_end(
+    noun: &str,
+    id: uuid::Uuid,
+    json: bool,
+    state: &impl serde::Serialize,
+    status: &str,
+    error_kind: Option<&str>,
+    error_message: Option<&str>,
+) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
+        println!("{}", serde_json::to_string_pretty(state)?);
     } else {
-        if let Some(kind) = &state.error_kind {
+        if let Some(kind) = error_kind {
             println!("error_kind: {kind}");
         }
-        if let Some(message) = &state.error_message {
+        if let Some(message) = error_message {
             println!("error_message: {message}");
         }
-        println!("status: {}", state.status);
+        println!("status: {status}");
     }
-    let code = match state.status.as_str() {
+    let code = match status {
         "success" => return Ok(()),
         "timeout" => 124,
         "cancelled" => 130,
@@ -77,7 +182,7 @@ pub(super) async fn enqueue(
     };
     Err(ExitWith {
         code,
-        message: format!("run {run} ended {}", state.status),
+        message: format!("{noun} {id} ended {status}"),
     }
     .into())
 }

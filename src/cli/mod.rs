@@ -14,7 +14,7 @@ mod print;
 mod status;
 mod webhooks;
 
-use commands::{cron_next, enqueue, retention, validate, NewRun};
+use commands::{cron_next, enqueue, retention, validate, NewBuild, NewRun};
 use print::{error_chain, print_check_report, print_migrate_report};
 
 use std::path::PathBuf;
@@ -99,6 +99,9 @@ pub enum Command {
         json: bool,
     },
     /// Upload an app directory to storage and register its files and permissions
+    #[command(
+        after_help = "Examples:\n  app-executor publish ./my-app --app <app-id>\n  app-executor publish ./my-app --app <app-id> --build --wait   # then build it once for every host"
+    )]
     Publish {
         dir: PathBuf,
         #[arg(long)]
@@ -106,6 +109,34 @@ pub enum Command {
         /// Version to publish as [default: the manifest's version]
         #[arg(long = "version", id = "app_version", value_name = "VERSION")]
         app_version: Option<String>,
+        /// Then create a build of the published version (see `build`)
+        #[arg(long)]
+        build: bool,
+        /// With --build: follow the build to its end
+        #[arg(long, requires = "build")]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a build of an app version: dependencies installed and the build script run once,
+    /// packed into one archive every host's runs start from; --wait follows it to the end
+    #[command(
+        after_help = "Examples:\n  app-executor build <app-id> --wait\n  app-executor build <app-id> --version 1.2.0 --build-config '{\"script\": \"build:prod\", \"timeout\": 900}'\n  app-executor logs <build-id>"
+    )]
+    Build {
+        /// The application's id
+        app: String,
+        /// Version to build [default: the newest published version]
+        #[arg(long = "version", id = "build_version", value_name = "VERSION")]
+        build_version: Option<String>,
+        /// `build_config` as a JSON object: `script` (package.json script to run), `env`
+        /// (extra environment), `timeout` (seconds)
+        #[arg(long, value_name = "JSON")]
+        build_config: Option<String>,
+        /// Follow the build to its end; exit 0 success, 1 failed, 130 cancelled
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON on stdout (the id, or with --wait the final state)
         #[arg(long)]
         json: bool,
     },
@@ -126,12 +157,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a run's logs from storage (the app's stdout to stdout, its stderr to stderr)
+    /// Print a run's or a build's logs from storage (stdout to stdout, stderr to stderr)
     #[command(
-        after_help = "Examples:\n  app-executor logs 0b6c1a1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b\n  app-executor logs <run-id> --follow   # until the run ends"
+        after_help = "Examples:\n  app-executor logs 0b6c1a1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b\n  app-executor logs <run-id> --follow   # until the run ends\n  app-executor logs <build-id>"
     )]
     Logs {
-        /// The run's id
+        /// The run's (or build's) id
         run: String,
         /// Keep printing new output until the run ends
         #[arg(long, short = 'f')]
@@ -345,11 +376,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             dir,
             app,
             app_version,
+            build,
+            wait,
             json,
         } => {
             let report = app::publish(&config, &dir, &app, app_version.as_deref(), !json).await?;
-            if json {
+            if json && !build {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if json {
+                // One JSON document: the build's line (or state, with --wait) follows alone.
             } else if report.already_published {
                 println!(
                     "version {} of app {} is already published with exactly these {} files; nothing changed",
@@ -364,7 +399,29 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             for skipped in &report.skipped {
                 eprintln!("warning: not published: {skipped}");
             }
-            Ok(())
+            if !build {
+                return Ok(());
+            }
+            let new = NewBuild {
+                app: &app,
+                version: Some(&report.version),
+                config: None,
+            };
+            commands::build(&config, new, wait, json).await
+        }
+        Command::Build {
+            app,
+            build_version,
+            build_config,
+            wait,
+            json,
+        } => {
+            let new = NewBuild {
+                app: &app,
+                version: build_version.as_deref(),
+                config: build_config.as_deref(),
+            };
+            commands::build(&config, new, wait, json).await
         }
         Command::Enqueue {
             app,

@@ -113,7 +113,10 @@ fn an_env_value_in_brackets_is_a_list() {
         config.sandbox.install_scripts_apps,
         vec![app.parse::<uuid::Uuid>().unwrap()]
     );
-    let err = load_error("", &[("APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS", "[oops")]);
+    let err = load_error(
+        "",
+        &[("APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS", "[oops")],
+    );
     assert!(err.contains("sandbox.install_scripts_apps"), "{err}");
 }
 

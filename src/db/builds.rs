@@ -112,3 +112,76 @@ pub async fn record_dist(
         .map_err(query("commit a build's frontend assets"))?;
     Ok(true)
 }
+
+/// A build as the CLI shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildState {
+    pub id: uuid::Uuid,
+    pub app_id: uuid::Uuid,
+    pub version: String,
+    pub status: String,
+    pub attempt: i32,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub build_path: Option<String>,
+    pub artifact_digest: Option<String>,
+    pub archive_size: Option<i64>,
+    pub build_log_path: Option<String>,
+    pub is_current: bool,
+}
+
+impl BuildState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "failed" | "cancelled")
+    }
+}
+
+/// Creates a pending build of `version` (which must be published) with `config` as its
+/// `build_config`.
+pub async fn insert_build(
+    pool: &Pool,
+    app: uuid::Uuid,
+    version: &str,
+    config: &serde_json::Value,
+) -> Result<uuid::Uuid, QueueError> {
+    let client = client(pool, "creating a build").await?;
+    let row = client
+        .query_one(
+            "insert into public.app_builds (app_id, build_version, build_config)
+             values ($1, $2, $3) returning id",
+            &[&app, &version, config],
+        )
+        .await
+        .map_err(query("create a build"))?;
+    Ok(row.get(0))
+}
+
+/// The build's current state, or `None` when there is no such build.
+pub async fn build_state(pool: &Pool, build: uuid::Uuid) -> Result<Option<BuildState>, QueueError> {
+    let client = client(pool, "reading a build").await?;
+    let row = client
+        .query_opt(
+            "select id, app_id, build_version, build_status, attempt, error_kind, error_message,
+                    duration_ms, build_path, artifact_digest, archive_size, build_log_path, is_current
+               from public.app_builds where id = $1",
+            &[&build],
+        )
+        .await
+        .map_err(query("read a build"))?;
+    Ok(row.map(|r| BuildState {
+        id: r.get(0),
+        app_id: r.get(1),
+        version: r.get(2),
+        status: r.get(3),
+        attempt: r.get(4),
+        error_kind: r.get(5),
+        error_message: r.get(6),
+        duration_ms: r.get(7),
+        build_path: r.get(8),
+        artifact_digest: r.get(9),
+        archive_size: r.get(10),
+        build_log_path: r.get(11),
+        is_current: r.get(12),
+    }))
+}

@@ -169,9 +169,12 @@ pub struct RunLogInfo {
     /// No more log output will come: finished, or cancelled and closed (or never started, or
     /// its daemon is gone).
     pub settled: bool,
+    /// The id is an `app_builds` row's (its status mapped onto a run's: `building` is
+    /// `running`); its logs live under the build's prefix.
+    pub build: bool,
 }
 
-/// The run's log state, `None` when no such run exists.
+/// The log state of the run (or build) `run_id`, `None` when neither exists.
 pub async fn run_log_info(pool: &Pool, run_id: Uuid) -> Result<Option<RunLogInfo>, QueueError> {
     let client = client(pool, "looking up a run").await?;
     let row = client
@@ -179,8 +182,17 @@ pub async fn run_log_info(pool: &Pool, run_id: Uuid) -> Result<Option<RunLogInfo
             "select app_id, status, attempt, started_at,
                     status in ('success', 'failed', 'timeout')
                     or (status = 'cancelled' and (completed_at is not null or lease_expires_at is null
-                                                  or lease_expires_at < now()))
-               from public.app_runs where id = $1",
+                                                  or lease_expires_at < now())),
+                    false
+               from public.app_runs where id = $1
+             union all
+             select app_id, case build_status when 'building' then 'running' else build_status end,
+                    attempt, started_at,
+                    build_status in ('success', 'failed')
+                    or (build_status = 'cancelled' and (completed_at is not null or lease_expires_at is null
+                                                        or lease_expires_at < now())),
+                    true
+               from public.app_builds where id = $1",
             &[&run_id],
         )
         .await
@@ -191,5 +203,6 @@ pub async fn run_log_info(pool: &Pool, run_id: Uuid) -> Result<Option<RunLogInfo
         attempt: r.get(2),
         started_at: r.get(3),
         settled: r.get(4),
+        build: r.get(5),
     }))
 }

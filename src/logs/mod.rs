@@ -121,9 +121,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0:?} is not a run id (a uuid)")]
+    #[error("{0:?} is not a run or build id (a uuid)")]
     BadRunId(String),
-    #[error("run {0} does not exist")]
+    #[error("there is no run or build {0}")]
     UnknownRun(Uuid),
     #[error("cannot look up run {run_id}: {source}")]
     Lookup {

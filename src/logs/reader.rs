@@ -47,8 +47,12 @@ pub async fn print_run_logs(
     let mut reader = Reader {
         storage,
         run_id,
-        prefix: layout::run_prefix(info.app_id, run_id),
-        app_id: info.app_id,
+        noun: if info.build { "build" } else { "run" },
+        prefix: if info.build {
+            layout::build_prefix(info.app_id, run_id)
+        } else {
+            layout::run_prefix(info.app_id, run_id)
+        },
         folder: None,
         next_seq: [1, 1],
         printed: [0, 0],
@@ -71,7 +75,10 @@ pub async fn print_run_logs(
             reader.print_new_chunks().await?;
             if !follow {
                 if reader.folder.is_none() {
-                    reader.note(&format!("run {run_id} is {}; no output yet", info.status))?;
+                    reader.note(&format!(
+                        "{} {run_id} is {}; no output yet",
+                        reader.noun, info.status
+                    ))?;
                 }
                 return Ok(());
             }
@@ -92,8 +99,9 @@ pub async fn print_run_logs(
 struct Reader<'a> {
     storage: &'a dyn Storage,
     run_id: Uuid,
-    app_id: Uuid,
-    /// `app_{appId}/runs/{runId}/`.
+    /// `run` or `build`, for the notes.
+    noun: &'static str,
+    /// `app_{appId}/runs/{runId}/` (or `app_{appId}/builds/{buildId}/`).
     prefix: String,
     /// The claim folder being printed.
     folder: Option<String>,
@@ -169,8 +177,8 @@ impl Reader<'_> {
         if self.folder.is_some() {
             let attempt = layout::parse_attempt_folder(&folder).map_or(0, |(n, _)| n);
             self.note(&format!(
-                "run {} was claimed again (attempt {attempt}); its output starts over below",
-                self.run_id
+                "{} {} was claimed again (attempt {attempt}); its output starts over below",
+                self.noun, self.run_id
             ))?;
         }
         self.folder = Some(folder);
@@ -221,7 +229,7 @@ impl Reader<'_> {
             .map(|claimed| layout::attempt_folder(info.attempt, claimed));
         let mut compacted = Vec::new();
         for stream in [LogStream::Stdout, LogStream::Stderr] {
-            let key = layout::compacted_key(self.app_id, self.run_id, stream);
+            let key = format!("{}{}.log", self.prefix, stream.as_str());
             let found = self
                 .storage
                 .head(APP_LOGS_BUCKET, &key)
@@ -235,8 +243,8 @@ impl Reader<'_> {
             let same_claim = finishing.is_some() && self.folder == finishing;
             if !same_claim && self.printed.iter().any(|p| *p > 0) {
                 self.note(&format!(
-                    "run {} finished in another attempt; its complete output follows",
-                    self.run_id
+                    "{} {} finished in another attempt; its complete output follows",
+                    self.noun, self.run_id
                 ))?;
             }
             // One download at a time: a body left waiting while the other prints could time out.
@@ -275,20 +283,20 @@ impl Reader<'_> {
                 self.print_new_chunks().await?;
                 if self.printed == [0, 0] {
                     self.note(&format!(
-                        "run {} ({}) has no logs in storage",
-                        self.run_id, info.status
+                        "{} {} ({}) has no logs in storage",
+                        self.noun, self.run_id, info.status
                     ))?;
                 } else {
                     self.note(&format!(
-                        "run {} ({}): its compacted logs are missing (logs_incomplete); printed the chunks that reached storage",
-                        self.run_id, info.status
+                        "{} {} ({}): its compacted logs are missing (logs_incomplete); printed the chunks that reached storage",
+                        self.noun, self.run_id, info.status
                     ))?;
                 }
                 Ok(())
             }
             None => self.note(&format!(
-                "run {} ({}) has no logs in storage",
-                self.run_id, info.status
+                "{} {} ({}) has no logs in storage",
+                self.noun, self.run_id, info.status
             )),
         }
     }

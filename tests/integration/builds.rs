@@ -95,6 +95,47 @@ fn publish_with_build_script<'a>(
     publish_hello_variant(db, storage, app, script, |_, _| {});
 }
 
+/// A copy of `examples/hello` whose `build` script runs `script`, with `edit` applied to the
+/// manifest and `package.json`.
+fn hello_with_build_script(
+    script: &str,
+    edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) -> tempfile::TempDir {
+    let dir = apps::copy_hello();
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let package = dir.path().join("package.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&package).unwrap()).unwrap();
+    value["scripts"] = json!({"build": "node build.js", "noop": "node --version"});
+    edit(&mut manifest, &mut value);
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&package, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    std::fs::write(dir.path().join("build.js"), script).unwrap();
+    dir
+}
+
+/// The CLI as an operator runs it against this database and storage (a state directory of its
+/// own, kept until the process is gone).
+fn cli<'a>(db: &TestDb, storage: impl Into<Store<'a>>) -> std::process::Command {
+    let state = tempfile::tempdir().unwrap().keep();
+    let mut command = std::process::Command::new(crate::harness::binary());
+    command
+        .env("DATABASE_URL", db.url.expose())
+        .env(
+            "APP_EXECUTOR_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
+        )
+        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state)
+        .envs(storage.into().env());
+    command
+}
+
 /// [`publish_with_build_script`] with `edit` applied to the manifest and `package.json` first.
 fn publish_hello_variant<'a>(
     db: &TestDb,
@@ -103,31 +144,11 @@ fn publish_hello_variant<'a>(
     script: &str,
     edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
 ) {
-    let dir = apps::copy_hello();
-    let manifest_path = dir.path().join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-
-    let package = dir.path().join("package.json");
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&package).unwrap()).unwrap();
-    value["scripts"] = json!({"build": "node build.js", "noop": "node --version"});
-    edit(&mut manifest, &mut value);
-    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    std::fs::write(&package, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
-    std::fs::write(dir.path().join("build.js"), script).unwrap();
-    let publisher = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::harness::binary())
+    let dir = hello_with_build_script(script, edit);
+    let out = cli(db, storage)
         .arg("publish")
         .arg(dir.path())
         .args(["--app", &app.to_string()])
-        .env("DATABASE_URL", db.url.expose())
-        .env(
-            "APP_EXECUTOR_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml"),
-        )
-        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", publisher.path())
-        .envs(storage.into().env())
         .output()
         .unwrap();
     assert!(
@@ -506,7 +527,11 @@ async fn a_tampered_or_unsafe_build_archive_fails_the_run_and_so_does_a_failed_b
     let run = enqueue(&client, app, company, json!({})).await;
     let log = Host::new().run_until_idle(&db, storage.path());
     let record = run_record(&client, run).await;
-    assert_eq!(record.summary(), "failed/unsafe_archive", "{record:?}\n{log}");
+    assert_eq!(
+        record.summary(),
+        "failed/unsafe_archive",
+        "{record:?}\n{log}"
+    );
 
     // A run naming a build that failed says so.
     let failed = insert_build(&client, app, json!({"script": "missing-script"})).await;
@@ -610,7 +635,10 @@ async fn a_frontend_build_publishes_its_assets_as_dist_rows_with_their_mime_type
     assert_eq!(row.status, "failed", "{row:?}\n{log}");
     assert_eq!(row.error_kind.as_deref(), Some("frontend_missing"));
     assert!(
-        row.error_message.as_deref().unwrap_or("").contains("dist/index.html"),
+        row.error_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("dist/index.html"),
         "{row:?}"
     );
     let current: Vec<Uuid> = client
@@ -678,7 +706,11 @@ async fn a_build_cancelled_while_installing_stops_within_seconds() {
     assert!(row.build_path.is_none());
     daemon.stop();
     assert!(
-        !storage.path().join("app-storage").join(format!("app_{app}/builds")).exists(),
+        !storage
+            .path()
+            .join("app-storage")
+            .join(format!("app_{app}/builds"))
+            .exists(),
         "a cancelled build uploaded something"
     );
     assert_no_containers(&host.label());
@@ -704,16 +736,25 @@ async fn a_build_whose_daemon_is_killed_is_rescued_and_ends_with_one_archive() {
     let orphan = wait_for_build_container(build, Duration::from_secs(120))
         .unwrap_or_else(|| panic!("no build container:\n{}", first.log_text()));
     first.kill_hard();
-    assert!(container_exists(&orphan), "the container outlives its daemon");
+    assert!(
+        container_exists(&orphan),
+        "the container outlives its daemon"
+    );
 
     let mut second = Daemon::spawn(&db, host.options(storage.path()));
     let row = wait_until_completed(&client, build, Duration::from_secs(120)).await;
     let log = second.log_text();
     assert_eq!(row.status, "success", "{row:?}\n{log}");
     assert!(row.is_current);
-    assert!(!container_exists(&orphan), "the orphaned build container is still there");
+    assert!(
+        !container_exists(&orphan),
+        "the orphaned build container is still there"
+    );
     let attempt: i32 = client
-        .query_one("select attempt from public.app_builds where id = $1", &[&build])
+        .query_one(
+            "select attempt from public.app_builds where id = $1",
+            &[&build],
+        )
         .await
         .unwrap()
         .get(0);
@@ -735,7 +776,10 @@ async fn a_build_whose_daemon_is_killed_is_rescued_and_ends_with_one_archive() {
     let runs_left: Vec<_> = std::fs::read_dir(host.state.path().join("runs"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
-    assert!(runs_left.is_empty(), "attempt directories left: {runs_left:?}");
+    assert!(
+        runs_left.is_empty(),
+        "attempt directories left: {runs_left:?}"
+    );
     assert_no_containers(&host.label());
 }
 
@@ -750,7 +794,10 @@ async fn wait_until_completed(
         if row.completed {
             return row;
         }
-        assert!(Instant::now() < deadline, "the build never finished: {row:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the build never finished: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -775,7 +822,10 @@ async fn a_build_works_through_the_supabase_storage_api() {
         .unwrap_or_else(|| panic!("no archive in {stored:?}"));
     assert_eq!(Some(archive.1 as i64), row.size);
     assert_eq!(
-        stored.iter().filter(|(key, _)| key.contains("/dist/")).count(),
+        stored
+            .iter()
+            .filter(|(key, _)| key.contains("/dist/"))
+            .count(),
         5,
         "{stored:?}"
     );
@@ -790,6 +840,117 @@ async fn a_build_works_through_the_supabase_storage_api() {
     let since = docker::unix_now();
     let run = enqueue(&client, app, company, json!({})).await;
     let log = fresh.run_until_idle(&db, &double);
-    assert_eq!(run_record(&client, run).await.summary(), "success/-", "{log}");
-    assert_eq!(containers_created_since(&since, &fresh.label(), "install"), 0);
+    assert_eq!(
+        run_record(&client, run).await.summary(),
+        "success/-",
+        "{log}"
+    );
+    assert_eq!(
+        containers_created_since(&since, &fresh.label(), "install"),
+        0
+    );
+}
+
+/// The operator's path: `publish --build --wait` against a running daemon, `logs` of the build,
+/// `build --wait --json` of a failing config, and the errors for bad input.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_build_wait_follows_the_build_and_logs_prints_it() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (_, app) = insert_tenant(&client).await;
+    let host = Host::new();
+    let mut daemon = Daemon::spawn(&db, host.options(storage.path()));
+    let dir = hello_with_build_script(WRITES_BUILT_TXT, |_, _| {});
+    let out = cli(&db, storage.path())
+        .arg("publish")
+        .arg(dir.path())
+        .args(["--app", &app.to_string(), "--build", "--wait"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "{stdout}{stderr}\n{}",
+        daemon.log_text()
+    );
+    assert!(stdout.contains("published version 1.0.0"), "{stdout}");
+    assert!(stdout.contains("status: success"), "{stdout}");
+    assert!(stdout.contains("archive: app_"), "{stdout}");
+    assert!(
+        stdout.contains("current: runs of version 1.0.0"),
+        "{stdout}"
+    );
+    let build: Uuid = client
+        .query_one(
+            "select id from public.app_builds where app_id = $1 and is_current",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        stderr.contains(&format!("build {build}: success")),
+        "{stderr}"
+    );
+
+    let out = cli(&db, storage.path())
+        .args(["logs", &build.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("build step done"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = cli(&db, storage.path())
+        .args(["build", &app.to_string(), "--wait", "--json"])
+        .args(["--build-config", r#"{"script": "missing-script"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["status"], "failed");
+    assert_eq!(state["error_kind"], "build_script_failed");
+    assert_eq!(state["is_current"], false);
+
+    for (args, says) in [
+        (vec!["--version", "9.9.9"], "9.9.9"),
+        (vec!["--build-config", "[1]"], "is not a JSON object"),
+    ] {
+        let out = cli(&db, storage.path())
+            .args(["build", &app.to_string()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = cli(&db, storage.path())
+        .args(["build", &Uuid::new_v4().to_string()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no application"));
+    let builds: i64 = client
+        .query_one(
+            "select count(*) from public.app_builds where app_id = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(builds, 2, "bad input creates no build");
+    daemon.stop();
+    assert_no_containers(&host.label());
 }

@@ -698,7 +698,7 @@ async fn the_logs_command_prints_a_finished_runs_stdout_and_stderr_apart() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("run {unknown} does not exist")),
+        stderr.contains(&format!("there is no run or build {unknown}")),
         "{stderr}"
     );
 
@@ -708,7 +708,7 @@ async fn the_logs_command_prints_a_finished_runs_stdout_and_stderr_apart() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("\"not-a-run\" is not a run id"),
+        String::from_utf8_lossy(&out.stderr).contains("\"not-a-run\" is not a run or build id"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

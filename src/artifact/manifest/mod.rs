@@ -545,11 +545,18 @@ mod tests {
         manifest["type"] = json!("both");
         manifest["runtime"]["frontend"] =
             json!({"type": "static", "entrypoint": "dist/index.html", "assets": ["dist/"]});
-        validate_manifest(&manifest.to_string(), &HostLimits::default(), Some(dir.path())).unwrap();
+        validate_manifest(
+            &manifest.to_string(),
+            &HostLimits::default(),
+            Some(dir.path()),
+        )
+        .unwrap();
         manifest["runtime"]["frontend"]["assets"] = json!(["../elsewhere"]);
-        let Err(ManifestError::Invalid(errors)) =
-            validate_manifest(&manifest.to_string(), &HostLimits::default(), Some(dir.path()))
-        else {
+        let Err(ManifestError::Invalid(errors)) = validate_manifest(
+            &manifest.to_string(),
+            &HostLimits::default(),
+            Some(dir.path()),
+        ) else {
             panic!("an escaping asset path is refused")
         };
         assert_eq!(errors[0].field, "runtime.frontend.assets[0]");
