@@ -155,17 +155,17 @@ pub struct OldBuild {
     pub version: String,
 }
 
-/// Non-current builds in a final state (`success`, `failed`) finished (or, without a completion
-/// time, created) more than `age` ago, that no pending or running run uses.
+/// Non-current builds in a final state (`success`, `failed`, `cancelled`) finished (or, without
+/// a completion time, created) more than `age` ago, that no pending or running run uses.
 const OLD_BUILDS: &str = "
     select b.id, b.app_id, b.build_version, coalesce(b.completed_at, b.created_at) as ended
       from public.app_builds b
-     where not b.is_current and b.build_status in ('success', 'failed')
+     where not b.is_current and b.build_status in ('success', 'failed', 'cancelled')
        and coalesce(b.completed_at, b.created_at) < now() - make_interval(secs => $1)
        and not exists (select 1 from public.app_runs r
                         where r.build_id = b.id and r.status in ('pending', 'running'))";
 
-/// A page of the builds [`delete_old_builds`] would delete, for a dry run.
+/// A page of the builds retention deletes (oldest id first after `cursor`).
 pub async fn old_builds(
     pool: &Pool,
     age: Duration,
@@ -183,23 +183,27 @@ pub async fn old_builds(
     Ok(rows.iter().map(old_build).collect())
 }
 
-/// Deletes up to `limit` builds as selected by [`old_builds`], oldest first. Rows locked by a
-/// concurrent writer (a run being inserted with that build) are skipped. Runs that used a
-/// deleted build keep their history with `build_id` set to null (the foreign key's rule).
-pub async fn delete_old_builds(pool: &Pool, age: Duration, limit: i64) -> Result<Vec<OldBuild>> {
-    let client = client(pool, "deleting old builds").await?;
+/// Deletes the build's row and the `dist` rows it published, once its objects are gone, if it
+/// is still old and unused (see [`old_builds`]); a row locked by a concurrent writer (a run
+/// being inserted with that build) is skipped. Runs that used the build keep their history
+/// with `build_id` set to null (the foreign key's rule). Returns whether the build was deleted.
+pub async fn delete_old_build(pool: &Pool, age: Duration, build: Uuid) -> Result<bool> {
+    let client = client(pool, "deleting an old build").await?;
     let rows = client
         .query(
             &format!(
-                "with doomed as ({OLD_BUILDS} order by ended, b.id limit $2 for update of b skip locked)
+                "with doomed as ({OLD_BUILDS} and b.id = $2 for update of b skip locked),
+                      dist as (delete from public.app_storage s using doomed d
+                                where s.app_id = d.app_id and s.file_type = 'dist'
+                                  and s.metadata->>'build_id' = d.id::text)
                  delete from public.app_builds b using doomed d where b.id = d.id
-                 returning b.id, b.app_id, b.build_version"
+                 returning b.id"
             ),
-            &[&seconds(age), &limit],
+            &[&seconds(age), &build],
         )
         .await
-        .map_err(query("delete old builds"))?;
-    Ok(rows.iter().map(old_build).collect())
+        .map_err(query("delete an old build"))?;
+    Ok(!rows.is_empty())
 }
 
 fn old_build(row: &tokio_postgres::Row) -> OldBuild {

@@ -17,9 +17,12 @@
 //!   `app-logs/app_{app}/runs/{run}/output/`, then the run's other `app_outputs` rows (result,
 //!   metrics, files, errors); `output_path` is cleared and `outputs_purged_at` set. The
 //!   `app_runs` row itself (status, error, duration, digest) is always kept.
-//! - **Builds** (`app_builds` rows) that are not current, finished (`success`/`failed`) more than
-//!   `builds_max_age` ago, and not used by a pending or running run. Runs that used one keep their
-//!   row with `build_id` set to null. Build logs (`build_log_path`) are not touched.
+//! - **Builds** (`app_builds` rows) that are not current, finished (`success`, `failed`,
+//!   `cancelled`) more than `builds_max_age` ago, and not used by a pending or running run:
+//!   every object under `app-storage/app_{app}/builds/{build}/` (the archive, the frontend's
+//!   assets) and `app-logs/app_{app}/builds/{build}/` (the build log), then the build's `dist`
+//!   rows and its row. Runs that used one keep their row with `build_id` set to null; a later
+//!   run of that version without a current build installs from the version's files.
 //! - **Versions** (an app's `app_storage` rows of one version, and their `app-storage` objects)
 //!   whose files were all published more than `builds_max_age` ago, unless: a remaining build
 //!   names the version (current or not), a pending or running run asks for it by

@@ -10,12 +10,12 @@ use uuid::Uuid;
 use super::policy::{protected_versions, OUTPUT_FOLDER};
 use super::{Planned, Retention, RetentionError, RetentionReport};
 use crate::db::retention::{self as sql, RunPart};
-use crate::logs::layout::run_prefix;
+use crate::logs::layout::{build_prefix, run_prefix};
 use crate::ops::metrics;
 use crate::storage::{ListEntry, Storage, StorageError, APP_LOGS_BUCKET, APP_STORAGE_BUCKET};
 
-/// Objects examined at most under one run's prefix (a run has a few dozen at most; this bounds
-/// a pathological one).
+/// Objects examined at most under one run's (or build's) prefix (a run has a few dozen at
+/// most, a build's frontend a few thousand; this bounds a pathological one).
 const MAX_OBJECTS_PER_RUN: usize = 100_000;
 
 pub(super) struct Pass<'a> {
@@ -44,9 +44,17 @@ impl Pass<'_> {
             for run in &due {
                 let prefix = run_prefix(run.app_id, run.id);
                 let keys = match part {
-                    RunPart::Logs => list_tree(storage, &prefix, Some(OUTPUT_FOLDER)).await,
+                    RunPart::Logs => {
+                        list_tree(storage, APP_LOGS_BUCKET, &prefix, Some(OUTPUT_FOLDER)).await
+                    }
                     RunPart::Outputs => {
-                        list_tree(storage, &format!("{prefix}{OUTPUT_FOLDER}/"), None).await
+                        list_tree(
+                            storage,
+                            APP_LOGS_BUCKET,
+                            &format!("{prefix}{OUTPUT_FOLDER}/"),
+                            None,
+                        )
+                        .await
                     }
                 };
                 let deleted = match keys {
@@ -100,34 +108,60 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Non-current builds older than `age` that no active run uses.
+    /// Non-current builds older than `age` that no active run uses: their archive and
+    /// frontend assets (`app-storage`) and their log (`app-logs`), all under
+    /// `app_{app}/builds/{build}/`, then their rows.
     pub async fn builds(&mut self, age: Duration) -> Result<(), RetentionError> {
         let pool = &self.retention.pool;
+        let storage = self.retention.storage.as_ref();
         let mut cursor = None;
         while !self.stop.is_cancelled() {
-            let builds = if self.dry_run {
-                let page = sql::old_builds(pool, age, cursor, self.batch()).await?;
-                cursor = page.last().map(|b| b.id);
-                page
-            } else {
-                sql::delete_old_builds(pool, age, self.batch()).await?
-            };
-            self.report.builds += builds.len() as u64;
-            if !self.dry_run {
-                metrics::retention_deleted("builds", builds.len() as u64);
-            }
-            for build in &builds {
+            let page = sql::old_builds(pool, age, cursor, self.batch()).await?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id);
+            for build in &page {
+                let prefix = build_prefix(build.app_id, build.id);
+                let listed = async {
+                    let archive = list_tree(storage, APP_STORAGE_BUCKET, &prefix, None).await?;
+                    let logs = list_tree(storage, APP_LOGS_BUCKET, &prefix, None).await?;
+                    Ok::<_, StorageError>((archive, logs))
+                }
+                .await;
                 if self.dry_run {
+                    let (archive, logs) = listed.unwrap_or_default();
+                    self.report.builds += 1;
                     self.report.planned.push(Planned {
                         kind: "build",
                         id: build.id.to_string(),
-                        objects: Vec::new(),
+                        objects: archive.into_iter().chain(logs).collect(),
                     });
-                } else {
-                    tracing::debug!(build_id = %build.id, app_id = %build.app_id, version = %build.version, "retention: deleted a build");
+                    continue;
+                }
+                let deleted = match listed {
+                    Ok((archive, logs)) => match self.delete(APP_STORAGE_BUCKET, &archive).await {
+                        Ok(n) => self.delete(APP_LOGS_BUCKET, &logs).await.map(|m| n + m),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                match deleted {
+                    Ok(objects) => {
+                        metrics::retention_deleted("build_objects", objects);
+                        if sql::delete_old_build(pool, age, build.id).await? {
+                            self.report.builds += 1;
+                            metrics::retention_deleted("builds", 1);
+                            tracing::debug!(build_id = %build.id, app_id = %build.app_id, version = %build.version, objects, "retention: deleted a build");
+                        } else {
+                            tracing::warn!(build_id = %build.id, app_id = %build.app_id, objects, "retention: a build became used while its objects were deleted; its row is kept, runs of it fail with missing_object");
+                        }
+                    }
+                    Err(e) => {
+                        self.report.failures += 1;
+                        tracing::warn!(build_id = %build.id, app_id = %build.app_id, error = %e, "retention: cannot delete a build's objects; keeping its rows, will retry next pass");
+                    }
                 }
             }
-            if (builds.len() as i64) < self.batch() {
+            if (page.len() as i64) < self.batch() {
                 break;
             }
         }
@@ -228,10 +262,11 @@ fn part_name(part: RunPart) -> &'static str {
     }
 }
 
-/// Every object key under `prefix` (a folder, ending in `/`) in `app-logs`, folders walked,
+/// Every object key under `prefix` (a folder, ending in `/`) in `bucket`, folders walked,
 /// except the top-level folder `skip`. Sorted.
 async fn list_tree(
     storage: &dyn Storage,
+    bucket: &str,
     prefix: &str,
     skip: Option<&str>,
 ) -> Result<Vec<String>, StorageError> {
@@ -239,7 +274,7 @@ async fn list_tree(
     let mut folders = vec![prefix.to_owned()];
     let mut examined = 0;
     while let Some(folder) = folders.pop() {
-        for entry in storage.list(APP_LOGS_BUCKET, &folder).await? {
+        for entry in storage.list(bucket, &folder).await? {
             examined += 1;
             if examined > MAX_OBJECTS_PER_RUN {
                 break;

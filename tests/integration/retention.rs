@@ -189,6 +189,51 @@ async fn build(client: &Client, app: Uuid, version: &str, days_ago: i64, current
         .get(0)
 }
 
+/// What a finished build leaves in storage, as the build pipeline lays it out: its archive and
+/// one frontend asset (with its `dist` row) in `app-storage`, its log in `app-logs`. Returns
+/// `(bucket, key)` of each object.
+async fn build_objects(
+    client: &Client,
+    storage: &dyn Storage,
+    app: Uuid,
+    build: Uuid,
+    version: &str,
+) -> Vec<(&'static str, String)> {
+    let prefix = format!("app_{app}/builds/{build}/");
+    let objects = vec![
+        (APP_STORAGE_BUCKET, format!("{prefix}app.tar.gz")),
+        (APP_STORAGE_BUCKET, format!("{prefix}dist/dist/index.html")),
+        (APP_LOGS_BUCKET, format!("{prefix}stdout.log")),
+    ];
+    for (bucket, key) in &objects {
+        storage
+            .upload(bucket, key, b"x".to_vec().into(), "text/plain", true)
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "insert into public.app_storage (app_id, version, file_path, file_type, file_size, checksum, metadata, created_at, updated_at)
+             values ($1, $2, $3, 'dist', 1, $4, jsonb_build_object('build_id', $5::text),
+                     now() - interval '200 days', now() - interval '200 days')",
+            &[&app, &version, &objects[1].1, &CHECKSUM, &build.to_string()],
+        )
+        .await
+        .unwrap();
+    objects
+}
+
+async fn dist_rows(client: &Client, build: Uuid) -> i64 {
+    client
+        .query_one(
+            "select count(*) from public.app_storage where file_type = 'dist' and metadata->>'build_id' = $1",
+            &[&build.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn versions_left(client: &Client, app: Uuid) -> Vec<String> {
     client
         .query(
@@ -242,6 +287,8 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     let current = build(&client, app, "1.2.0", 200, true).await;
     let young = build(&client, app, "1.4.0", 10, false).await;
     let in_use = build(&client, app, "1.5.0", 120, false).await;
+    let old_build_objects = build_objects(&client, s, app, old_build, "1.1.0").await;
+    let current_objects = build_objects(&client, s, app, current, "1.2.0").await;
     client
         .execute(
             "insert into public.app_runs (app_id, company_id, metadata) values ($1, $2, '{\"version\": \"1.3.0\"}')",
@@ -287,6 +334,12 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     assert_eq!(ids, expected);
     assert_eq!(planned.logs.objects, 9);
     assert_eq!(planned.outputs.objects, 2);
+    let planned_build = planned.planned.iter().find(|p| p.kind == "build").unwrap();
+    let mut want_keys: Vec<String> = old_build_objects.iter().map(|(_, k)| k.clone()).collect();
+    want_keys.sort();
+    let mut got_keys = planned_build.objects.clone();
+    got_keys.sort();
+    assert_eq!(got_keys, want_keys, "a build's archive, assets and log");
     assert_eq!(
         planned.versions.objects, 1,
         "the shared lib.js is not planned"
@@ -389,6 +442,17 @@ async fn removes_old_data_and_keeps_recent_and_used_data(storage: Arc<dyn Storag
     let mut want = vec![current, young, in_use];
     want.sort();
     assert_eq!(kept, want);
+    for (bucket, key) in &old_build_objects {
+        assert!(
+            !exists(s, bucket, key).await,
+            "{bucket}/{key} is still there"
+        );
+    }
+    for (bucket, key) in &current_objects {
+        assert!(exists(s, bucket, key).await, "{bucket}/{key} was deleted");
+    }
+    assert_eq!(dist_rows(&client, old_build).await, 0);
+    assert_eq!(dist_rows(&client, current).await, 1);
     assert_eq!(
         versions_left(&client, app).await,
         ["0.9.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0", "2.0.0"]
