@@ -1,7 +1,8 @@
 //! app-executor: a daemon that runs user-submitted Node.js apps for a multi-tenant Supabase
 //! platform. It claims pending `app_runs` rows from PostgreSQL, fetches and verifies the app's
 //! files from Supabase Storage, runs `pnpm install` and the entrypoint in hardened Docker
-//! containers, streams logs to storage and records the outcome. See `README.md` for operating it
+//! containers, streams logs to storage and records the outcome. Pending `app_builds` rows are
+//! built once into an archive runs on any host start from. See `README.md` for operating it
 //! and `../shared/DESIGN.md` for the contract.
 //!
 //! # Layout
@@ -21,7 +22,7 @@
 //!   PostgreSQL cluster from the host's binaries (demo, tests).
 //! - [`artifact`]: an app's files: archives extracted under a reject-not-rewrite policy,
 //!   directories read back without following links, `manifest.json` validation, the verified
-//!   blob cache. [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered
+//!   blob cache, build archives packed under the same policy. [`logs`]: an attempt's stdout/stderr spooled, streamed to `app-logs` as ordered
 //!   chunks, capped and compacted; `app-executor logs` reads them back. [`alerts`]: failed,
 //!   timed-out, OOM, rescued and security-relevant run endings as `NOTIFY` events and signed,
 //!   retried webhook POSTs. [`cron`]: cron expressions with time zones and the DST policy, the
@@ -30,8 +31,10 @@
 //!   fenced recording of a run's `app_outputs` rows. [`retention`]: the background deletion of
 //!   old logs, outputs, builds and versions. [`sandbox`]: the container engine only — the
 //!   hardened profile, the install and run containers, the orphan sweep. [`runner`]: the claim
-//!   loop, leases, outcome writes, rescue, drain; the `JobExecutor` seam.
+//!   loop over both queues (runs and builds, slots of their own), leases, outcome writes,
+//!   rescue, drain; the `JobExecutor` seam.
 //! - [`pipeline`]: one attempt of a run, phase by phase (prepare, image, install, run, collect,
+//!   record), and one attempt of a build (prepare, install, build script, pack, upload,
 //!   record): the production `JobExecutor`.
 //! - [`config`]: finds and layers `executor.toml`, `APP_EXECUTOR_*` and systemd credentials,
 //!   hands each section to the component that owns it (`<component>/settings.rs`), collects

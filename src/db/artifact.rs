@@ -156,14 +156,17 @@ pub async fn granted_permissions(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Records the digest of the verified file set on a run we hold. Fenced; `false` when the run
-/// is no longer ours.
+/// Records the digest of the verified file set on a run we hold, and the build it starts from
+/// when it chose one itself (the version's current build): `build_id` then says which build
+/// ran, and a retry of the run uses the same one. Fenced; `false` when the run is no longer
+/// ours.
 pub async fn record_artifact_digest(
     pool: &Pool,
     run_id: Uuid,
     executor_id: &str,
     attempt: i32,
     digest: &str,
+    build: Option<Uuid>,
 ) -> Result<bool, QueueError> {
     let client = pool.get().await.map_err(|source| QueueError::Pool {
         action: "recording an artifact digest",
@@ -171,9 +174,9 @@ pub async fn record_artifact_digest(
     })?;
     let n = client
         .execute(
-            "update public.app_runs set artifact_digest = $4
+            "update public.app_runs set artifact_digest = $4, build_id = coalesce(build_id, $5)
               where id = $1 and executor_id = $2 and attempt = $3 and status = 'running'",
-            &[&run_id, &executor_id, &attempt, &digest],
+            &[&run_id, &executor_id, &attempt, &digest, &build],
         )
         .await
         .map_err(query("record a run's artifact digest"))?;

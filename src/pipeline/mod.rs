@@ -281,6 +281,7 @@ impl RunPipeline {
             &self.executor_id,
             run.attempt,
             &app.digest,
+            app.build,
         )
         .await;
         if let Err(e) = recorded {

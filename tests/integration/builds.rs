@@ -324,6 +324,19 @@ async fn a_build_inserted_by_sql_succeeds_and_a_fresh_host_runs_it_without_insta
         .unwrap()
         .get(0);
     assert_eq!(digest, row.digest, "the run records the archive it ran");
+    let chosen: Option<Uuid> = client
+        .query_one(
+            "select build_id from public.app_runs where id = $1",
+            &[&implicit],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        chosen,
+        Some(build),
+        "a run that chose the current build records it"
+    );
     assert_no_containers(&builder.label());
     assert_no_containers(&fresh.label());
 }
