@@ -17,6 +17,9 @@ pub struct BuildRecord<'a> {
     pub build_logs: &'a str,
     /// Prefix of the whole log in `app-logs`.
     pub build_log_path: &'a str,
+    /// Milliseconds by phase (`prepare`, `image`, `install`, `build`, `pack`, `upload`), kept in
+    /// `metadata.phases_ms`.
+    pub phases_ms: serde_json::Value,
 }
 
 /// Records the attempt's archive and log on the build. Fenced.
@@ -35,7 +38,8 @@ pub async fn record_build(
         .execute(
             "update public.app_builds
                 set build_path = $4, artifact_digest = $5, archive_size = $6,
-                    build_logs = $7, build_log_path = $8
+                    build_logs = $7, build_log_path = $8,
+                    metadata = coalesce(metadata, '{}') || jsonb_build_object('phases_ms', $9::jsonb)
               where id = $1 and executor_id = $2 and attempt = $3 and build_status = 'building'",
             &[
                 &build.id,
@@ -46,6 +50,7 @@ pub async fn record_build(
                 &size,
                 &record.build_logs,
                 &record.build_log_path,
+                &record.phases_ms,
             ],
         )
         .await

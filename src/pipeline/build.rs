@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+use super::phases::Phases;
 use super::{infra, RunPipeline};
 use crate::artifact::manifest::{AppType, PackageManager};
 use crate::artifact::pack::{self, PackError, PackSource};
@@ -35,6 +36,7 @@ use crate::artifact::resolve::PreparedApp;
 use crate::db::builds::{self as sql, BuildRecord, DistFile};
 use crate::logs::{LogStream, LogTarget, RunLog};
 use crate::model::{ClaimedBuild, FinalStatus, Outcome};
+use crate::ops::metrics;
 use crate::runner::Stop;
 use crate::sandbox::engine::{Ended, OutputSink, OutputStream, Timing};
 use crate::sandbox::install::{self, InstallError, InstallRequest};
@@ -190,6 +192,7 @@ impl RunPipeline {
     async fn build_attempt(&self, build: &ClaimedBuild, stop: &Stop, dir: &Path) -> Step<Outcome> {
         let config = BuildConfig::parse(&build.config)
             .map_err(|message| Outcome::failed("invalid_build_config", message))?;
+        let mut phases = Phases::start_build(build.id);
         let prepared = tokio::select! {
             biased;
             _ = stop.token().cancelled() => return Err(Outcome::Stopped),
@@ -200,6 +203,7 @@ impl RunPipeline {
             Err(e) if e.is_retryable() => return Err(infra(e.error_kind(), e.to_string())),
             Err(e) => return Err(Outcome::failed(e.error_kind(), e.to_string())),
         };
+        metrics::phase_finished(metrics::Phase::Prepare, phases.done("prepare"));
         tokio::fs::create_dir_all(dir.join("spool"))
             .await
             .map_err(|e| infra("prepare_io", format!("creating {}: {e}", dir.display())))?;
@@ -219,7 +223,7 @@ impl RunPipeline {
             build.version, build.app_id, build.attempt
         ));
         let result = self
-            .build_steps(build, &config, &app, dir, stop, &mut sink)
+            .build_steps(build, &config, &app, dir, stop, &mut sink, &mut phases)
             .await;
         let (outcome, packed) = match result {
             Ok(packed) => (Outcome::success(), Some(packed)),
@@ -252,16 +256,20 @@ impl RunPipeline {
             }),
             build_logs: &logs_text,
             build_log_path: &summary.logs_path,
+            phases_ms: phases.as_json(),
         };
-        if let Err(e) =
-            sql::record_build(&self.resolver.pool, build, &self.executor_id, &record).await
-        {
+        let recorded =
+            sql::record_build(&self.resolver.pool, build, &self.executor_id, &record).await;
+        phases.done("record");
+        phases.report();
+        if let Err(e) = recorded {
             return Err(infra("database_unavailable", e.to_string()));
         }
         Ok(outcome)
     }
 
     /// Install, build, pack, upload; what to record on success.
+    #[allow(clippy::too_many_arguments)]
     async fn build_steps(
         &self,
         build: &ClaimedBuild,
@@ -270,12 +278,14 @@ impl RunPipeline {
         dir: &Path,
         stop: &Stop,
         sink: &mut BuildSink,
+        phases: &mut Phases,
     ) -> Step<Packed> {
         let (node_version, package_manager) = match &app.manifest.backend {
             Some(backend) => (backend.node_version.clone(), backend.package_manager),
             None => ("20".to_owned(), PackageManager::Pnpm),
         };
         let (image, image_id) = self.image(&node_version, stop).await?;
+        phases.done("image");
 
         let install = InstallRequest {
             app_dir: &app.dir,
@@ -309,6 +319,13 @@ impl RunPipeline {
                 None => "dependencies from the cache".to_owned(),
             });
         }
+        let took = phases.done("install");
+        if dependencies
+            .as_ref()
+            .is_some_and(|d| d.installed_in.is_some())
+        {
+            metrics::phase_finished(metrics::Phase::Install, took);
+        }
 
         let work = dir.join("work");
         let (from, to, user) = (app.dir.clone(), work.clone(), self.settings.user.clone());
@@ -330,6 +347,7 @@ impl RunPipeline {
             }
             None => sink.note("no build script (build_config.script, or package.json's \"build\"): packing the app as installed"),
         }
+        phases.done("build");
 
         if let (AppType::Frontend | AppType::Both, Some(frontend)) =
             (app.manifest.app_type, &app.manifest.frontend)
@@ -374,6 +392,7 @@ impl RunPipeline {
             "packed {} entries ({} bytes) into a {}-byte archive, {}",
             report.entries, report.content_bytes, report.archive_bytes, report.digest
         ));
+        phases.done("pack");
 
         let key = format!("app_{}/builds/{}/app.tar.gz", build.app_id, build.id);
         let uploaded = tokio::select! {
@@ -404,6 +423,7 @@ impl RunPipeline {
             self.publish_dist(build, &work, &frontend.assets, stop, sink)
                 .await?;
         }
+        phases.done("upload");
         Ok(Packed { key, report })
     }
 

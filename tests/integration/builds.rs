@@ -273,6 +273,18 @@ async fn a_build_inserted_by_sql_succeeds_and_a_fresh_host_runs_it_without_insta
         containers_created_since(&since, &builder.label(), "build"),
         1
     );
+    let phases: serde_json::Value = client
+        .query_one(
+            "select metadata->'phases_ms' from public.app_builds where id = $1",
+            &[&build],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for phase in ["prepare", "image", "install", "build", "pack", "upload"] {
+        assert!(phases[phase].is_number(), "{phase} not in {phases}");
+    }
+    assert!(log.contains("build phases"), "{log}");
 
     let listing = std::process::Command::new("tar")
         .arg("tzf")
