@@ -400,6 +400,20 @@ impl Resolver {
                 message: e.to_string(),
             })?
             .manifest;
+        if let Some(backend) = &manifest.backend {
+            let package = app_dir.join("package.json");
+            if !backend.dependencies.is_empty() && !package.exists() {
+                // The document's apps name their packages in the manifest only.
+                let text = crate::artifact::manifest::dependencies::generated_package_json(
+                    &manifest.name,
+                    &manifest.version,
+                    &backend.dependencies,
+                );
+                tokio::fs::write(&package, text)
+                    .await
+                    .map_err(io(&package))?;
+            }
+        }
         let granted: Vec<(PermissionType, String)> = granted
             .into_iter()
             .filter_map(|(kind, scope)| kind.parse().ok().map(|k| (k, scope)))

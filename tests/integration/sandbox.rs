@@ -114,6 +114,67 @@ async fn a_lockfile_that_does_not_match_fails_the_install_with_its_log() {
     assert_no_containers(&DaemonOptions::test_label(state.path()));
 }
 
+/// The original document's apps name their packages in `manifest.json` only: with no
+/// `package.json` one is generated from `runtime.backend.dependencies` and installed; with one
+/// that disagrees, `validate` and `publish` name the dependency and publish nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_dependencies_install_without_a_package_json_and_must_match_one() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    let dir = apps::copy_hello();
+    std::fs::remove_file(dir.path().join("package.json")).unwrap();
+    std::fs::remove_file(dir.path().join("pnpm-lock.yaml")).unwrap();
+    publish_ok(&db, state.path(), dir.path(), app);
+    let run = enqueue(&client, app, company, json!({})).await;
+    let log = run_until_idle(&db, DaemonOptions::production(state.path()));
+    let record = run_record(&client, run).await;
+    assert_status(&record, "success/-", &log);
+    let stdout = std::fs::read_to_string(
+        state
+            .path()
+            .join(format!("storage/app-logs/app_{app}/runs/{run}/stdout.log")),
+    )
+    .unwrap();
+    assert!(stdout.contains("Hello, app "), "{stdout}");
+
+    let mismatched = apps::copy_hello();
+    let package = std::fs::read_to_string(mismatched.path().join("package.json")).unwrap();
+    std::fs::write(
+        mismatched.path().join("package.json"),
+        package.replace(
+            "\"greeting\": \"file:vendor/greeting-1.0.0.tgz\"",
+            "\"greeting\": \"^2.0.0\"",
+        ),
+    )
+    .unwrap();
+    let other = insert_tenant(&client).await.1;
+    let out = apps::publish(
+        &db,
+        state.path(),
+        mismatched.path(),
+        &other.to_string(),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("runtime.backend.dependencies.greeting") && stderr.contains("^2.0.0"),
+        "{stderr}"
+    );
+    let files: i64 = client
+        .query_one(
+            "select count(*) from public.app_storage where app_id = $1",
+            &[&other],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(files, 0, "a refused publish records nothing");
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
+}
+
 /// A tiny HTTP server on the Docker bridge's gateway address (reachable from containers on the
 /// default bridge network, nowhere else). Counts the requests it answers; stops with the test.
 struct BridgeServer {

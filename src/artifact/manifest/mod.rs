@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::resource::{HostLimits, ResourceLimits};
 
 mod checker;
+pub mod dependencies;
 use checker::Checker;
 
 /// A validated manifest.
@@ -54,7 +55,8 @@ pub struct BackendRuntime {
     /// Relative to the app root.
     pub entrypoint: String,
     pub package_manager: PackageManager,
-    /// Informational: `package.json` is what installs.
+    /// The packages the app needs. Without a `package.json` one is generated from these; with
+    /// one, each must be declared there compatibly (see [`dependencies`]).
     pub dependencies: BTreeMap<String, String>,
 }
 
@@ -255,6 +257,9 @@ pub fn validate_manifest(
             .object(r, "frontend", "runtime.frontend", wants(AppType::Frontend))
             .and_then(|f| check.frontend(f))
     });
+    if let (Some(dir), Some(backend)) = (app_dir, &backend) {
+        check_declared_dependencies(&mut check, dir, backend);
+    }
     let permissions = check.permissions(root.get("permissions"));
     let mut clamped = Vec::new();
     let limits = check.limits(root.get("config"), host, &mut clamped);
@@ -274,6 +279,28 @@ pub fn validate_manifest(
             clamped,
         }),
         _ => Err(ManifestError::Invalid(check.errors)),
+    }
+}
+
+/// With a `package.json` in `dir`, every manifest dependency must be declared there
+/// compatibly. A `package.json` that is not JSON is left to the install, which says so.
+fn check_declared_dependencies(check: &mut Checker, dir: &Path, backend: &BackendRuntime) {
+    if backend.dependencies.is_empty() {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("package.json")) else {
+        return;
+    };
+    let Ok(package) = serde_json::from_str::<Value>(&text) else {
+        return;
+    };
+    for (name, reason) in dependencies::undeclared(&backend.dependencies, &package) {
+        let wanted = Value::String(backend.dependencies[&name].clone());
+        check.fail(
+            &format!("runtime.backend.dependencies.{name}"),
+            Some(&wanted),
+            &reason,
+        );
     }
 }
 
