@@ -26,6 +26,7 @@ pub struct RawAlerts {
     memory_threshold: f64,
     output_threshold: f64,
     logs_threshold: f64,
+    cpu_throttle_threshold: f64,
     /// Only to refuse it with a message naming the fix: the secret never lives in the file.
     #[serde(skip_serializing)]
     webhook_secret: Option<String>,
@@ -46,6 +47,7 @@ impl Default for RawAlerts {
             memory_threshold: 0.9,
             output_threshold: 0.9,
             logs_threshold: 0.9,
+            cpu_throttle_threshold: 0.5,
             webhook_secret: None,
             resolved_secret: None,
         }
@@ -103,6 +105,8 @@ pub struct Thresholds {
     pub output: f64,
     /// Bytes a stream wrote of `logs.stream_cap`.
     pub logs: f64,
+    /// CFS periods in which the CPU limit throttled the app, of the periods it ran.
+    pub cpu_throttled: f64,
 }
 
 /// Where and how events are POSTed. `Debug` shows the URL redacted.
@@ -179,6 +183,7 @@ impl AlertSettings {
             ("memory_threshold", raw.memory_threshold),
             ("output_threshold", raw.output_threshold),
             ("logs_threshold", raw.logs_threshold),
+            ("cpu_throttle_threshold", raw.cpu_throttle_threshold),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 violations.push(format!(
@@ -222,6 +227,7 @@ impl AlertSettings {
                 memory: raw.memory_threshold,
                 output: raw.output_threshold,
                 logs: raw.logs_threshold,
+                cpu_throttled: raw.cpu_throttle_threshold,
             },
         })
     }

@@ -203,6 +203,9 @@ impl RunPipeline {
             exit_code = ?exit.exit_code,
             oom_killed = exit.oom_killed,
             peak_memory_bytes = ?exit.peak_memory_bytes,
+            cpu_ms = ?exit.cpu.usage_ns.map(|ns| ns / 1_000_000),
+            cpu_throttled_periods = exit.cpu.throttled_periods,
+            cpu_periods = exit.cpu.periods,
             took = ?exit.duration,
             "container finished"
         );
@@ -378,6 +381,8 @@ impl RunPipeline {
                 ("stderr", logs.stderr.received_bytes),
             ],
             log_cap: self.logs.stream_cap,
+            cpu_periods: exit.cpu.periods,
+            cpu_throttled_periods: exit.cpu.throttled_periods,
         };
         let crossed = thresholds::crossed(&self.thresholds, &usage);
         if crossed.is_empty() {

@@ -1,10 +1,14 @@
 //! Resource thresholds: which of a finished attempt's resources came within a fraction of
-//! their limits (`[alerts] memory_threshold`, `output_threshold`, `logs_threshold`), as the
+//! their limits (`[alerts] memory_threshold`, `output_threshold`, `logs_threshold`,
+//! `cpu_throttle_threshold`), as the
 //! numbers the `resource_threshold` event and `metadata.resource_thresholds` carry. Pure.
 
 use serde_json::{json, Value};
 
 use crate::alerts::settings::Thresholds;
+
+/// CFS periods (100 ms each by default) a run must span before its throttling is judged.
+pub const MIN_CPU_PERIODS: u64 = 20;
 
 /// What an attempt used, and of what.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +23,9 @@ pub struct Usage {
     /// Bytes each stream wrote, by stream name.
     pub log_bytes: Vec<(&'static str, u64)>,
     pub log_cap: u64,
+    /// CFS periods the container ran under its CPU limit, and those it was throttled in.
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
 }
 
 /// Each resource at or above its threshold as `{"resource", "used", "limit", "ratio"}`, in a
@@ -59,6 +66,15 @@ pub fn crossed(thresholds: &Thresholds, usage: &Usage) -> Vec<Value> {
             thresholds.logs,
         );
     }
+    // Node's own start is throttled under any small limit: judge only runs long enough to say.
+    if usage.cpu_periods >= MIN_CPU_PERIODS {
+        check(
+            "cpu_throttled".into(),
+            usage.cpu_throttled_periods,
+            usage.cpu_periods,
+            thresholds.cpu_throttled,
+        );
+    }
     crossed
 }
 
@@ -70,6 +86,7 @@ mod tests {
         memory: 0.9,
         output: 0.9,
         logs: 0.9,
+        cpu_throttled: 0.5,
     };
 
     fn usage(peak: u64) -> Usage {
@@ -82,6 +99,8 @@ mod tests {
             output_max_files: 10,
             log_bytes: vec![("stdout", 5), ("stderr", 95)],
             log_cap: 100,
+            cpu_periods: 100,
+            cpu_throttled_periods: 10,
         }
     }
 
@@ -106,5 +125,20 @@ mod tests {
         let mut full = usage(1000);
         full.log_bytes.clear();
         assert!(super::crossed(&off, &full).is_empty());
+    }
+
+    #[test]
+    fn a_run_throttled_in_half_its_periods_is_reported() {
+        let mut throttled = usage(100);
+        throttled.log_bytes.clear();
+        throttled.cpu_throttled_periods = 60;
+        assert_eq!(
+            crossed(&DEFAULTS, &throttled),
+            [json!({"resource": "cpu_throttled", "used": 60, "limit": 100, "ratio": 0.6})]
+        );
+        // Too short to judge (or no CPU limit, no periods).
+        throttled.cpu_periods = MIN_CPU_PERIODS - 1;
+        throttled.cpu_throttled_periods = MIN_CPU_PERIODS - 1;
+        assert!(crossed(&DEFAULTS, &throttled).is_empty());
     }
 }

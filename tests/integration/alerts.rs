@@ -653,3 +653,81 @@ setTimeout(() => console.log("kept", kept.length), 300);"#,
         "{half_metadata}"
     );
 }
+
+/// A run that spins under a small CPU limit for three seconds is throttled in most of its CFS
+/// periods and raises `resource_threshold` with `cpu_throttled`; one that sleeps as long does
+/// not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_held_back_by_its_cpu_limit_raises_cpu_throttled_and_an_idle_one_none() {
+    crate::harness::docker::ensure_engine();
+    let db = TestDb::migrated().await;
+    let state = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    let (company, app) = insert_tenant(&client).await;
+    let dir = crate::harness::apps::write_app(
+        &[(
+            "index.js",
+            r#"const spin = JSON.parse(process.env.APP_INPUT).spin;
+const end = Date.now() + 3000;
+if (spin) { while (Date.now() < end) {} } else { setTimeout(() => {}, 3000); }
+console.log(spin ? "spun" : "slept");"#,
+        )],
+        serde_json::json!({"memory_limit": "128MiB", "cpu_limit": 0.2}),
+        serde_json::json!([]),
+    );
+    crate::harness::apps::publish_ok(&db, state.path(), dir.path(), app);
+    let (_session, mut events) = listen(&db, "app_executor_events").await;
+    let spinner =
+        crate::harness::apps::enqueue(&client, app, company, serde_json::json!({"spin": true}))
+            .await;
+    let sleeper =
+        crate::harness::apps::enqueue(&client, app, company, serde_json::json!({"spin": false}))
+            .await;
+    let log = crate::harness::daemon::run_until_idle(
+        &db,
+        DaemonOptions::production(state.path()).queue("max_concurrent_runs", "1"),
+    )
+    .await;
+    let metadata = |run: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "select status, metadata from public.app_runs where id = $1",
+                    &[&run],
+                )
+                .await
+                .map(|row| (row.get::<_, String>(0), row.get::<_, Value>(1)))
+                .unwrap()
+        }
+    };
+    let (spun, spun_metadata) = metadata(spinner).await;
+    let (slept, slept_metadata) = metadata(sleeper).await;
+    assert_eq!(
+        (spun.as_str(), slept.as_str()),
+        ("success", "success"),
+        "{log}"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no event; metadata {spun_metadata}; log:\n{log}"))
+        .unwrap();
+    assert_eq!(event["run_id"], spinner.to_string(), "{event}");
+    let crossings = event["thresholds"].as_array().unwrap();
+    let cpu = crossings
+        .iter()
+        .find(|c| c["resource"] == "cpu_throttled")
+        .unwrap_or_else(|| panic!("{event}"));
+    assert!(cpu["ratio"].as_f64().unwrap() >= 0.5, "{cpu}");
+    assert!(cpu["limit"].as_u64().unwrap() >= 20, "{cpu}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .is_err(),
+        "the idle run raised an event"
+    );
+    assert!(
+        slept_metadata.get("resource_thresholds").is_none(),
+        "{slept_metadata}"
+    );
+}

@@ -685,18 +685,16 @@ async fn bad_input_fails_runs_with_a_clear_reason_and_the_queue_keeps_flowing() 
         message.contains("7.0.0") && message.contains("1.0.0"),
         "{message}"
     );
-    // The good run's files verified (digest recorded) and it ran: without package.json its
-    // dependency is missing, which node reports on stderr, quoted in the message.
+    // The good run's files verified (digest recorded): without package.json one is generated
+    // from the manifest's dependencies, whose vendored tarball was not published, and the
+    // install says so.
     let (status, kind, message, digest) = outcome(good).await;
     assert_eq!(
         (status.as_str(), kind.as_str()),
-        ("failed", "nonzero_exit"),
+        ("failed", "install_failed"),
         "{message}"
     );
-    assert!(
-        message.contains("Cannot find module 'greeting'"),
-        "{message}"
-    );
+    assert!(message.contains("greeting-1.0.0.tgz"), "{message}");
     assert!(digest.is_some_and(|d| d.starts_with("sha256:")));
     assert!(
         !state.path().join("runs").read_dir().unwrap().any(|_| true),

@@ -80,6 +80,7 @@ impl Engine {
         let started = Instant::now();
         let peak = Arc::new(AtomicU64::new(0));
         let oom_kills = Arc::new(AtomicU64::new(0));
+        let cpu = Arc::new(CpuSeen::default());
         let sampler = tokio::spawn(sample_memory(
             self.long.clone(),
             id.to_owned(),
@@ -90,6 +91,7 @@ impl Engine {
             id.to_owned(),
             peak.clone(),
             oom_kills.clone(),
+            cpu.clone(),
         ));
 
         let deadline = tokio::time::sleep(timing.timeout);
@@ -178,6 +180,7 @@ impl Engine {
             oom_killed,
             oom_kills: oom_kills.load(Ordering::Relaxed).max(u64::from(oom_killed)),
             peak_memory_bytes: (peak > 0).then_some(peak),
+            cpu: cpu.usage(),
             duration,
         })
     }
@@ -221,6 +224,7 @@ async fn sample_cgroup(
     id: String,
     peak: Arc<AtomicU64>,
     oom_kills: Arc<AtomicU64>,
+    cpu: Arc<CpuSeen>,
 ) {
     let pid = match docker.inspect_container(&id, None).await {
         Ok(inspected) => inspected.state.and_then(|s| s.pid).unwrap_or(0),
@@ -232,13 +236,22 @@ async fn sample_cgroup(
     let Some(cgroup) = crate::sandbox::cgroup::MemoryCgroup::of_pid(pid) else {
         return;
     };
+    let cpu_cgroup = crate::sandbox::cgroup::CpuCgroup::of_pid(pid);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
-        let cgroup = cgroup.clone();
-        let Ok(counters) = tokio::task::spawn_blocking(move || cgroup.read()).await else {
+        let (cgroup, cpu_cgroup) = (cgroup.clone(), cpu_cgroup.clone());
+        let Ok((counters, cpu_counters)) = tokio::task::spawn_blocking(move || {
+            (
+                cgroup.read(),
+                cpu_cgroup.map(|c| c.read()).unwrap_or_default(),
+            )
+        })
+        .await
+        else {
             return;
         };
+        cpu.see(&cpu_counters);
         if counters.peak_bytes.is_none() && counters.oom_kills.is_none() {
             return; // the cgroup is gone: the container exited
         }
@@ -247,6 +260,37 @@ async fn sample_cgroup(
         }
         if let Some(kills) = counters.oom_kills {
             oom_kills.fetch_max(kills, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The highest CPU counters the cgroup showed (they only grow while it lives).
+#[derive(Default)]
+struct CpuSeen {
+    usage_ns: AtomicU64,
+    periods: AtomicU64,
+    throttled: AtomicU64,
+}
+
+impl CpuSeen {
+    fn see(&self, counters: &crate::sandbox::cgroup::CpuCounters) {
+        let keep = |seen: &AtomicU64, value: Option<u64>| {
+            if let Some(value) = value {
+                seen.fetch_max(value, Ordering::Relaxed);
+            }
+        };
+        keep(&self.usage_ns, counters.usage_ns);
+        keep(&self.periods, counters.periods);
+        keep(&self.throttled, counters.throttled_periods);
+    }
+
+    fn usage(&self) -> super::CpuUsage {
+        let usage_ns = self.usage_ns.load(Ordering::Relaxed);
+        let periods = self.periods.load(Ordering::Relaxed);
+        super::CpuUsage {
+            usage_ns: (usage_ns > 0).then_some(usage_ns),
+            periods,
+            throttled_periods: self.throttled.load(Ordering::Relaxed),
         }
     }
 }

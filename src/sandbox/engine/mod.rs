@@ -102,7 +102,20 @@ pub struct ContainerExit {
     /// Highest memory use seen: the cgroup's own high-water mark while it ran, or Docker's
     /// stats where the cgroup cannot be read.
     pub peak_memory_bytes: Option<u64>,
+    /// CPU used and CFS throttling, from the cgroup's counters as last sampled (every 50 ms
+    /// while it ran: the last tens of milliseconds before the exit may be missing).
+    pub cpu: CpuUsage,
     pub duration: Duration,
+}
+
+/// A container's CPU time and how often its CPU limit held it back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    /// `None` where the cgroup could not be read.
+    pub usage_ns: Option<u64>,
+    /// CFS periods elapsed (only counted under a CPU limit) and those throttled.
+    pub periods: u64,
+    pub throttled_periods: u64,
 }
 
 /// How long a container may run, and how it is stopped: SIGTERM, then SIGKILL after a grace.
