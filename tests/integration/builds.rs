@@ -428,28 +428,10 @@ async fn a_build_past_its_timeout_fails_and_a_cancelled_one_stops_within_seconds
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    while container_exists(&container) {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the build container outlived its cancel"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let row = build_row(&client, cancelled).await;
-        if row.completed {
-            assert_eq!(row.status, "cancelled");
-            assert_eq!(row.error_kind.as_deref(), Some("cancelled"));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cancel was never recorded: {row:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_gone_within(&container, Duration::from_secs(15), &daemon);
+    let row = wait_until_completed(&client, cancelled, Duration::from_secs(15)).await;
+    assert_eq!(row.status, "cancelled");
+    assert_eq!(row.error_kind.as_deref(), Some("cancelled"));
     daemon.stop();
     assert_no_containers(&host.label());
 }
@@ -475,6 +457,19 @@ fn wait_for_container(build: Uuid, phase: &str, limit: Duration) -> Option<Strin
         std::thread::sleep(Duration::from_millis(100));
     }
     None
+}
+
+/// Panics with the daemon's log unless `container` is gone within `limit` (of a cancel).
+fn assert_gone_within(container: &str, limit: Duration, daemon: &Daemon) {
+    let started = Instant::now();
+    while container_exists(container) {
+        assert!(
+            started.elapsed() < limit,
+            "container {container} outlived its cancel:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn container_exists(id: &str) -> bool {
@@ -716,15 +711,7 @@ async fn a_build_cancelled_while_installing_stops_within_seconds() {
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    while container_exists(&container) {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the install container outlived its cancel:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_gone_within(&container, Duration::from_secs(15), &daemon);
     let row = wait_until_completed(&client, build, Duration::from_secs(15)).await;
     assert_eq!(row.status, "cancelled", "{row:?}");
     assert_eq!(row.error_kind.as_deref(), Some("cancelled"));
