@@ -69,6 +69,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000015_executor_webhooks.sql"),
     migration!("20250801000016_executor_realtime.sql"),
     migration!("20250801000017_executor_builds.sql"),
+    migration!("20250801000018_executor_usage.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

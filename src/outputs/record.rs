@@ -35,6 +35,10 @@ pub struct DaemonMetrics {
     pub exit_code: Option<i32>,
     /// Processes the kernel killed for the memory limit (recorded as `metadata.oom_kills`).
     pub oom_kills: u64,
+    /// CPU time of the app's container, from its cgroup.
+    pub cpu_ms: Option<u64>,
+    /// Bytes of the app's files downloaded from storage for this attempt (cache misses).
+    pub downloaded_bytes: u64,
 }
 
 /// Why a run failed, as stored in `app_runs.error_kind` / `error_message`.
@@ -135,6 +139,9 @@ pub async fn record(
             if what.metrics.oom_kills > 0 {
                 patch.insert("oom_kills".into(), json!(what.metrics.oom_kills));
             }
+            if let Some(usage) = usage(what, &uploaded) {
+                patch.insert("usage".into(), usage);
+            }
             Value::Object(patch)
         },
     };
@@ -150,6 +157,20 @@ pub async fn record(
         upload_failures: failed.len(),
         rows: if fence_held { rows.len() } else { 0 },
     })
+}
+
+/// `metadata.usage`: what the attempt that ends the run used, which the database adds to the
+/// company's `app_usage_daily` row when the run ends. `None` when the app never ran.
+fn usage(what: &RunRecord<'_>, uploaded: &[&OutputFile]) -> Option<Value> {
+    let logs = what.logs?;
+    let m = &what.metrics;
+    Some(json!({
+        "cpu_ms": m.cpu_ms,
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "downloaded_bytes": m.downloaded_bytes,
+        "log_bytes": logs.stdout.received_bytes + logs.stderr.received_bytes,
+        "output_bytes": uploaded.iter().map(|f| f.size).sum::<u64>(),
+    }))
 }
 
 /// Objects examined at most when sweeping an earlier attempt's outputs.

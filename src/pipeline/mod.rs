@@ -252,6 +252,8 @@ impl RunPipeline {
                     peak_memory_bytes: peak_memory(&exit, app.manifest.limits.memory_bytes),
                     exit_code: exit.exit_code.map(|c| c as i32),
                     oom_kills: exit.oom_kills,
+                    cpu_ms: exit.cpu.usage_ns.map(|ns| ns / 1_000_000),
+                    downloaded_bytes: app.downloaded_bytes,
                 },
                 logs: Some(&summary),
                 failure: failure.as_ref(),

@@ -70,7 +70,12 @@ pub struct CpuCounters {
 /// Where a cgroup's CPU files are, and in which layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CpuCgroup {
-    V1(PathBuf),
+    /// cgroup v1: CPU time is the `cpuacct` controller's, throttling the `cpu` controller's.
+    /// They share a hierarchy on most hosts (`cpu,cpuacct`) and have one each on others.
+    V1 {
+        cpu: PathBuf,
+        cpuacct: PathBuf,
+    },
     V2(PathBuf),
 }
 
@@ -83,7 +88,13 @@ impl CpuCgroup {
 
     fn parse(text: &str, root: &Path) -> Option<Self> {
         match controller_dir(text, root, "cpu")? {
-            (dir, true) => Some(CpuCgroup::V1(dir)),
+            (cpu, true) => {
+                let cpuacct = match controller_dir(text, root, "cpuacct") {
+                    Some((dir, true)) => dir,
+                    _ => cpu.clone(),
+                };
+                Some(CpuCgroup::V1 { cpu, cpuacct })
+            }
             (dir, false) => Some(CpuCgroup::V2(dir)),
         }
     }
@@ -92,10 +103,10 @@ impl CpuCgroup {
     pub fn read(&self) -> CpuCounters {
         let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
         match self {
-            CpuCgroup::V1(dir) => {
-                let stat = read(dir, "cpu.stat");
+            CpuCgroup::V1 { cpu, cpuacct } => {
+                let stat = read(cpu, "cpu.stat");
                 CpuCounters {
-                    usage_ns: read(dir, "cpuacct.usage").and_then(|t| t.trim().parse().ok()),
+                    usage_ns: read(cpuacct, "cpuacct.usage").and_then(|t| t.trim().parse().ok()),
                     periods: stat.as_deref().and_then(|t| keyed_value(t, "nr_periods")),
                     throttled_periods: stat.as_deref().and_then(|t| keyed_value(t, "nr_throttled")),
                 }
@@ -182,11 +193,22 @@ mod tests {
     fn the_cpu_controller_is_found_in_its_joined_v1_hierarchy_or_in_v2() {
         let root = Path::new("/sys/fs/cgroup");
         let hybrid = "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/docker/abc\n";
+        let joined = PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/docker/abc");
         assert_eq!(
             CpuCgroup::parse(hybrid, root),
-            Some(CpuCgroup::V1(PathBuf::from(
-                "/sys/fs/cgroup/cpu,cpuacct/docker/abc"
-            )))
+            Some(CpuCgroup::V1 {
+                cpu: joined.clone(),
+                cpuacct: joined
+            })
+        );
+        // Hosts that mount each controller on its own hierarchy (as this CI machine does).
+        let separate = "4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n0::/\n";
+        assert_eq!(
+            CpuCgroup::parse(separate, root),
+            Some(CpuCgroup::V1 {
+                cpu: PathBuf::from("/sys/fs/cgroup/cpu/docker/abc"),
+                cpuacct: PathBuf::from("/sys/fs/cgroup/cpuacct/docker/abc"),
+            })
         );
         assert_eq!(
             CpuCgroup::parse("0::/system.slice/docker-abc.scope\n", root),
@@ -205,7 +227,11 @@ mod tests {
             "nr_periods 40\nnr_throttled 30\nthrottled_time 123\n",
         )
         .unwrap();
-        let v1 = CpuCgroup::V1(dir.path().to_path_buf()).read();
+        let v1 = CpuCgroup::V1 {
+            cpu: dir.path().to_path_buf(),
+            cpuacct: dir.path().to_path_buf(),
+        }
+        .read();
         assert_eq!(
             v1,
             CpuCounters {

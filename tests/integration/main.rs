@@ -30,4 +30,5 @@ mod status;
 mod storage;
 mod storage_keys;
 mod supabase_cli;
+mod usage;
 mod webhooks;

@@ -202,7 +202,7 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported_after_real_w
 }
 
 #[tokio::test]
-async fn where_supabase_realtime_exists_runs_and_outputs_are_published_and_a_slot_sees_a_run_change(
+async fn where_supabase_realtime_exists_runs_outputs_and_usage_are_published_and_a_slot_sees_a_run_change(
 ) {
     // Plain PostgreSQL (no publication): migrate passes and publishes nothing.
     let plain = TestDb::migrated().await;
@@ -240,7 +240,7 @@ async fn where_supabase_realtime_exists_runs_and_outputs_are_published_and_a_slo
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(published, ["app_outputs", "app_runs"]);
+    assert_eq!(published, ["app_outputs", "app_runs", "app_usage_daily"]);
 
     // What Realtime does: a pgoutput slot on the publication sees a run's status change.
     let slot = format!("realtime_{}", uuid::Uuid::new_v4().simple());
@@ -298,5 +298,9 @@ async fn where_supabase_realtime_exists_runs_and_outputs_are_published_and_a_slo
         "the run's row is not in the changes"
     );
     assert!(has(b"cancelled"), "the status change is not in the changes");
+    assert!(
+        has(b"app_usage_daily"),
+        "the company's usage row, counted at the cancel, is not in the changes"
+    );
     assert!(!has(b"app_storage"), "only the published tables are sent");
 }

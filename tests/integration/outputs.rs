@@ -206,6 +206,8 @@ async fn a_complete_run_records_logs_result_metrics_files_and_its_failure() {
                 peak_memory_bytes: Some(50 << 20),
                 exit_code: Some(3),
                 oom_kills: 0,
+                cpu_ms: Some(800),
+                downloaded_bytes: 4096,
             },
             logs: Some(&logs),
             failure: Some(&failure),
