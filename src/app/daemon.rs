@@ -143,7 +143,16 @@ pub async fn run(
             hooks.stop().await;
         })
     });
-    ops.ready(pool.clone(), &shutdown, config.executor.state_dir.clone());
+    let stored = match config.storage.backend {
+        crate::storage::StorageBackend::Supabase => crate::db::status::StoredSource::StorageObjects,
+        crate::storage::StorageBackend::Local => crate::db::status::StoredSource::Records,
+    };
+    ops.ready(
+        pool.clone(),
+        &shutdown,
+        config.executor.state_dir.clone(),
+        stored,
+    );
     let sweeper_stop = CancellationToken::new();
     let sweeper = docker.map(|docker| {
         let (stop, queue) = (sweeper_stop.clone(), config.queue.clone());

@@ -21,7 +21,7 @@ use crate::db::migration::MigrateReport;
 use crate::db::DatabaseUrl;
 use crate::storage::StorageBackend;
 use crate::storage::{
-    BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
+    BucketPolicy, LocalStorage, Metered, Storage, StorageError, SupabaseOptions, SupabaseStorage,
 };
 
 pub use check::{check, Check, CheckReport};
@@ -88,13 +88,14 @@ fn database_url(config: &Config) -> Result<&DatabaseUrl, ConfigError> {
 /// URL. A missing service key is a configuration error (exit 78) of the command asking for
 /// storage; commands that never use storage (`migrate`, `validate`, `enqueue`, `cron next`) do
 /// not ask, so they run without the key.
+/// Every backend is wrapped in [`Metered`], so its requests show in `/metrics`.
 pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     let settings = &config.storage;
-    match settings.backend {
-        StorageBackend::Local => Ok(Arc::new(LocalStorage::new(
+    let backend: Arc<dyn Storage> = match settings.backend {
+        StorageBackend::Local => Arc::new(LocalStorage::new(
             settings.local_root.clone(),
             BucketPolicy::default(),
-        ))),
+        )),
         StorageBackend::Supabase => {
             let missing = |what: &str| StorageError::Unavailable {
                 bucket: "-".into(),
@@ -111,9 +112,10 @@ pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
             options.connect_timeout = settings.connect_timeout;
             options.read_timeout = settings.read_timeout;
             options.max_retries = settings.max_retries;
-            Ok(Arc::new(SupabaseStorage::new(options)?))
+            Arc::new(SupabaseStorage::new(options)?)
         }
-    }
+    };
+    Ok(Arc::new(Metered::new(backend)))
 }
 
 /// `app-executor migrate`: applies pending migrations on a dedicated session.

@@ -38,6 +38,7 @@ pub async fn raise(
     client: &impl GenericClient,
     alert: &Raised,
 ) -> Result<Recorded, tokio_postgres::Error> {
+    let _timed = super::timed("raise");
     if alert.notify {
         client
             .execute(
@@ -90,6 +91,7 @@ pub struct Claimed {
 /// Takes the oldest due delivery and holds it for `hold` (longer than one request), so no other
 /// daemon sends it meanwhile; a daemon that dies holding it leaves it due again after `hold`.
 pub async fn claim_delivery(pool: &Pool, hold: Duration) -> Result<Option<Claimed>, QueueError> {
+    let _timed = super::timed("claim_delivery");
     let client = client(pool, "taking an alert from the outbox").await?;
     let row = client
         .query_opt(
@@ -116,6 +118,7 @@ pub async fn claim_delivery(pool: &Pool, hold: Duration) -> Result<Option<Claime
 
 /// Removes a delivery that arrived or was given up on.
 pub async fn remove_delivery(pool: &Pool, id: Uuid) -> Result<(), QueueError> {
+    let _timed = super::timed("remove_delivery");
     let client = client(pool, "removing a sent alert").await?;
     client
         .execute("delete from app_exec.alert_outbox where id = $1", &[&id])
@@ -131,6 +134,7 @@ pub async fn retry_delivery(
     wait: Duration,
     error: &str,
 ) -> Result<(), QueueError> {
+    let _timed = super::timed("retry_delivery");
     let client = client(pool, "rescheduling an alert").await?;
     client
         .execute(
@@ -146,6 +150,7 @@ pub async fn retry_delivery(
 
 /// Webhook deliveries in the outbox, due or waiting for a retry.
 pub async fn count_deliveries(pool: &Pool) -> Result<i64, QueueError> {
+    let _timed = super::timed("count_deliveries");
     let client = client(pool, "counting waiting alerts").await?;
     let row = client
         .query_one("select count(*) from app_exec.alert_outbox", &[])

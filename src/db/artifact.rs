@@ -53,6 +53,7 @@ fn build_row(r: &tokio_postgres::Row) -> BuildRow {
 
 /// One build, by id.
 pub async fn build(client: &Client, build_id: Uuid) -> Result<Option<BuildRow>, QueueError> {
+    let _timed = super::timed("build");
     let row = client
         .query_opt(
             &format!("select {BUILD_COLUMNS} from public.app_builds where id = $1"),
@@ -71,6 +72,7 @@ pub async fn build_of_version(
     app_id: Uuid,
     version: &str,
 ) -> Result<Option<BuildRow>, QueueError> {
+    let _timed = super::timed("build_of_version");
     let row = client
         .query_opt(
             &format!(
@@ -91,6 +93,7 @@ pub async fn build_version(
     client: &Client,
     build_id: Uuid,
 ) -> Result<Option<(Uuid, String)>, QueueError> {
+    let _timed = super::timed("build_version");
     let row = client
         .query_opt(
             "select app_id, build_version from public.app_builds where id = $1",
@@ -103,6 +106,7 @@ pub async fn build_version(
 
 /// Every version with at least one file.
 pub async fn app_versions(client: &Client, app_id: Uuid) -> Result<Vec<String>, QueueError> {
+    let _timed = super::timed("app_versions");
     let rows = client
         .query(
             "select distinct version from public.app_storage where app_id = $1",
@@ -120,6 +124,7 @@ pub async fn app_files(
     app_id: Uuid,
     version: &str,
 ) -> Result<Vec<AppFile>, QueueError> {
+    let _timed = super::timed("app_files");
     let rows = client
         .query(
             "select file_path, file_type, file_size, checksum
@@ -146,6 +151,7 @@ pub async fn granted_permissions(
     client: &Client,
     app_id: Uuid,
 ) -> Result<Vec<(String, String)>, QueueError> {
+    let _timed = super::timed("granted_permissions");
     let rows = client
         .query(
             "select permission_type, permission_value from public.app_permissions where app_id = $1 order by 1, 2",
@@ -168,6 +174,7 @@ pub async fn record_artifact_digest(
     digest: &str,
     build: Option<Uuid>,
 ) -> Result<bool, QueueError> {
+    let _timed = super::timed("record_artifact_digest");
     let client = pool.get().await.map_err(|source| QueueError::Pool {
         action: "recording an artifact digest",
         source,
@@ -185,6 +192,7 @@ pub async fn record_artifact_digest(
 
 /// Whether `applications` has the app.
 pub async fn app_exists(client: &Client, app_id: Uuid) -> Result<bool, QueueError> {
+    let _timed = super::timed("app_exists");
     Ok(client
         .query_opt(
             "select 1 from public.applications where id = $1",
@@ -225,6 +233,7 @@ pub async fn record_published_version(
     files: &[AppFile],
     permissions: &[PermissionRow],
 ) -> Result<PublishRecord, QueueError> {
+    let _timed = super::timed("record_published_version");
     let tx = client
         .transaction()
         .await

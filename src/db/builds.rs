@@ -29,6 +29,7 @@ pub async fn record_build(
     executor_id: &str,
     record: &BuildRecord<'_>,
 ) -> Result<bool, QueueError> {
+    let _timed = super::timed("record_build");
     let client = client(pool, "recording a build").await?;
     let (key, digest, size) = match record.archive {
         Some((key, digest, size)) => (Some(key), Some(digest), Some(size as i64)),
@@ -75,6 +76,7 @@ pub async fn record_dist(
     executor_id: &str,
     files: &[DistFile],
 ) -> Result<bool, QueueError> {
+    let _timed = super::timed("record_dist");
     let mut client = client(pool, "recording a build's frontend assets").await?;
     let tx = client
         .transaction()
@@ -150,6 +152,7 @@ pub async fn insert_build(
     version: &str,
     config: &serde_json::Value,
 ) -> Result<uuid::Uuid, QueueError> {
+    let _timed = super::timed("insert_build");
     let client = client(pool, "creating a build").await?;
     let row = client
         .query_one(
@@ -164,6 +167,7 @@ pub async fn insert_build(
 
 /// The build's current state, or `None` when there is no such build.
 pub async fn build_state(pool: &Pool, build: uuid::Uuid) -> Result<Option<BuildState>, QueueError> {
+    let _timed = super::timed("build_state");
     let client = client(pool, "reading a build").await?;
     let row = client
         .query_opt(

@@ -18,6 +18,7 @@ pub async fn register_executor(
     version: &str,
     capacity: i32,
 ) -> Result<()> {
+    let _timed = super::timed("register_executor");
     let client = client(pool, "registering the executor").await?;
     client
         .execute(
@@ -41,6 +42,7 @@ pub async fn heartbeat_executor(
     running: i32,
     state: &str,
 ) -> Result<()> {
+    let _timed = super::timed("heartbeat_executor");
     let client = client(pool, "heartbeating the executor").await?;
     client
         .execute(
@@ -59,6 +61,7 @@ pub async fn dead_executors(
     ids: &[String],
     stale_after: Duration,
 ) -> Result<Vec<String>> {
+    let _timed = super::timed("dead_executors");
     let client = client(pool, "looking up executors").await?;
     let rows = client
         .query(
@@ -74,6 +77,7 @@ pub async fn dead_executors(
 
 /// Executors registered from `host` other than `except`, with their ids.
 pub async fn executors_on_host(pool: &Pool, host: &str, except: &str) -> Result<Vec<String>> {
+    let _timed = super::timed("executors_on_host");
     let client = client(pool, "looking up executors").await?;
     let rows = client
         .query(
@@ -89,6 +93,7 @@ pub async fn executors_on_host(pool: &Pool, host: &str, except: &str) -> Result<
 /// next rescue pass requeues them instead of waiting out their leases. Returns the jobs
 /// affected.
 pub async fn retire_executor(pool: &Pool, executor_id: &str) -> Result<u64> {
+    let _timed = super::timed("retire_executor");
     let client = client(pool, "retiring an executor").await?;
     client
         .execute(

@@ -9,6 +9,9 @@
 //! - [`tls`]: TLS with libpq's `sslmode` meanings (`verify-full`, `sslrootcert`, ...), and
 //!   SCRAM channel binding to the server's certificate ([`channel_binding`]).
 //!
+//! Every public statement function measures itself ([`timed`]) as
+//! `app_executor_db_statement_duration_seconds{statement="<function>"}`.
+//!
 //! Connections: [`connect`] opens one dedicated session (migrations); [`pool`] builds the
 //! deadpool pool every other component shares; the LISTEN task opens its own. All use
 //! [`session_config`], so TLS, timeouts and the application name are set in one place.
@@ -66,6 +69,28 @@ pub enum DbError {
         #[source]
         source: tls::TlsSetupError,
     },
+}
+
+/// Measures one statement function from its start until it returns (the guard is dropped),
+/// its wait for a pooled connection included: that wait is part of what a caller sees when
+/// the pool is short. `statement` is the function's name, a bounded label.
+pub(crate) fn timed(statement: &'static str) -> Timed {
+    Timed {
+        statement,
+        started: std::time::Instant::now(),
+    }
+}
+
+/// See [`timed`].
+pub(crate) struct Timed {
+    statement: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        crate::ops::metrics::db_statement(self.statement, self.started.elapsed());
+    }
 }
 
 /// The session settings and TLS connector for `url`. `sslmode` (all of libpq's five) and

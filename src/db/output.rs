@@ -47,6 +47,7 @@ pub async fn record_outputs(
     rows: &[OutputRow],
     pointers: &RunPointers<'_>,
 ) -> Result<bool, QueueError> {
+    let _timed = super::timed("record_outputs");
     let mut client = client(pool, "recording outputs").await?;
     let tx = client
         .transaction()
@@ -146,6 +147,7 @@ pub async fn run_is_ours(
     executor_id: &str,
     attempt: i32,
 ) -> Result<bool, QueueError> {
+    let _timed = super::timed("run_is_ours");
     let client = client(pool, "checking a run's lease").await?;
     let row = client
         .query_opt(
@@ -176,6 +178,7 @@ pub struct RunLogInfo {
 
 /// The log state of the run (or build) `run_id`, `None` when neither exists.
 pub async fn run_log_info(pool: &Pool, run_id: Uuid) -> Result<Option<RunLogInfo>, QueueError> {
+    let _timed = super::timed("run_log_info");
     let client = client(pool, "looking up a run").await?;
     let row = client
         .query_opt(

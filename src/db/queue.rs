@@ -114,6 +114,7 @@ pub async fn claim_next_run(
     executor_id: &str,
     limits: &ClaimLimits,
 ) -> Result<Option<ClaimedRun>> {
+    let _timed = super::timed("claim_next_run");
     let client = client(pool, "claiming a run").await?;
     let statement = client
         .prepare_cached("select * from app_exec.claim_next_run($1, $2::text::interval, $3, $4, $5)")
@@ -155,6 +156,7 @@ pub async fn claim_next_build(
     executor_id: &str,
     lease: Duration,
 ) -> Result<Option<ClaimedBuild>> {
+    let _timed = super::timed("claim_next_build");
     let client = client(pool, "claiming a build").await?;
     let statement = client
         .prepare_cached("select * from app_exec.claim_next_build($1, $2::text::interval)")
@@ -188,6 +190,7 @@ pub async fn extend_lease(
     attempt: i32,
     lease: Duration,
 ) -> Result<LeaseState> {
+    let _timed = super::timed("extend_lease");
     let client = client(pool, "extending a lease").await?;
     let (table, status, running) = (queue.table(), queue.status(), queue.running());
     let statement = client
@@ -259,6 +262,7 @@ pub async fn finish_run(
     attempt: i32,
     completion: &Completion<'_>,
 ) -> Result<bool> {
+    let _timed = super::timed("finish_run");
     let mut client = client(pool, "finishing a run").await?;
     let statement = client
         .prepare_cached(&finish_statement(queue))
@@ -317,6 +321,7 @@ pub async fn finish_run_raising(
     completion: &Completion<'_>,
     raised: &Raised,
 ) -> Result<Option<Recorded>> {
+    let _timed = super::timed("finish_run_raising");
     let mut client = client(pool, "finishing a run").await?;
     let tx = client
         .transaction()
@@ -386,6 +391,7 @@ pub async fn record_cancellation(
     executor_id: &str,
     attempt: i32,
 ) -> Result<bool> {
+    let _timed = super::timed("record_cancellation");
     let client = client(pool, "recording a cancellation").await?;
     let (table, status) = (queue.table(), queue.status());
     let n = client
@@ -418,6 +424,7 @@ pub async fn release_run(
     delay: Duration,
     reason: Option<(&str, &str)>,
 ) -> Result<bool> {
+    let _timed = super::timed("release_run");
     let client = client(pool, "releasing a run").await?;
     let (kind, message) = reason.unzip();
     let (table, status, running) = (queue.table(), queue.status(), queue.running());
@@ -473,6 +480,7 @@ pub async fn rescue_expired_leases(
     stale_after: Duration,
     alert_for: impl Fn(&Rescued) -> Option<Raised>,
 ) -> Result<Vec<(Rescued, Option<(Raised, Recorded)>)>> {
+    let _timed = super::timed("rescue_expired_leases");
     let mut client = client(pool, "rescuing expired leases").await?;
     let tx = client
         .transaction()
@@ -544,6 +552,7 @@ pub async fn rescue_expired_leases(
 
 /// Pending runs and builds, whether eligible now or waiting for a retry delay.
 pub async fn count_pending_runs(pool: &Pool) -> Result<i64> {
+    let _timed = super::timed("count_pending_runs");
     let client = client(pool, "counting pending runs").await?;
     let row = client
         .query_one(
@@ -560,6 +569,7 @@ pub async fn count_pending_runs(pool: &Pool) -> Result<i64> {
 /// `run_after` is in the future: a cron tick fired ahead, a retry's backoff); `None` when no
 /// such run exists.
 pub async fn time_until_next_waiting_run(pool: &Pool) -> Result<Option<Duration>> {
+    let _timed = super::timed("time_until_next_waiting_run");
     let client = client(pool, "looking up the next waiting run").await?;
     let statement = client
         .prepare_cached(
@@ -582,6 +592,7 @@ pub async fn time_until_next_waiting_run(pool: &Pool) -> Result<Option<Duration>
 
 /// The namespace the database's NOTIFY triggers use.
 pub async fn notify_namespace(pool: &Pool) -> Result<Option<String>> {
+    let _timed = super::timed("notify_namespace");
     let client = client(pool, "reading the notify namespace").await?;
     let row = client
         .query_opt(
@@ -601,6 +612,7 @@ pub async fn attempts_in_flight(
     runs: &[Uuid],
     attempts: &[i32],
 ) -> Result<Vec<(Uuid, i32)>> {
+    let _timed = super::timed("attempts_in_flight");
     let client = client(pool, "looking up attempts").await?;
     let rows = client
         .query(

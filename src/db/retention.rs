@@ -27,6 +27,7 @@ fn seconds(age: Duration) -> f64 {
 /// Takes the retention lock on `session` if no other session holds it. Held until unlocked or
 /// the session ends, so a daemon that dies mid-pass frees it.
 pub async fn try_lock(session: &Client) -> Result<bool> {
+    let _timed = super::timed("try_lock");
     let row = session
         .query_one(
             "select pg_try_advisory_lock(hashtextextended($1, 0))",
@@ -39,6 +40,7 @@ pub async fn try_lock(session: &Client) -> Result<bool> {
 
 /// Releases the lock [`try_lock`] took on `session`.
 pub async fn unlock(session: &Client) -> Result<()> {
+    let _timed = super::timed("unlock");
     session
         .execute(
             "select pg_advisory_unlock(hashtextextended($1, 0))",
@@ -75,6 +77,7 @@ pub async fn due_runs(
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<DueRun>> {
+    let _timed = super::timed("due_runs");
     let client = client(pool, "selecting runs for retention").await?;
     let statement = match part {
         RunPart::Logs => {
@@ -115,6 +118,7 @@ pub async fn due_runs(
 /// (`logs_path` / `output_path`) and stamps `*_purged_at`, in one transaction. Returns the
 /// `app_outputs` rows deleted.
 pub async fn mark_purged(pool: &Pool, part: RunPart, runs: &[Uuid]) -> Result<u64> {
+    let _timed = super::timed("mark_purged");
     let mut client = client(pool, "recording a retention purge").await?;
     let tx = client
         .transaction()
@@ -172,6 +176,7 @@ pub async fn old_builds(
     cursor: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<OldBuild>> {
+    let _timed = super::timed("old_builds");
     let client = client(pool, "selecting old builds").await?;
     let rows = client
         .query(
@@ -188,6 +193,7 @@ pub async fn old_builds(
 /// being inserted with that build) is skipped. Runs that used the build keep their history
 /// with `build_id` set to null (the foreign key's rule). Returns whether the build was deleted.
 pub async fn delete_old_build(pool: &Pool, age: Duration, build: Uuid) -> Result<bool> {
+    let _timed = super::timed("delete_old_build");
     let client = client(pool, "deleting an old build").await?;
     let rows = client
         .query(
@@ -232,6 +238,7 @@ pub async fn stale_versions(
     cursor: Option<(Uuid, String)>,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>> {
+    let _timed = super::timed("stale_versions");
     let client = client(pool, "selecting old versions").await?;
     let (after_app, after_version) = cursor.unzip();
     let rows = client
@@ -257,6 +264,7 @@ pub async fn published_versions(
     pool: &Pool,
     apps: &[Uuid],
 ) -> Result<Vec<(Uuid, String, DateTime<Utc>)>> {
+    let _timed = super::timed("published_versions");
     let client = client(pool, "listing published versions").await?;
     let rows = client
         .query(
@@ -276,6 +284,7 @@ pub async fn published_versions(
 /// The `app-storage` keys of a version's files that lie in the app's own folder (`app_{app}/`)
 /// and that no other version's rows name.
 pub async fn version_objects(pool: &Pool, app: Uuid, version: &str) -> Result<Vec<String>> {
+    let _timed = super::timed("version_objects");
     let client = client(pool, "listing a version's objects").await?;
     let rows = client
         .query(
@@ -296,6 +305,7 @@ pub async fn version_objects(pool: &Pool, app: Uuid, version: &str) -> Result<Ve
 /// Deletes a version's `app_storage` rows unless it became used since it was selected (see
 /// [`UNUSED_VERSION`]). Returns the rows deleted.
 pub async fn delete_version_rows(pool: &Pool, app: Uuid, version: &str) -> Result<u64> {
+    let _timed = super::timed("delete_version_rows");
     let client = client(pool, "deleting a version's files").await?;
     client
         .execute(

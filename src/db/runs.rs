@@ -14,6 +14,7 @@ pub async fn insert_run(
     run_type: &str,
     input: &serde_json::Value,
 ) -> Result<Uuid, QueueError> {
+    let _timed = super::timed("insert_run");
     let client = client(pool, "enqueueing a run").await?;
     let row = client
         .query_one(
@@ -28,6 +29,7 @@ pub async fn insert_run(
 
 /// The companies an app is enabled for (`app_exec.company_apps`).
 pub async fn companies_of_app(pool: &Pool, app: Uuid) -> Result<Vec<Uuid>, QueueError> {
+    let _timed = super::timed("companies_of_app");
     let client = client(pool, "looking up an app's companies").await?;
     let rows = client
         .query(
@@ -45,6 +47,7 @@ pub async fn tenant_exists(
     app: Uuid,
     company: Uuid,
 ) -> Result<(bool, bool), QueueError> {
+    let _timed = super::timed("tenant_exists");
     let client = client(pool, "checking an app and a company").await?;
     let row = client
         .query_one(
@@ -83,6 +86,7 @@ impl RunState {
 
 /// The run's current state, or `None` when there is no such run.
 pub async fn run_state(pool: &Pool, run: Uuid) -> Result<Option<RunState>, QueueError> {
+    let _timed = super::timed("run_state");
     let client = client(pool, "reading a run").await?;
     let row = client
         .query_opt(
@@ -110,6 +114,7 @@ pub async fn run_state(pool: &Pool, run: Uuid) -> Result<Option<RunState>, Queue
 /// The demo's company and application (fixed ids), created when missing, and the app enabled
 /// for the company.
 pub async fn ensure_demo_tenant(pool: &Pool, company: Uuid, app: Uuid) -> Result<(), QueueError> {
+    let _timed = super::timed("ensure_demo_tenant");
     let client = client(pool, "creating the demo tenant").await?;
     client
         .batch_execute(&format!(
@@ -131,6 +136,7 @@ pub async fn ensure_schedule(
     expression: &str,
     timezone: &str,
 ) -> Result<Uuid, QueueError> {
+    let _timed = super::timed("ensure_schedule");
     let client = client(pool, "creating a schedule").await?;
     if let Some(row) = client
         .query_opt(
@@ -158,6 +164,7 @@ pub async fn schedule_next_run(
     pool: &Pool,
     schedule: Uuid,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, QueueError> {
+    let _timed = super::timed("schedule_next_run");
     let client = client(pool, "reading a schedule").await?;
     let row = client
         .query_one(
@@ -171,6 +178,7 @@ pub async fn schedule_next_run(
 
 /// The run's `result` output (`/output/result.json`), if it wrote one.
 pub async fn run_result(pool: &Pool, run: Uuid) -> Result<Option<serde_json::Value>, QueueError> {
+    let _timed = super::timed("run_result");
     let client = client(pool, "reading a run's result").await?;
     let row = client
         .query_opt(
@@ -194,6 +202,7 @@ pub async fn record_thresholds(
     crossings: &serde_json::Value,
     alert: Option<&super::alert::Raised>,
 ) -> Result<Option<Option<super::alert::Recorded>>, QueueError> {
+    let _timed = super::timed("record_thresholds");
     let mut client = client(pool, "recording a run's resource thresholds").await?;
     let tx = client
         .transaction()

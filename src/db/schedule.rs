@@ -47,6 +47,7 @@ pub async fn claim_unplanned_schedules(
     tx: &Transaction<'_>,
     limit: i64,
 ) -> Result<Vec<UnplannedSchedule>, tokio_postgres::Error> {
+    let _timed = super::timed("claim_unplanned_schedules");
     let rows = tx
         .query(
             "select id, cron_expression, timezone, config from public.app_cron_schedules
@@ -73,6 +74,7 @@ pub async fn set_next_run_at(
     schedule_ids: &[Uuid],
     next_run_at: &[DateTime<Utc>],
 ) -> Result<u64, tokio_postgres::Error> {
+    let _timed = super::timed("set_next_run_at");
     if schedule_ids.is_empty() {
         return Ok(0);
     }
@@ -91,6 +93,7 @@ pub async fn deactivate_schedule(
     schedule_id: Uuid,
     reason: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    let _timed = super::timed("deactivate_schedule");
     tx.execute(
         "update public.app_cron_schedules
          set is_active = false, disabled_reason = $2, next_run_at = null
@@ -109,6 +112,7 @@ pub async fn claim_due_schedules(
     horizon: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<DueSchedule>, tokio_postgres::Error> {
+    let _timed = super::timed("claim_due_schedules");
     let rows = tx
         .query(
             "select id, app_id, company_id, cron_expression, timezone, config, next_run_at
@@ -139,6 +143,7 @@ pub async fn active_runs_of_schedules(
     tx: &Transaction<'_>,
     schedule_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, ActiveRun>, tokio_postgres::Error> {
+    let _timed = super::timed("active_runs_of_schedules");
     if schedule_ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -212,6 +217,7 @@ pub async fn fire_ticks(
     tx: &Transaction<'_>,
     ticks: &TicksToFire,
 ) -> Result<Vec<FiredRun>, tokio_postgres::Error> {
+    let _timed = super::timed("fire_ticks");
     if ticks.is_empty() {
         return Ok(Vec::new());
     }
@@ -295,6 +301,7 @@ pub async fn record_skipped_ticks_batch(
     tx: &Transaction<'_>,
     ticks: &SkippedTicks,
 ) -> Result<u64, tokio_postgres::Error> {
+    let _timed = super::timed("record_skipped_ticks_batch");
     if ticks.is_empty() {
         return Ok(0);
     }
@@ -342,6 +349,7 @@ pub async fn advance_schedules(
     tx: &Transaction<'_>,
     advances: &Advances,
 ) -> Result<u64, tokio_postgres::Error> {
+    let _timed = super::timed("advance_schedules");
     if advances.schedule_ids.is_empty() {
         return Ok(0);
     }
@@ -372,6 +380,7 @@ pub async fn record_skipped_ticks(
     reason: &str,
     detail: Option<&str>,
 ) -> Result<u64, tokio_postgres::Error> {
+    let _timed = super::timed("record_skipped_ticks");
     if ticks.is_empty() {
         return Ok(0);
     }
@@ -402,6 +411,7 @@ pub async fn next_run_at_bounds(
     now: DateTime<Utc>,
     horizon: DateTime<Utc>,
 ) -> Result<NextRunAtBounds, tokio_postgres::Error> {
+    let _timed = super::timed("next_run_at_bounds");
     let row = client
         .query_one(
             // Each part an index probe of app_cron_schedules_due_idx (which holds nulls too).

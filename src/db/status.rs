@@ -58,6 +58,7 @@ pub struct Snapshot {
 
 /// Everything at once, in one read-only transaction (one snapshot).
 pub async fn snapshot(pool: &Pool) -> Result<Snapshot, QueueError> {
+    let _timed = super::timed("snapshot");
     let mut client = client(pool, "reading the status").await?;
     let tx = client
         .build_transaction()
@@ -154,4 +155,63 @@ pub async fn snapshot(pool: &Pool) -> Result<Snapshot, QueueError> {
         running,
         failures_last_hour,
     })
+}
+
+/// Where [`stored_per_bucket`] counts what the buckets hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredSource {
+    /// `storage.objects`, the Storage server's own table (the Supabase backend: the database
+    /// is the project's). Exact, whoever uploaded the objects.
+    StorageObjects,
+    /// What our tables record (the local backend, whose objects are files): `app_storage`
+    /// sizes and build archives in `app-storage`, `app_outputs` objects (logs, files) in
+    /// `app-logs`. Objects nothing records (a live log's chunks) are not seen.
+    Records,
+}
+
+/// What one bucket holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stored {
+    pub bucket: String,
+    pub bytes: i64,
+    pub objects: i64,
+}
+
+/// Bytes and objects per bucket of ours (`app-storage`, `app-logs`), both always listed.
+pub async fn stored_per_bucket(
+    pool: &Pool,
+    source: StoredSource,
+) -> Result<Vec<Stored>, QueueError> {
+    let _timed = super::timed("stored_per_bucket");
+    let client = client(pool, "counting stored bytes").await?;
+    let sql = match source {
+        StoredSource::StorageObjects => {
+            "select b.bucket, coalesce(sum((o.metadata ->> 'size')::bigint), 0)::int8, count(o.id)
+               from unnest(array['app-storage', 'app-logs']) as b(bucket)
+               left join storage.objects o on o.bucket_id = b.bucket
+              group by b.bucket order by b.bucket"
+        }
+        StoredSource::Records => {
+            "select 'app-logs', coalesce(sum(file_size), 0)::int8, count(*)
+               from public.app_outputs where output_path is not null
+             union all
+             select 'app-storage',
+                    (select coalesce(sum(file_size), 0) from public.app_storage)::int8
+                      + (select coalesce(sum(archive_size), 0) from public.app_builds where build_path is not null)::int8,
+                    (select count(*) from public.app_storage)
+                      + (select count(*) from public.app_builds where build_path is not null)"
+        }
+    };
+    let rows = client
+        .query(sql, &[])
+        .await
+        .map_err(query("count the bytes stored per bucket"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Stored {
+            bucket: r.get(0),
+            bytes: r.get(1),
+            objects: r.get(2),
+        })
+        .collect())
 }

@@ -59,6 +59,7 @@ pub struct HookSummary {
 
 /// The hook, or `None` when there is none with this id.
 pub async fn find_hook(pool: &Pool, id: Uuid) -> Result<Option<Hook>> {
+    let _timed = super::timed("find_hook");
     let client = client(pool, "looking up a webhook").await?;
     // Prepared once per connection: every request runs this and `deliver`.
     let statement = client
@@ -108,6 +109,7 @@ pub async fn deliver(
     input: &serde_json::Value,
     company_cap: i64,
 ) -> Result<Delivery> {
+    let _timed = super::timed("deliver");
     let client = client(pool, "recording a webhook delivery").await?;
     let statement = client
         .prepare_cached(
@@ -143,6 +145,7 @@ pub async fn deliver(
 
 /// Deletes idempotency records past the window; returns how many.
 pub async fn purge_deliveries(pool: &Pool) -> Result<u64> {
+    let _timed = super::timed("purge_deliveries");
     let client = client(pool, "purging webhook deliveries").await?;
     client
         .execute(
@@ -168,6 +171,7 @@ pub struct NewHook<'a> {
 
 /// Creates a hook; returns its id.
 pub async fn create_hook(pool: &Pool, hook: &NewHook<'_>) -> Result<Uuid> {
+    let _timed = super::timed("create_hook");
     let client = client(pool, "creating a webhook").await?;
     let row = client
         .query_one(
@@ -191,6 +195,7 @@ pub async fn create_hook(pool: &Pool, hook: &NewHook<'_>) -> Result<Uuid> {
 /// Replaces the hook's secret; the old one stays valid for `grace`. `false` when there is no
 /// such hook.
 pub async fn rotate_hook(pool: &Pool, id: Uuid, secret: &str, grace: Duration) -> Result<bool> {
+    let _timed = super::timed("rotate_hook");
     let client = client(pool, "rotating a webhook secret").await?;
     let changed = client
         .execute(
@@ -207,6 +212,7 @@ pub async fn rotate_hook(pool: &Pool, id: Uuid, secret: &str, grace: Duration) -
 
 /// Enables or disables a hook. `false` when there is no such hook.
 pub async fn set_hook_active(pool: &Pool, id: Uuid, active: bool) -> Result<bool> {
+    let _timed = super::timed("set_hook_active");
     let client = client(pool, "updating a webhook").await?;
     let changed = client
         .execute(
@@ -220,6 +226,7 @@ pub async fn set_hook_active(pool: &Pool, id: Uuid, active: bool) -> Result<bool
 
 /// The hooks, of one app when given, oldest first.
 pub async fn list_hooks(pool: &Pool, app: Option<Uuid>) -> Result<Vec<HookSummary>> {
+    let _timed = super::timed("list_hooks");
     let client = client(pool, "listing webhooks").await?;
     let rows = client
         .query(

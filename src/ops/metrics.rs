@@ -42,6 +42,11 @@ pub const STATE_DIR_FREE: &str = "app_executor_state_dir_free_bytes";
 pub const STATE_DIR_SIZE: &str = "app_executor_state_dir_size_bytes";
 pub const WEBHOOK_REQUESTS: &str = "app_executor_webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "app_executor_webhook_request_duration_seconds";
+pub const STORAGE_DURATION: &str = "app_executor_storage_request_duration_seconds";
+pub const STORAGE_BYTES: &str = "app_executor_storage_bytes_total";
+pub const STORED_BYTES: &str = "app_executor_storage_stored_bytes";
+pub const STORED_OBJECTS: &str = "app_executor_storage_stored_objects";
+pub const DB_STATEMENT_DURATION: &str = "app_executor_db_statement_duration_seconds";
 
 /// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
 /// to the longest run a host allows (30 minutes by default).
@@ -59,6 +64,12 @@ pub const CRON_LAG_BUCKETS: &[f64] = &[
 /// `?wait` request lasts as long as its run.
 pub const WEBHOOK_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Upper bounds of the storage and database latency buckets, in seconds: a local statement or
+/// a cached request takes a millisecond; a slow server or a large upload, seconds.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A phase of a run, the `phase` label of [`PHASE_DURATION`].
@@ -148,10 +159,36 @@ pub fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::Build
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PHASE_DURATION.into()), PHASE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(CRON_LAG.into()), CRON_LAG_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.into()), WEBHOOK_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.into()), WEBHOOK_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(STORAGE_DURATION.into()), REQUEST_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(DB_STATEMENT_DURATION.into()), REQUEST_BUCKETS)
 }
 
 fn describe() {
+    describe_histogram!(
+        STORAGE_DURATION,
+        metrics::Unit::Seconds,
+        "Storage requests by op (download: to the first byte; upload, list, delete, head, buckets), bucket (app-storage, app-logs, other) and outcome (ok, not_found, denied, unavailable, rejected, error)"
+    );
+    describe_counter!(
+        STORAGE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes received (op=download) and sent (op=upload) from and to storage, by bucket"
+    );
+    describe_gauge!(
+        STORED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes stored per bucket (all daemons' objects), refreshed every ops.usage_interval"
+    );
+    describe_gauge!(
+        STORED_OBJECTS,
+        "Objects stored per bucket, refreshed every ops.usage_interval"
+    );
+    describe_histogram!(
+        DB_STATEMENT_DURATION,
+        metrics::Unit::Seconds,
+        "Database statements (or the short transaction one names) by statement, including the wait for a pooled connection"
+    );
     describe_gauge!(
         DATABASE_UP,
         "1 when the last queue-depth query (every ops.status_interval) succeeded, else 0"
@@ -258,6 +295,33 @@ fn describe() {
         RETENTION_DELETED,
         "What the retention policy deleted, by kind (log_objects, output_objects, output_rows, builds, version_objects, version_rows)"
     );
+}
+
+/// A storage request finished (see `storage::Metered`).
+pub fn storage_request(
+    op: &'static str,
+    bucket: &'static str,
+    outcome: &'static str,
+    took: Duration,
+) {
+    histogram!(STORAGE_DURATION, "op" => op, "bucket" => bucket, "outcome" => outcome)
+        .record(took.as_secs_f64());
+}
+
+/// Bytes moved to (`upload`) or from (`download`) storage.
+pub fn storage_bytes(op: &'static str, bucket: &'static str, bytes: u64) {
+    counter!(STORAGE_BYTES, "op" => op, "bucket" => bucket).increment(bytes);
+}
+
+/// What a bucket holds now, as the database records it.
+pub fn set_stored(bucket: &'static str, bytes: i64, objects: i64) {
+    gauge!(STORED_BYTES, "bucket" => bucket).set(bytes as f64);
+    gauge!(STORED_OBJECTS, "bucket" => bucket).set(objects as f64);
+}
+
+/// A database statement named `statement` took `took` (pool wait included).
+pub fn db_statement(statement: &'static str, took: Duration) {
+    histogram!(DB_STATEMENT_DURATION, "statement" => statement).record(took.as_secs_f64());
 }
 
 /// A run reached a terminal status on this daemon (`success`, `failed`, `timeout`,

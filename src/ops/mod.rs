@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod status;
+pub mod stored;
 pub mod systemd;
 
 use std::net::SocketAddr;
@@ -105,7 +106,13 @@ impl Ops {
     /// The startup checks passed: marks the daemon active, sends `READY=1` with a first status,
     /// starts the watchdog and the status refresh, and arranges `STOPPING=1` for when
     /// `shutdown` fires. Call before the runner starts, so its idle wait honours the watchdog.
-    pub fn ready(&self, pool: Pool, shutdown: &CancellationToken, state_dir: std::path::PathBuf) {
+    pub fn ready(
+        &self,
+        pool: Pool,
+        shutdown: &CancellationToken,
+        state_dir: std::path::PathBuf,
+        stored: crate::db::status::StoredSource,
+    ) {
         let status = self.status.clone();
         status.advance(Phase::Active);
         metrics::set_running(0, status.capacity());
@@ -126,6 +133,14 @@ impl Ops {
                 self.systemd.clone(),
                 watchdog,
                 status.clone(),
+                self.stop.clone(),
+            ));
+        }
+        if let Some(interval) = self.config.storage_usage_interval {
+            self.tasks.spawn(stored::stored_loop(
+                pool.clone(),
+                stored,
+                interval,
                 self.stop.clone(),
             ));
         }

@@ -19,6 +19,9 @@ pub struct OpsSettings {
     /// How often the queue depth gauge and the systemd `STATUS=` line are refreshed (one
     /// `count(*)` of pending runs each time).
     pub status_interval: Duration,
+    /// How often the bytes stored per bucket are counted (one aggregate query); `None` when
+    /// disabled (`"0"`).
+    pub storage_usage_interval: Option<Duration>,
 }
 
 /// What the TOML file and the environment may contain under `[ops]`.
@@ -29,6 +32,7 @@ pub struct RawOps {
     allow_non_loopback: bool,
     probe_timeout: String,
     status_interval: String,
+    storage_usage_interval: String,
 }
 
 impl Default for RawOps {
@@ -38,6 +42,7 @@ impl Default for RawOps {
             allow_non_loopback: false,
             probe_timeout: "2s".into(),
             status_interval: "5s".into(),
+            storage_usage_interval: "5m".into(),
         }
     }
 }
@@ -49,6 +54,10 @@ impl OpsSettings {
         let probe_timeout = parse_duration("ops.probe_timeout", &raw.probe_timeout, violations);
         let status_interval =
             parse_duration("ops.status_interval", &raw.status_interval, violations);
+        let storage_usage_interval = match raw.storage_usage_interval.trim() {
+            "0" => None,
+            text => parse_duration("ops.storage_usage_interval", text, violations),
+        };
         let listen = match raw.listen.trim() {
             "" => None,
             text => match text.parse::<std::net::SocketAddr>() {
@@ -72,6 +81,7 @@ impl OpsSettings {
             listen,
             probe_timeout: probe_timeout.unwrap_or_default(),
             status_interval: status_interval.unwrap_or_default(),
+            storage_usage_interval,
         })
     }
 
@@ -80,6 +90,7 @@ impl OpsSettings {
             "listen": self.listen.map(|a| a.to_string()).unwrap_or_default(),
             "probe_timeout": format_duration(self.probe_timeout),
             "status_interval": format_duration(self.status_interval),
+            "storage_usage_interval": self.storage_usage_interval.map(format_duration).unwrap_or_else(|| "0".into()),
         })
     }
 }

@@ -130,6 +130,10 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported_after_real_w
         "APP_EXECUTOR_OPS__STATUS_INTERVAL".to_owned(),
         "500ms".to_owned(),
     ));
+    options.env.push((
+        "APP_EXECUTOR_OPS__STORAGE_USAGE_INTERVAL".to_owned(),
+        "500ms".to_owned(),
+    ));
     let mut daemon = Daemon::spawn(&db, options);
     let hooks = format!("http://{}/hooks/{hook}?wait=60s", daemon.webhooks_addr());
     let ops = daemon.ops_addr();
@@ -198,7 +202,85 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported_after_real_w
         .find_map(|l| l.strip_prefix("app_executor_state_dir_free_bytes "))
         .and_then(|v| v.parse::<f64>().ok());
     assert!(free.is_some_and(|f| f > 0.0), "{exported_text}");
+
+    // Storage: the runs' downloads and uploads were measured, and the stored-bytes gauge (the
+    // local backend counts our records) holds what the tables say.
+    let value = |series: &str| {
+        exported_text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    for series in [
+        r#"app_executor_storage_request_duration_seconds_count{op="download",bucket="app-storage",outcome="ok"}"#,
+        r#"app_executor_storage_request_duration_seconds_count{op="upload",bucket="app-logs",outcome="ok"}"#,
+        r#"app_executor_storage_bytes_total{op="download",bucket="app-storage"}"#,
+        r#"app_executor_db_statement_duration_seconds_count{statement="claim_next_run"}"#,
+        r#"app_executor_db_statement_duration_seconds_count{statement="finish_run"}"#,
+    ] {
+        assert!(
+            value(series).is_some_and(|v| v > 0.0),
+            "{series} is not above 0:\n{exported_text}"
+        );
+    }
+    let files: i64 = client
+        .query_one(
+            "select coalesce(sum(file_size), 0)::int8 from public.app_storage",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        value(r#"app_executor_storage_stored_bytes{bucket="app-storage"}"#),
+        Some(files as f64),
+        "{exported_text}"
+    );
+    assert!(
+        value(r#"app_executor_storage_stored_bytes{bucket="app-logs"}"#).is_some_and(|v| v > 0.0),
+        "{exported_text}"
+    );
     daemon.stop();
+}
+
+/// The Supabase backend counts what `storage.objects` holds (the Storage server's own rows),
+/// whoever uploaded them; both buckets are listed even when empty.
+#[tokio::test]
+async fn stored_bytes_per_bucket_come_from_storage_objects_on_supabase() {
+    use app_executor::db::status::{stored_per_bucket, Stored, StoredSource};
+    let db = TestDb::migrated().await;
+    let pool = app_executor::db::pool(&db.url, Duration::from_secs(5), 2).unwrap();
+    let stored = |bucket: &str, bytes: i64, objects: i64| Stored {
+        bucket: bucket.to_owned(),
+        bytes,
+        objects,
+    };
+    assert_eq!(
+        stored_per_bucket(&pool, StoredSource::StorageObjects)
+            .await
+            .unwrap(),
+        [stored("app-logs", 0, 0), stored("app-storage", 0, 0)]
+    );
+    db.client()
+        .await
+        .batch_execute(
+            r#"insert into storage.buckets (id, name) values ('other-bucket', 'other-bucket');
+               insert into storage.objects (bucket_id, name, metadata) values
+                 ('app-storage', 'app_1/1.0.0/index.js', '{"size": 1200, "mimetype": "text/javascript"}'),
+                 ('app-storage', 'app_1/1.0.0/manifest.json', '{"size": 300}'),
+                 ('app-logs', 'app_1/runs/r/stdout.log', '{"size": 45}'),
+                 ('other-bucket', 'x', '{"size": 999999}')"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_per_bucket(&pool, StoredSource::StorageObjects)
+            .await
+            .unwrap(),
+        [stored("app-logs", 45, 1), stored("app-storage", 1500, 2)]
+    );
 }
 
 #[tokio::test]
