@@ -21,7 +21,7 @@ use crate::db::migration::MigrateReport;
 use crate::db::DatabaseUrl;
 use crate::storage::StorageBackend;
 use crate::storage::{
-    BucketPolicy, LocalStorage, Metered, Storage, StorageError, SupabaseOptions, SupabaseStorage,
+    BucketPolicy, LocalStorage, Storage, StorageError, SupabaseOptions, SupabaseStorage,
 };
 
 pub use check::{check, Check, CheckReport};
@@ -88,7 +88,7 @@ fn database_url(config: &Config) -> Result<&DatabaseUrl, ConfigError> {
 /// URL. A missing service key is a configuration error (exit 78) of the command asking for
 /// storage; commands that never use storage (`migrate`, `validate`, `enqueue`, `cron next`) do
 /// not ask, so they run without the key.
-/// Every backend is wrapped in [`Metered`], so its requests show in `/metrics`.
+/// Every backend is wrapped in [`crate::ops::metered_storage::Metered`], so its requests show in `/metrics`.
 pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     let settings = &config.storage;
     let backend: Arc<dyn Storage> = match settings.backend {
@@ -115,7 +115,7 @@ pub fn storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
             Arc::new(SupabaseStorage::new(options)?)
         }
     };
-    Ok(Arc::new(Metered::new(backend)))
+    Ok(Arc::new(crate::ops::metered_storage::Metered::new(backend)))
 }
 
 /// `app-executor migrate`: applies pending migrations on a dedicated session.

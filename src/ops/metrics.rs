@@ -46,7 +46,7 @@ pub const STORAGE_DURATION: &str = "app_executor_storage_request_duration_second
 pub const STORAGE_BYTES: &str = "app_executor_storage_bytes_total";
 pub const STORED_BYTES: &str = "app_executor_storage_stored_bytes";
 pub const STORED_OBJECTS: &str = "app_executor_storage_stored_objects";
-pub const DB_STATEMENT_DURATION: &str = "app_executor_db_statement_duration_seconds";
+pub const DB_STATEMENT_DURATION: &str = crate::db::STATEMENT_DURATION;
 
 /// Upper bounds of the phase duration buckets, in seconds: from a cached prepare (milliseconds)
 /// to the longest run a host allows (30 minutes by default).
@@ -317,11 +317,6 @@ pub fn storage_bytes(op: &'static str, bucket: &'static str, bytes: u64) {
 pub fn set_stored(bucket: &'static str, bytes: i64, objects: i64) {
     gauge!(STORED_BYTES, "bucket" => bucket).set(bytes as f64);
     gauge!(STORED_OBJECTS, "bucket" => bucket).set(objects as f64);
-}
-
-/// A database statement named `statement` took `took` (pool wait included).
-pub fn db_statement(statement: &'static str, took: Duration) {
-    histogram!(DB_STATEMENT_DURATION, "statement" => statement).record(took.as_secs_f64());
 }
 
 /// A run reached a terminal status on this daemon (`success`, `failed`, `timeout`,

@@ -14,6 +14,7 @@
 //! passed, [`Ops::stop`] when the runner has returned. Nothing here claims, runs or writes runs.
 
 pub mod health;
+pub mod metered_storage;
 pub mod metrics;
 pub mod server;
 pub mod settings;

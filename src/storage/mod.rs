@@ -7,7 +7,6 @@
 
 mod error;
 mod local;
-mod metered;
 mod policy;
 pub mod settings;
 mod supabase;
@@ -21,7 +20,6 @@ use futures_util::stream::BoxStream;
 
 pub use error::StorageError;
 pub use local::LocalStorage;
-pub use metered::Metered;
 pub use policy::{
     mime_allowed, validate_key, BucketLimits, BucketPolicy, APP_LOGS_FILE_SIZE_LIMIT,
 };

@@ -1,7 +1,7 @@
 //! [`Metered`]: any [`Storage`] with each request measured, the storage metrics of `/metrics`:
 //! latency by operation, bucket and outcome, and the bytes sent and received by operation and
 //! bucket. The composition root wraps every backend in it, so the daemon, publish and retention
-//! are all measured the same way and the backends stay free of metrics.
+//! are all measured the same way and the backends (a lower layer) stay free of metrics.
 //!
 //! A download's latency is the time to its first byte (the response's headers): its body is
 //! the caller's to read, at the caller's pace; its bytes are counted as they are read.
@@ -12,11 +12,11 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::{
+use super::metrics;
+use crate::storage::{
     Download, ListEntry, ObjectInfo, Storage, StorageError, UploadBody, APP_LOGS_BUCKET,
     APP_STORAGE_BUCKET,
 };
-use crate::ops::metrics;
 
 /// A storage backend whose requests are measured.
 #[derive(Debug)]
