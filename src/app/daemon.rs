@@ -19,6 +19,7 @@ use crate::pipeline::RunPipeline;
 use crate::runner::execution::{JobExecutor, TestExecution};
 use crate::runner::Runner;
 use crate::sandbox::install::Installer;
+use crate::sandbox::reaper::Reaper;
 use crate::sandbox::{Engine, Sweeper};
 use crate::storage::Storage;
 use crate::webhooks::WebhookListener;
@@ -30,6 +31,17 @@ pub struct RunOptions {
     pub until_idle: bool,
     /// A trivial execution for queue tests (`sleep=…,record=…`); debug builds only.
     pub test_execution: Option<String>,
+}
+
+/// `app-executor reaper`: the daemon's dead-man's switch (`sandbox::reaper`). Its database
+/// pool is made now, connections on demand: a database that is down now may be back by then.
+pub async fn reap(config: &Config, executor_id: &str) -> anyhow::Result<()> {
+    let pool = match &config.database.url {
+        Some(url) => Some(db::pool(url, config.database.connect_timeout, 1)?),
+        None => None,
+    };
+    let runs_dir = config.executor.state_dir.join("runs");
+    crate::sandbox::reaper::reap_when_orphaned(&config.sandbox, executor_id, &runs_dir, pool).await
 }
 
 /// `app-executor run`: the daemon. Returns after a drain (`shutdown`) or, with `until_idle`,
@@ -96,6 +108,19 @@ pub async fn run(
         alerts.clone(),
     )
     .await?;
+    // Before any container can start: the dead-man's switch that removes this daemon's
+    // containers if it dies (see `sandbox::reaper`).
+    let reaper = match docker {
+        Some(_) => Some(
+            Reaper::spawn(
+                &executor_id,
+                config.source_file.as_deref(),
+                config.database.url.as_ref(),
+            )
+            .context("starting the reaper (app-executor reaper), which removes this daemon's containers if it dies")?,
+        ),
+        None => None,
+    };
     let retention = if config.retention.enabled {
         Some(retention_policy(config, pool.clone(), storage)?)
     } else {
@@ -238,6 +263,9 @@ pub async fn run(
     listener_stop.cancel();
     let _ = listener.await;
     ops.stop().await;
+    if let Some(reaper) = reaper {
+        reaper.finish().await;
+    }
     tracing::info!(%executor_id, "executor stopped");
     Ok(())
 }

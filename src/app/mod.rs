@@ -25,7 +25,7 @@ use crate::storage::{
 };
 
 pub use check::{check, Check, CheckReport};
-pub use daemon::{run, RunOptions};
+pub use daemon::{reap, run, RunOptions};
 pub use webhooks::{
     create_webhook, list_webhooks, rotate_webhook, set_webhook_active, CreatedWebhook,
 };

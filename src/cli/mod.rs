@@ -211,6 +211,13 @@ pub enum Command {
         #[arg(long)]
         app_dir: Option<PathBuf>,
     },
+    /// Started by `run` itself: removes the daemon's containers when the daemon dies
+    #[command(hide = true)]
+    Reaper {
+        /// The daemon's executor id
+        #[arg(long)]
+        executor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +379,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             app::run(&config, options, shutdown).await
         }
         Command::Validate { dir, json } => validate(&dir, &config, json),
+        Command::Reaper { executor } => app::reap(&config, &executor).await,
         Command::Publish {
             dir,
             app,

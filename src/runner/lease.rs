@@ -26,6 +26,12 @@ use crate::runner::settings::QueueSettings;
 /// renewal is tried again soon (a quarter of the interval), not a whole interval later, so a
 /// short database hiccup never lets the lease run out; an expired lease is never renewed (the
 /// database refuses it: a rescuer may already own the run).
+///
+/// Self-fencing: the database may set the lease's end any time after a renewal is *sent*, so
+/// the lease is taken to end `lease` after the last successful renewal was sent, and the job is
+/// stopped a margin before that ([`fence_margin`]) when no renewal has landed: the container is
+/// killed before a rescuer can claim the next attempt. Every renewal is bounded by the time
+/// left, so a statement stuck on a dead connection cannot carry the job past its lease.
 pub(super) async fn keep(
     pool: Pool,
     queue: Queue,
@@ -35,35 +41,56 @@ pub(super) async fn keep(
     settings: QueueSettings,
     in_flight: Stop,
 ) {
-    let mut last_renewed = Instant::now();
+    let margin = fence_margin(settings.lease);
+    // The claim set the lease just before the job started: count from now, as for a renewal.
+    let mut renewal_sent = Instant::now();
     let mut wait = settings.heartbeat_interval;
     loop {
         tokio::time::sleep(wait).await;
         wait = settings.heartbeat_interval;
-        match queue::extend_lease(&pool, queue, run_id, &executor_id, attempt, settings.lease).await
-        {
-            Ok(LeaseState::Held) => last_renewed = Instant::now(),
-            Ok(LeaseState::Cancelled) => {
+        let fenced_at = renewal_sent + settings.lease.saturating_sub(margin);
+        let sent = Instant::now();
+        let left = fenced_at.saturating_duration_since(sent);
+        let renewed = tokio::time::timeout(
+            left,
+            queue::extend_lease(&pool, queue, run_id, &executor_id, attempt, settings.lease),
+        )
+        .await;
+        let error = match renewed {
+            Ok(Ok(LeaseState::Held)) => {
+                renewal_sent = sent;
+                continue;
+            }
+            Ok(Ok(LeaseState::Cancelled)) => {
                 tracing::info!(%run_id, "run cancelled by a client; stopping it");
                 in_flight.stop_for(StopReason::Cancelled);
                 return;
             }
-            Ok(LeaseState::Lost) => {
+            Ok(Ok(LeaseState::Lost)) => {
                 tracing::warn!(%run_id, attempt, "lease lost (the run was rescued or finished elsewhere); abandoning it");
                 in_flight.stop_for(StopReason::LeaseLost);
                 return;
             }
-            Err(e) if last_renewed.elapsed() >= settings.lease => {
-                tracing::warn!(%run_id, error = %e, "could not renew the lease before it expired; abandoning the run");
-                in_flight.stop_for(StopReason::LeaseLost);
-                return;
-            }
-            Err(e) => {
-                wait = (settings.heartbeat_interval / 4).max(std::time::Duration::from_millis(50));
-                tracing::warn!(%run_id, error = %e, retry_in = ?wait, "lease renewal failed; retrying")
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {left:?}"),
+        };
+        let left = fenced_at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(%run_id, error, ?margin, "could not renew the lease; stopping the run before it expires, since another daemon may rescue it then");
+            in_flight.stop_for(StopReason::LeaseLost);
+            return;
         }
+        wait = (settings.heartbeat_interval / 4)
+            .max(Duration::from_millis(50))
+            .min(left);
+        tracing::warn!(%run_id, error, retry_in = ?wait, "lease renewal failed; retrying");
     }
+}
+
+/// How long before its end a lease that cannot be renewed is given up: time to kill the
+/// container before anyone may rescue the job (a tenth of the lease, 200 ms to 2 s).
+fn fence_margin(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(200), Duration::from_secs(2))
 }
 
 /// Writes what became of the job, fenced on `(executor_id, attempt)`.
@@ -300,5 +327,26 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_given_up_a_tenth_early_within_bounds() {
+        assert_eq!(
+            fence_margin(Duration::from_secs(30)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(1)),
+            Duration::from_millis(200)
+        );
     }
 }

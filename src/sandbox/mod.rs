@@ -19,6 +19,7 @@ pub mod engine;
 pub mod install;
 pub mod output;
 pub mod profile;
+pub mod reaper;
 pub mod run;
 pub mod settings;
 pub mod sweep;

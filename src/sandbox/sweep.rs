@@ -79,7 +79,12 @@ impl Sweeper {
             if dead.contains(executor) {
                 tracing::warn!(container = %container.id, %executor, run_id = %container.run, "removing a container left by a daemon that is gone");
                 self.engine.remove(&container.id).await;
-                self.remove_orphaned_run_dir(&container).await;
+                remove_container_run_dir(
+                    &self.runs_dir,
+                    &container,
+                    "a dead daemon left it with its container",
+                )
+                .await;
                 if let Err(e) = executors::retire_executor(pool, executor).await {
                     tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
                 }
@@ -137,29 +142,27 @@ impl Sweeper {
             .await;
         }
     }
+}
 
-    /// Removes the per-attempt directory (app files, log spool, `/output`) a dead daemon left
-    /// for the container's run, when it lives under this daemon's state directory. Nobody
-    /// else uses it: the attempt was charged to the dead claim, so the run's next claim gets
-    /// a directory of its own. The spool's tail that never reached storage goes with it (a
-    /// crash loses at most that, see `logs`).
-    async fn remove_orphaned_run_dir(&self, container: &ManagedContainer) {
-        // Labels come from the engine: only a run id and an attempt number name a directory.
-        let (Ok(run), Ok(attempt)) = (
-            container.run.parse::<uuid::Uuid>(),
-            container.attempt.parse::<i32>(),
-        ) else {
-            return;
-        };
-        let dir = self.runs_dir.join(orphaned_run_dir_name(run, attempt));
-        remove_left_run_dir(
-            &dir,
-            run,
-            attempt,
-            "a dead daemon left it with its container",
-        )
-        .await;
-    }
+/// Removes the per-attempt directory (app files, log spool, `/output`) a dead daemon left
+/// for the container's run, when it lives under this daemon's state directory. Nobody
+/// else uses it: the attempt was charged to the dead claim, so the run's next claim gets
+/// a directory of its own. The spool's tail that never reached storage goes with it (a
+/// crash loses at most that, see `logs`). `runs_dir` is that directory's parent; the container's labels name the attempt.
+pub(super) async fn remove_container_run_dir(
+    runs_dir: &Path,
+    container: &ManagedContainer,
+    why: &str,
+) {
+    // Labels come from the engine: only a run id and an attempt number name a directory.
+    let (Ok(run), Ok(attempt)) = (
+        container.run.parse::<uuid::Uuid>(),
+        container.attempt.parse::<i32>(),
+    ) else {
+        return;
+    };
+    let dir = runs_dir.join(orphaned_run_dir_name(run, attempt));
+    remove_left_run_dir(&dir, run, attempt, why).await;
 }
 
 /// Removes an attempt directory the sweep found left behind; `why` goes into the log line.

@@ -751,7 +751,8 @@ fn containers_of(run: Uuid, attempt: i32) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_whole() {
+async fn a_killed_daemons_container_goes_before_its_lease_its_chunks_stay_and_the_rescue_logs_apart(
+) {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let state = tempfile::tempdir().unwrap();
@@ -784,16 +785,63 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert!(folder.starts_with("attempt-1-"), "{folder}");
+    assert_eq!(containers_of(run, 1).len(), 1);
+    let lease_at_kill: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "select lease_expires_at from public.app_runs where id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
     first.kill_hard();
     // Local storage writes are a temp file and a rename: no chunk is half there.
     let kept_names = local_chunks(state.path(), app, run)[&folder].clone();
     let kept = local_stream(state.path(), app, run, &folder, "stdout");
-    let orphan = containers_of(run, 1);
-    assert_eq!(
-        orphan.len(),
-        1,
-        "the killed daemon's container runs on until someone removes it"
+    // The dead-man's switch: the daemon's reaper removes its container as soon as it dies, before
+    // the lease it held runs out, so no rescuer's attempt 2 can overlap it. It then hands the
+    // run back at once (the lease is expired), so the rescue does not wait for the lease.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containers_of(run, 1).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed daemon's container is still there after 20 s; log:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (gone_at, lease_now): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = {
+        let row = client
+            .query_one(
+                "select clock_timestamp(), lease_expires_at from public.app_runs where id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        gone_at < lease_at_kill,
+        "the container was removed at {gone_at}, after the lease it ran under expired ({lease_at_kill}); log:\n{}",
+        first.log_text()
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lease_now = lease_now;
+    while lease_now > chrono::Utc::now() {
+        assert!(
+            Instant::now() < deadline,
+            "the run's lease was not handed back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lease_now = client
+            .query_one(
+                "select lease_expires_at from public.app_runs where id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    }
     let first_lines = String::from_utf8(kept.clone()).unwrap();
     let first_host = first_lines.split(' ').next().unwrap().to_owned();
     assert!(
@@ -801,9 +849,7 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
         "{first_lines}"
     );
 
-    let rescuer_started = Instant::now();
     let second = Daemon::spawn(&db, options(state.path()));
-    let mut removed_after = None;
     let record = poll_until_terminal(
         &client,
         run,
@@ -811,17 +857,15 @@ async fn a_killed_daemons_chunks_stay_and_the_rescued_attempt_logs_apart_and_who
         &second,
         Duration::from_millis(50),
         |_| {
-            if removed_after.is_none() && containers_of(run, 1).is_empty() {
-                removed_after = Some(rescuer_started.elapsed());
-            }
+            assert!(
+                containers_of(run, 1).is_empty(),
+                "attempt 1's container came back"
+            );
         },
     )
     .await;
     let log = second.log_text();
     assert_success(&record, &log);
-    let removed_after = removed_after
-        .unwrap_or_else(|| panic!("the first daemon's container is still there; log:\n{log}"));
-    eprintln!("the orphaned container was removed {removed_after:?} after the rescuer started");
     let attempt: i32 = client
         .query_one("select attempt from public.app_runs where id = $1", &[&run])
         .await
