@@ -115,6 +115,8 @@ pub async fn run(
             Reaper::spawn(
                 &executor_id,
                 config.source_file.as_deref(),
+                &config.sandbox,
+                &config.executor.state_dir,
                 config.database.url.as_ref(),
             )
             .context("starting the reaper (app-executor reaper), which removes this daemon's containers if it dies")?,

@@ -41,12 +41,15 @@ const CLEAN_END: &[u8] = b"drained\n";
 
 impl Reaper {
     /// Starts `app-executor reaper --executor <executor_id>` (this same binary, the same
-    /// configuration through the inherited environment and `config`). The database URL goes in
-    /// the reaper's environment (readable by this user only, never on a command line, which
-    /// every user can read).
+    /// configuration through the inherited environment and `config`). What it must agree on
+    /// with the daemon even when the daemon's configuration was changed in code (the demo) is
+    /// passed in its environment: the Docker endpoint, the state directory and the database URL
+    /// (the environment is readable by this user only; a command line by every user).
     pub fn spawn(
         executor_id: &str,
         config: Option<&std::path::Path>,
+        settings: &SandboxSettings,
+        state_dir: &std::path::Path,
         database_url: Option<&crate::db::DatabaseUrl>,
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
@@ -57,6 +60,9 @@ impl Reaper {
         if let Some(url) = database_url {
             command.env("APP_EXECUTOR_DATABASE__URL", url.expose());
         }
+        command
+            .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state_dir)
+            .env("APP_EXECUTOR_SANDBOX__DOCKER_HOST", &settings.docker_host);
         let mut child = command
             .args(["reaper", "--executor", executor_id])
             .stdin(Stdio::piped())
