@@ -330,6 +330,7 @@ async fn select_execution(
                 installer: Installer {
                     engine: engine.clone(),
                     settings: config.sandbox.clone(),
+                    registry: config.install.clone(),
                     cache_dir: state.join("cache").join("deps"),
                 },
                 engine,

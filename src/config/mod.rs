@@ -90,6 +90,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// `[webhooks]`: the webhook trigger's listener (off unless `listen` is set).
     pub webhooks: WebhookSettings,
+    /// `[install]`: the registries, tokens, CA bundle and proxy of the install phase.
+    pub install: crate::sandbox::registry::InstallSettings,
 }
 
 // ---- raw layer: exactly what the TOML file and the environment may contain ------------------
@@ -111,6 +113,7 @@ struct RawConfig {
     alerts: RawAlerts,
     retention: RawRetention,
     webhooks: RawWebhooks,
+    install: crate::sandbox::registry::RawInstall,
 }
 
 impl Config {
@@ -154,6 +157,7 @@ impl Config {
         raw.storage.resolved_key = secrets::service_key(env)?;
         raw.alerts.resolved_secret = secrets::webhook_secret(env)?;
         raw.sandbox.resolved_registry_password = secrets::registry_password(env)?;
+        raw.install.resolved_tokens = secrets::install_tokens(env, &raw.install.tokens)?;
         let url = secrets::database_url(overrides, env, raw.database.url.as_deref(), &source_file)?;
         let mut config = Self::from_raw(raw, url, source_file)?;
         // Under systemd, stderr is the journal: `auto` means structured journald fields there.
@@ -193,6 +197,7 @@ impl Config {
         let alerts = AlertSettings::from_raw(&raw.alerts, v);
         let retention = RetentionSettings::from_raw(&raw.retention, v);
         let webhooks = WebhookSettings::from_raw(&raw.webhooks, v);
+        let install = crate::sandbox::registry::InstallSettings::from_raw(&raw.install, v);
         let reported = "violations were reported above";
         if !violations.is_empty() {
             return Err(ConfigError::Violations(violations));
@@ -213,6 +218,7 @@ impl Config {
             alerts: alerts.expect(reported),
             retention: retention.expect(reported),
             webhooks: webhooks.expect(reported),
+            install: install.expect(reported),
         })
     }
 
@@ -234,6 +240,7 @@ impl Config {
             "alerts": self.alerts.redacted_json(),
             "retention": self.retention.to_json(),
             "webhooks": self.webhooks.to_json(),
+            "install": self.install.to_json(),
         })
     }
 }

@@ -49,6 +49,26 @@ pub(super) fn registry_password(
     )
 }
 
+/// The install phase's registry tokens: for each `[install.tokens]` entry (registry URL ->
+/// credential name), the token from `APP_EXECUTOR_INSTALL_TOKEN_<NAME>` or the systemd
+/// credential `<name>`. Entries without one are left out; `[install]` validation names them.
+pub(super) fn install_tokens(
+    env: &BTreeMap<String, String>,
+    tokens: &BTreeMap<String, String>,
+) -> Result<Vec<(String, crate::sandbox::registry::InstallToken)>, ConfigError> {
+    let mut found = Vec::new();
+    for (url, name) in tokens {
+        let var = crate::sandbox::registry::token_env(name);
+        if let Some(token) = resolve_secret(env, &[var.as_str()], name)? {
+            found.push((
+                url.clone(),
+                crate::sandbox::registry::InstallToken::new(token),
+            ));
+        }
+    }
+    Ok(found)
+}
+
 /// A secret from the first non-empty environment variable of `names`, else from the systemd
 /// credential `credential` (a file in `$CREDENTIALS_DIRECTORY`); trimmed. Never from the file.
 fn resolve_secret(

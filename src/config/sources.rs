@@ -57,6 +57,7 @@ impl EnvOverrides {
                 || key == "storage__service_key"
                 || key == "alerts__webhook_secret"
                 || key == "sandbox__registry_password"
+                || key.starts_with("install_token_")
             {
                 continue;
             }

@@ -102,6 +102,8 @@ pub struct InstallRequest<'a> {
 pub struct Installer {
     pub engine: Engine,
     pub settings: SandboxSettings,
+    /// `[install]`: registries, tokens, CA bundle, proxy.
+    pub registry: super::registry::InstallSettings,
     /// `<state>/cache/deps`.
     pub cache_dir: PathBuf,
 }
@@ -117,7 +119,7 @@ impl Installer {
         if !request.app_dir.join("package.json").is_file() {
             return Ok(None);
         }
-        let key = dependency_key(request).map_err(io(request.app_dir))?;
+        let key = dependency_key(request, &self.registry).map_err(io(request.app_dir))?;
         let entry = self.cache_dir.join(&key);
         let node_modules = entry.join("node_modules");
         tokio::fs::create_dir_all(&self.cache_dir)
@@ -168,22 +170,33 @@ impl Installer {
                 .await
                 .expect("the copy task does not panic")
                 .map_err(io(&work))?;
+            self.write_npmrc(&work, request).await?;
+            let mut env: Vec<String> = vec![
+                "HOME=/tmp".into(),
+                "CI=true".into(),
+                "npm_config_cache=/tmp/.npm".into(),
+                "npm_config_update_notifier=false".into(),
+            ];
+            env.extend(self.registry.env());
+            let mut mounts = vec![Mount {
+                host: work.clone(),
+                container: "/app",
+                read_only: false,
+            }];
+            if let Some(ca) = &self.registry.ca_file {
+                mounts.push(Mount {
+                    host: ca.clone(),
+                    container: super::registry::CA_PATH_IN_CONTAINER,
+                    read_only: true,
+                });
+            }
             let spec = ContainerSpec {
                 name: request.container_name.clone(),
                 image: request.image.to_owned(),
                 cmd: vec!["sh".into(), "-c".into(), install_script(request)],
                 working_dir: "/app",
-                env: vec![
-                    "HOME=/tmp".into(),
-                    "CI=true".into(),
-                    "npm_config_cache=/tmp/.npm".into(),
-                    "npm_config_update_notifier=false".into(),
-                ],
-                mounts: vec![Mount {
-                    host: work.clone(),
-                    container: "/app",
-                    read_only: false,
-                }],
+                env,
+                mounts,
                 memory_bytes: self.settings.install_memory_bytes,
                 cpu: request.cpu,
                 tmp_size_bytes: self.settings.install_tmp_size_bytes,
@@ -203,7 +216,7 @@ impl Installer {
                     None,
                 )
                 .await?;
-            let log_tail = log.tail_text();
+            let log_tail = self.registry.redact(&log.tail_text());
             check_exit(&exit, &self.settings, log_tail)?;
             tokio::fs::rename(work.join("node_modules"), staging.join("node_modules"))
                 .await
@@ -219,6 +232,46 @@ impl Installer {
         .await;
         let _ = tokio::fs::remove_dir_all(&staging).await;
         result
+    }
+}
+
+impl Installer {
+    /// The work copy's `.npmrc`: the app's (with `.pnpmrc`) less the keys it may not set, then
+    /// the operator's `[install]` settings. The dropped keys are named in the daemon's log.
+    async fn write_npmrc(
+        &self,
+        work: &Path,
+        request: &InstallRequest<'_>,
+    ) -> Result<(), InstallError> {
+        let path = work.join(".npmrc");
+        let app = match tokio::fs::read(&path).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let (npmrc, dropped) = self.registry.npmrc(&app);
+        if !dropped.is_empty() {
+            tracing::warn!(
+                app_dir = %request.app_dir.display(),
+                keys = ?dropped,
+                "the app's .npmrc sets registry, auth, TLS or proxy keys that are the operator's ([install]); they are ignored"
+            );
+        }
+        tokio::fs::write(&path, npmrc).await.map_err(io(&path))?;
+        // Readable by the container's user, writable by nobody else (it may hold a token).
+        let ids = self
+            .settings
+            .user
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+        let owned = ids.is_some_and(|(uid, gid)| {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).is_ok()
+        });
+        let mode = if owned { 0o600 } else { 0o644 };
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .await
+            .map_err(io(&path))
     }
 }
 
@@ -266,7 +319,10 @@ async fn lock_key(path: PathBuf) -> std::io::Result<std::fs::File> {
 }
 
 /// The cache key: a digest of what decides the installed tree.
-fn dependency_key(request: &InstallRequest<'_>) -> std::io::Result<String> {
+fn dependency_key(
+    request: &InstallRequest<'_>,
+    registry: &super::registry::InstallSettings,
+) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(b"app-executor deps v1\n");
     hasher.update(format!("pm={:?}\n", request.package_manager).as_bytes());
@@ -275,6 +331,11 @@ fn dependency_key(request: &InstallRequest<'_>) -> std::io::Result<String> {
     if request.include_dev {
         // Only when set, so the keys of existing production installs stay as they were.
         hasher.update(b"dev=true\n");
+    }
+    let registries = registry.key_material();
+    if registries != super::registry::InstallSettings::default().key_material() {
+        // Only when set, likewise; tokens are never part of the key.
+        hasher.update(registries.as_bytes());
     }
     for name in KEY_FILES {
         match std::fs::read(request.app_dir.join(name)) {
@@ -432,17 +493,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("package.json"), "{}").unwrap();
         std::fs::write(dir.path().join("index.js"), "1").unwrap();
-        let first = dependency_key(&request(dir.path())).unwrap();
+        let first = dependency_key(&request(dir.path()), &Default::default()).unwrap();
         std::fs::write(dir.path().join("index.js"), "2").unwrap();
-        assert_eq!(dependency_key(&request(dir.path())).unwrap(), first);
+        assert_eq!(
+            dependency_key(&request(dir.path()), &Default::default()).unwrap(),
+            first
+        );
         std::fs::write(dir.path().join("pnpm-lock.yaml"), "lockfileVersion: '9.0'").unwrap();
-        let locked = dependency_key(&request(dir.path())).unwrap();
+        let locked = dependency_key(&request(dir.path()), &Default::default()).unwrap();
         assert_ne!(locked, first);
         let other_image = InstallRequest {
             image_id: "sha256:2",
             ..request(dir.path())
         };
-        assert_ne!(dependency_key(&other_image).unwrap(), locked);
+        assert_ne!(
+            dependency_key(&other_image, &Default::default()).unwrap(),
+            locked
+        );
     }
 
     #[test]

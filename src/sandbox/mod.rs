@@ -20,6 +20,7 @@ pub mod install;
 pub mod output;
 pub mod profile;
 pub mod reaper;
+pub mod registry;
 pub mod run;
 pub mod settings;
 pub mod sweep;

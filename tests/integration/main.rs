@@ -13,6 +13,7 @@ mod cron;
 mod db_tls;
 mod demo;
 mod docker;
+mod install_registry;
 mod logs;
 mod migrate;
 mod monitoring;

@@ -659,14 +659,20 @@ async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
                 "package.json",
                 r#"{"name": "hanging", "version": "1.0.0", "dependencies": {"left-pad": "1.3.0"}}"#,
             ),
-            (".npmrc", &format!("registry={registry}\nfetch-retries=0\n")),
+            (".npmrc", "fetch-retries=0\n"),
         ],
         json!({"timeout": "5m", "memory_limit": "128MiB", "cpu_limit": 0.5}),
         json!([]),
     );
     publish_ok(&db, state.path(), dir.path(), hanging);
 
-    let mut daemon = Daemon::spawn(&db, DaemonOptions::production(state.path()));
+    // The operator's registry (an app may not choose one): a registry that never answers.
+    let mut options = DaemonOptions::production(state.path());
+    options.env.push((
+        "APP_EXECUTOR_INSTALL__REGISTRY".to_owned(),
+        registry.clone(),
+    ));
+    let mut daemon = Daemon::spawn(&db, options);
     let cancel = "update public.app_runs set status = 'cancelled' where id = $1";
     // Another daemon "rescued" the run: our fenced lease renewal stops matching.
     let steal = "update public.app_runs set executor_id = 'someone-else' where id = $1";

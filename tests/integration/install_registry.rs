@@ -1,0 +1,238 @@
+//! Installs from a registry as an operator configures it (`[install]`): a private registry
+//! double on the Docker bridge that wants a bearer token, like Verdaccio or a hosted npm
+//! registry with auth. The token reaches pnpm through the generated `.npmrc` only: the install
+//! works with it, fails naming the registry and the 401 without it, and it is in no log and in
+//! nothing the run container sees.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::json;
+use sha2::Digest;
+
+use crate::harness::apps::{enqueue, publish_ok, run_record, write_app};
+use crate::harness::daemon::{run_until_idle, DaemonOptions};
+use crate::harness::{insert_tenant, TestDb};
+
+const TOKEN: &str = "npm_t0ken-that-must-stay-secret";
+
+/// `@acme/greet@1.0.0` as an npm tarball (`package/…`, gzip).
+fn greet_tarball() -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, body) in [
+        (
+            "package/package.json",
+            r#"{"name": "@acme/greet", "version": "1.0.0", "main": "index.js"}"#,
+        ),
+        (
+            "package/index.js",
+            "module.exports = () => 'hello from the private registry';\n",
+        ),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, body.as_bytes())
+            .unwrap();
+    }
+    let mut gz = builder.into_inner().unwrap();
+    gz.flush().unwrap();
+    gz.finish().unwrap()
+}
+
+struct Registry {
+    url: String,
+    tarball: Vec<u8>,
+    /// Every request: its path and whether it carried the token.
+    seen: Mutex<Vec<(String, bool)>>,
+}
+
+async fn serve(State(registry): State<Arc<Registry>>, uri: Uri, headers: HeaderMap) -> Response {
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"));
+    let path = uri.path().to_owned();
+    registry
+        .seen
+        .lock()
+        .unwrap()
+        .push((path.clone(), authorized));
+    if !authorized {
+        return (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+    }
+    if path.ends_with(".tgz") {
+        return registry.tarball.clone().into_response();
+    }
+    if path == "/@acme%2fgreet" || path == "/@acme%2Fgreet" || path == "/@acme/greet" {
+        let integrity = format!(
+            "sha512-{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha512::digest(&registry.tarball))
+        );
+        let packument = json!({
+            "name": "@acme/greet",
+            "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": {
+                "name": "@acme/greet", "version": "1.0.0",
+                "dist": {"tarball": format!("{}@acme/greet/-/greet-1.0.0.tgz", registry.url), "integrity": integrity}
+            }}
+        });
+        return axum::Json(packument).into_response();
+    }
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+/// The registry double, listening on the Docker bridge's gateway (reachable from containers).
+async fn start_registry() -> Arc<Registry> {
+    let gateway = crate::harness::docker::bridge_gateway();
+    let listener = tokio::net::TcpListener::bind((gateway.as_str(), 0))
+        .await
+        .unwrap();
+    let registry = Arc::new(Registry {
+        url: format!("http://{}/", listener.local_addr().unwrap()),
+        tarball: greet_tarball(),
+        seen: Mutex::default(),
+    });
+    let router = axum::Router::new()
+        .fallback(serve)
+        .with_state(registry.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    registry
+}
+
+/// executor.toml plus an `[install]` section.
+fn config_with(dir: &Path, install: &str) -> std::path::PathBuf {
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml")).unwrap();
+    let path = dir.join("executor.toml");
+    std::fs::write(&path, format!("{base}\n[install]\n{install}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_registry_with_a_token_installs_and_the_token_stays_out_of_logs_and_runs() {
+    crate::harness::docker::ensure_engine();
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let registry = start_registry().await;
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[
+            (
+                "index.js",
+                r#"const fs = require("fs");
+console.log(require("@acme/greet")());
+const seen = JSON.stringify(process.env) + (fs.existsSync("/app/.npmrc") ? fs.readFileSync("/app/.npmrc", "utf8") : "");
+console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#,
+            ),
+            (
+                "package.json",
+                r#"{"name": "uses-acme", "version": "1.0.0", "dependencies": {"@acme/greet": "1.0.0"}}"#,
+            ),
+            // The app's own choice of registry is the operator's to make: ignored.
+            (".npmrc", "registry=http://127.0.0.1:9/\nfetch-retries=0\n"),
+        ],
+        json!({"timeout": "2m", "memory_limit": "256MiB"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let config = config_with(
+        state.path(),
+        &format!(
+            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"acme-npm\" }}\n",
+            url = registry.url
+        ),
+    );
+    let options = |with_token: bool| {
+        let mut options = DaemonOptions::production(state.path());
+        options
+            .env
+            .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
+        if with_token {
+            options
+                .env
+                .push(("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()));
+        }
+        options
+    };
+
+    // Without the token the daemon does not start: the setting names the variable to set.
+    let out = crate::harness::cli(&db, &["check"])
+        .env("APP_EXECUTOR_CONFIG", &config)
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM"),
+        "{text}"
+    );
+
+    let run = enqueue(&client, app, company, json!({})).await;
+    let log = run_until_idle(&db, options(true)).await;
+    let record = run_record(&client, run).await;
+    assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
+    let logs = crate::harness::cli(&db, &["logs", &run.to_string()])
+        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&logs.stdout).into_owned();
+    assert!(
+        stdout.contains("hello from the private registry")
+            && stdout.contains("no token in the run"),
+        "{stdout}"
+    );
+    assert!(!log.contains(TOKEN), "the daemon's log has the token");
+    let seen = registry.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(p, _)| p.ends_with(".tgz")) && seen.iter().all(|(_, auth)| *auth),
+        "{seen:?}"
+    );
+
+    // A registry that refuses the token (here: none sent, the server wants one): the install
+    // fails naming the registry and the 401, and the message holds no token.
+    registry.seen.lock().unwrap().clear();
+    let refused = write_app(
+        &[
+            ("index.js", "require('@acme/greet');\n"),
+            (
+                "package.json",
+                r#"{"name": "refused", "version": "1.0.1", "dependencies": {"@acme/greet": "1.0.0"}}"#,
+            ),
+        ],
+        json!({"timeout": "2m"}),
+        json!([]),
+    );
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), refused.path(), app);
+    let config = config_with(state.path(), &format!("registry = \"{}\"\n", registry.url));
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut options = DaemonOptions::production(state.path());
+    options
+        .env
+        .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
+    let log = run_until_idle(&db, options).await;
+    let record = run_record(&client, run).await;
+    let message = record.error_message.clone().unwrap_or_default();
+    assert_eq!(
+        record.summary(),
+        "failed/install_failed",
+        "{record:?}\n{log}"
+    );
+    assert!(
+        message.contains("401") && message.contains(registry.url.trim_end_matches('/')),
+        "{message}"
+    );
+}
