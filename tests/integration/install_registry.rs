@@ -236,3 +236,59 @@ console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#
         "{message}"
     );
 }
+
+/// The document's manifest example, as it is written (express in
+/// `runtime.backend.dependencies`, no `package.json`), installed from the public npm registry
+/// through this network's TLS-intercepting proxy, whose CA the host trusts: the setting hands
+/// the host's bundle to the install container.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documents_express_example_installs_from_the_public_registry_with_the_hosts_ca_bundle()
+{
+    crate::harness::docker::ensure_engine();
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    assert!(
+        Path::new(bundle).is_file(),
+        "{bundle} is installed by scripts/test (ca-certificates)"
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        serde_json::to_vec_pretty(&json!({
+            "name": "my-app",
+            "version": "1.0.0",
+            "type": "backend",
+            "runtime": {"backend": {
+                "type": "nodejs", "version": "20", "entrypoint": "index.js",
+                "dependencies": {"express": "^4.18.2"}
+            }},
+            "config": {"timeout": "5m", "memory_limit": "256MiB"}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("index.js"),
+        "const express = require('express');\nconsole.log('express app ready:', typeof express());\n",
+    )
+    .unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), dir.path(), app);
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut options = DaemonOptions::production(state.path());
+    options
+        .env
+        .push(("APP_EXECUTOR_INSTALL__CA_FILE".into(), bundle.into()));
+    let log = run_until_idle(&db, options).await;
+    let record = run_record(&client, run).await;
+    assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
+    let logs = crate::harness::cli(&db, &["logs", &run.to_string()])
+        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&logs.stdout);
+    assert!(stdout.contains("express app ready: function"), "{stdout}");
+}
