@@ -189,7 +189,7 @@ impl InstallSettings {
             }
         };
         let no_proxy = Some(raw.no_proxy.trim().to_owned()).filter(|s| !s.is_empty());
-        (violations.len() == before).then(|| Self {
+        (violations.len() == before).then_some(Self {
             registry,
             scopes,
             tokens,

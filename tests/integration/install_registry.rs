@@ -109,10 +109,18 @@ async fn start_registry() -> Arc<Registry> {
     registry
 }
 
-/// executor.toml plus an `[install]` section.
+/// executor.toml with its `[install]` section (its last) replaced by `install`.
 fn config_with(dir: &Path, install: &str) -> std::path::PathBuf {
-    let base =
+    let mut base =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/executor.toml")).unwrap();
+    let at = base
+        .find("\n[install]\n")
+        .expect("executor.toml ends with its [install] section");
+    assert!(
+        !base[at + 1..].contains("\n["),
+        "[install] is no longer the last section of executor.toml"
+    );
+    base.truncate(at);
     let path = dir.join("executor.toml");
     std::fs::write(&path, format!("{base}\n[install]\n{install}\n")).unwrap();
     path
