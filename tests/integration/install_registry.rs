@@ -109,6 +109,16 @@ async fn start_registry() -> Arc<Registry> {
     registry
 }
 
+/// The run's stdout as `app-executor logs` prints it from the state directory's storage.
+async fn run_stdout(db: &TestDb, state: &Path, run: uuid::Uuid) -> String {
+    let logs = crate::harness::cli(db, &["logs", &run.to_string()])
+        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&logs.stdout).into_owned()
+}
+
 /// executor.toml with its `[install]` section (its last) replaced by `install`.
 fn config_with(dir: &Path, install: &str) -> std::path::PathBuf {
     let mut base =
@@ -161,18 +171,11 @@ console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#
             url = registry.url
         ),
     );
-    let options = |with_token: bool| {
-        let mut options = DaemonOptions::production(state.path());
-        options
-            .env
-            .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
-        if with_token {
-            options
-                .env
-                .push(("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()));
-        }
-        options
-    };
+    let mut with_token = DaemonOptions::production(state.path());
+    with_token.env.extend([
+        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
+        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
+    ]);
 
     // Without the token the daemon does not start: the setting names the variable to set.
     let out = crate::harness::cli(&db, &["check"])
@@ -188,15 +191,10 @@ console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#
     );
 
     let run = enqueue(&client, app, company, json!({})).await;
-    let log = run_until_idle(&db, options(true)).await;
+    let log = run_until_idle(&db, with_token).await;
     let record = run_record(&client, run).await;
     assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
-    let logs = crate::harness::cli(&db, &["logs", &run.to_string()])
-        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state.path())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&logs.stdout).into_owned();
+    let stdout = run_stdout(&db, state.path(), run).await;
     assert!(
         stdout.contains("hello from the private registry")
             && stdout.contains("no token in the run"),
@@ -292,11 +290,6 @@ async fn the_documents_express_example_installs_from_the_public_registry_with_th
     let log = run_until_idle(&db, options).await;
     let record = run_record(&client, run).await;
     assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
-    let logs = crate::harness::cli(&db, &["logs", &run.to_string()])
-        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state.path())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&logs.stdout);
+    let stdout = run_stdout(&db, state.path(), run).await;
     assert!(stdout.contains("express app ready: function"), "{stdout}");
 }
