@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::artifact::digest::Sha256;
 use tokio_util::sync::CancellationToken;
 
+use super::egress::EgressProxy;
 use super::engine::{ContainerExit, Ended, Engine, EngineError, OutputSink, Timing};
 use super::output::TailSink;
 use super::profile::{ContainerSpec, Mount};
@@ -170,13 +171,25 @@ impl Installer {
                 .await
                 .expect("the copy task does not panic")
                 .map_err(io(&work))?;
-            self.write_npmrc(&work, request).await?;
+            let app_npmrc = self.write_npmrc(&work, request, true).await?;
+            // Under `egress = "registries"` the container has no network; its one way out is
+            // this proxy, which allows only the registries (and stops when it is dropped).
+            let egress = match self.registry.egress_policy() {
+                Some(policy) => {
+                    let dir = staging.join("egress");
+                    Some(EgressProxy::start(&dir, policy).map_err(io(&dir))?)
+                }
+                None => None,
+            };
+            // Lifecycle scripts run apart, with no network, when the fetch phase has a way out.
+            let scripts_apart = request.allow_scripts && egress.is_some();
             let mut env: Vec<String> = vec![
                 "HOME=/tmp".into(),
                 "CI=true".into(),
                 "npm_config_cache=/tmp/.npm".into(),
                 "npm_config_update_notifier=false".into(),
             ];
+            let offline_env = env.clone();
             env.extend(self.registry.env());
             let mut mounts = vec![Mount {
                 host: work.clone(),
@@ -190,34 +203,61 @@ impl Installer {
                     read_only: true,
                 });
             }
+            let mut script = install_script(request, !scripts_apart);
+            if let Some(proxy) = &egress {
+                mounts.push(Mount {
+                    host: proxy.dir().to_path_buf(),
+                    container: super::egress::DIR_IN_CONTAINER,
+                    read_only: true,
+                });
+                script = format!("{}{script}", EgressProxy::shell_prelude());
+            }
+            let network = match egress {
+                Some(_) => "none".to_owned(),
+                None => self.settings.install_network.clone(),
+            };
+            let deadline = tokio::time::Instant::now() + self.settings.install_timeout;
             let spec = ContainerSpec {
                 name: request.container_name.clone(),
                 image: request.image.to_owned(),
-                cmd: vec!["sh".into(), "-c".into(), install_script(request)],
+                cmd: vec!["sh".into(), "-c".into(), script],
                 working_dir: "/app",
                 env,
                 mounts,
                 memory_bytes: self.settings.install_memory_bytes,
                 cpu: request.cpu,
                 tmp_size_bytes: self.settings.install_tmp_size_bytes,
-                network: self.settings.install_network.clone(),
+                network,
                 labels: request.labels.clone(),
             };
             let log_path = staging.join("install.log");
             let mut log = TailSink::create(&log_path, 16 << 20).map_err(io(&log_path))?;
-            let exit = self
-                .engine
-                .run_container(
-                    &spec,
-                    &self.settings,
-                    &mut log as &mut dyn OutputSink,
-                    &Timing::kill_at_once(self.settings.install_timeout),
-                    stop,
-                    None,
-                )
-                .await?;
-            let log_tail = self.registry.redact(&log.tail_text());
-            check_exit(&exit, &self.settings, log_tail)?;
+            let exit = self.run_phase(&spec, &mut log, deadline, stop).await?;
+            let refused = egress
+                .as_ref()
+                .map(EgressProxy::refused)
+                .unwrap_or_default();
+            drop(egress);
+            self.check_exit(&exit, &log, &refused)?;
+            if scripts_apart {
+                // The token is not needed offline, and a script must not copy it into
+                // node_modules, which runs see.
+                self.write_npmrc_text(&work, &app_npmrc, false).await?;
+                let spec = ContainerSpec {
+                    name: format!("{}-scripts", request.container_name),
+                    cmd: vec!["sh".into(), "-c".into(), lifecycle_script(request)],
+                    env: offline_env,
+                    mounts: vec![Mount {
+                        host: work.clone(),
+                        container: "/app",
+                        read_only: false,
+                    }],
+                    network: "none".into(),
+                    ..spec
+                };
+                let exit = self.run_phase(&spec, &mut log, deadline, stop).await?;
+                self.check_exit(&exit, &log, &[])?;
+            }
             tokio::fs::rename(work.join("node_modules"), staging.join("node_modules"))
                 .await
                 .map_err(io(&work))?;
@@ -236,20 +276,64 @@ impl Installer {
 }
 
 impl Installer {
+    /// One container of the install phase, killed at `deadline` (the phase's, shared by the
+    /// fetch and the lifecycle-script containers).
+    async fn run_phase(
+        &self,
+        spec: &ContainerSpec,
+        log: &mut TailSink,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Result<ContainerExit, InstallError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Ok(self
+            .engine
+            .run_container(
+                spec,
+                &self.settings,
+                log as &mut dyn OutputSink,
+                &Timing::kill_at_once(left),
+                stop,
+                None,
+            )
+            .await?)
+    }
+
+    /// Success, or the error with the install log's redacted tail and, when the egress proxy
+    /// refused something, what it was and how to allow it.
+    fn check_exit(
+        &self,
+        exit: &ContainerExit,
+        log: &TailSink,
+        refused: &[String],
+    ) -> Result<(), InstallError> {
+        let mut log_tail = self.registry.redact(&log.tail_text());
+        if !refused.is_empty() {
+            log_tail.push_str(&format!(
+                "\napp-executor: the install tried to reach {}, which {} not a registry of [install] (registry, scopes); add it to [install] allow if it should be reachable",
+                refused.join(", "),
+                if refused.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        judge_exit(exit, &self.settings, log_tail)
+    }
+
     /// The work copy's `.npmrc`: the app's (with `.pnpmrc`) less the keys it may not set, then
     /// the operator's `[install]` settings. The dropped keys are named in the daemon's log.
+    /// Returns the app's own text, for [`Self::write_npmrc_text`] later.
     async fn write_npmrc(
         &self,
         work: &Path,
         request: &InstallRequest<'_>,
-    ) -> Result<(), InstallError> {
+        tokens: bool,
+    ) -> Result<String, InstallError> {
         let path = work.join(".npmrc");
         let app = match tokio::fs::read(&path).await {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(&path)(e)),
         };
-        let (npmrc, dropped) = self.registry.npmrc(&app);
+        let dropped = self.write_npmrc_text(work, &app, tokens).await?;
         if !dropped.is_empty() {
             tracing::warn!(
                 app_dir = %request.app_dir.display(),
@@ -257,6 +341,27 @@ impl Installer {
                 "the app's .npmrc sets registry, auth, TLS or proxy keys that are the operator's ([install]); they are ignored"
             );
         }
+        Ok(app)
+    }
+
+    /// Writes the work copy's `.npmrc` from the app's text (with the registry tokens or
+    /// without); returns the app's keys that were dropped.
+    async fn write_npmrc_text(
+        &self,
+        work: &Path,
+        app: &str,
+        tokens: bool,
+    ) -> Result<Vec<String>, InstallError> {
+        let path = work.join(".npmrc");
+        let (npmrc, dropped) = if tokens {
+            self.registry.npmrc(app)
+        } else {
+            super::registry::InstallSettings {
+                tokens: Vec::new(),
+                ..self.registry.clone()
+            }
+            .npmrc(app)
+        };
         tokio::fs::write(&path, npmrc).await.map_err(io(&path))?;
         // Readable by the container's user, writable by nobody else (it may hold a token).
         let ids = self
@@ -271,11 +376,13 @@ impl Installer {
         use std::os::unix::fs::PermissionsExt;
         tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .await
-            .map_err(io(&path))
+            .map_err(io(&path))?;
+        Ok(dropped)
     }
 }
 
-fn check_exit(
+/// The install phase's outcome from its container's exit; `log_tail` already redacted.
+fn judge_exit(
     exit: &ContainerExit,
     settings: &SandboxSettings,
     log_tail: String,
@@ -353,12 +460,17 @@ fn dependency_key(
 
 /// The shell command of the install container. pnpm when the manifest asks for it and the
 /// image has it (else npm, saying so); the lockfile is honoured strictly when present.
-fn install_script(request: &InstallRequest<'_>) -> String {
+///
+/// `run_scripts`: lifecycle scripts run in this container (only when the app may run them and
+/// they do not get a container of their own, [`lifecycle_script`]). An app's `.pnpmfile.cjs`
+/// is code too: it runs only for apps that may run scripts.
+fn install_script(request: &InstallRequest<'_>, run_scripts: bool) -> String {
     let has = |name: &str| request.app_dir.join(name).is_file();
-    let scripts = if request.allow_scripts {
+    let scripts = if run_scripts { "" } else { " --ignore-scripts" };
+    let pnpmfile = if request.allow_scripts {
         ""
     } else {
-        " --ignore-scripts"
+        " --ignore-pnpmfile"
     };
     let (omit, prod) = if request.include_dev {
         ("", "")
@@ -376,13 +488,27 @@ fn install_script(request: &InstallRequest<'_>) -> String {
         "--no-frozen-lockfile"
     };
     let pnpm = format!(
-        "pnpm install {frozen}{prod} --reporter=append-only --store-dir /app/.pnpm-store{scripts}"
+        "pnpm install {frozen}{prod} --reporter=append-only --store-dir /app/.pnpm-store{scripts}{pnpmfile}"
     );
     match request.package_manager {
         PackageManager::Npm => format!("exec {npm}"),
         PackageManager::Pnpm => format!(
             "if command -v pnpm >/dev/null 2>&1; then exec {pnpm}; else echo 'app-executor: this image has no pnpm; installing with npm instead' >&2; exec {npm}; fi"
         ),
+    }
+}
+
+/// The lifecycle scripts of the installed tree (the dependencies' and the app's own
+/// `preinstall`/`install`/`postinstall`/`prepare`), run after a fetch with `--ignore-scripts`,
+/// by the same package manager the fetch used.
+fn lifecycle_script(request: &InstallRequest<'_>) -> String {
+    let npm = "npm rebuild --foreground-scripts && exec npm run --if-present prepare";
+    let pnpm = "exec pnpm rebuild --reporter=append-only --store-dir /app/.pnpm-store";
+    match request.package_manager {
+        PackageManager::Npm => npm.to_owned(),
+        PackageManager::Pnpm => {
+            format!("if command -v pnpm >/dev/null 2>&1; then {pnpm}; else {npm}; fi")
+        }
     }
 }
 
@@ -515,11 +641,21 @@ mod tests {
     #[test]
     fn the_install_command_is_strict_with_a_lockfile_and_scripts_stay_off() {
         let dir = tempfile::tempdir().unwrap();
-        let script = install_script(&request(dir.path()));
+        let script = install_script(&request(dir.path()), false);
         assert!(script.contains("--no-frozen-lockfile"), "{script}");
         assert!(script.contains("--ignore-scripts"), "{script}");
+        assert!(script.contains("--ignore-pnpmfile"), "{script}");
+        let trusted = InstallRequest {
+            allow_scripts: true,
+            ..request(dir.path())
+        };
+        let fetch = install_script(&trusted, false);
+        assert!(fetch.contains("--ignore-scripts"), "scripts apart: {fetch}");
+        assert!(!fetch.contains("--ignore-pnpmfile"), "{fetch}");
+        assert!(!install_script(&trusted, true).contains("--ignore-scripts"));
+        assert!(lifecycle_script(&trusted).contains("pnpm rebuild"));
         std::fs::write(dir.path().join("pnpm-lock.yaml"), "").unwrap();
-        let script = install_script(&request(dir.path()));
+        let script = install_script(&request(dir.path()), false);
         assert!(
             script.contains("pnpm install --frozen-lockfile"),
             "{script}"

@@ -15,6 +15,7 @@
 //! at once.
 
 mod cgroup;
+pub mod egress;
 pub mod engine;
 pub mod install;
 pub mod output;

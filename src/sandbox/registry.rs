@@ -21,6 +21,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::egress::{Destination, EgressPolicy};
+
 /// Where the CA bundle appears in the install container.
 pub const CA_PATH_IN_CONTAINER: &str = "/etc/app-executor/install-ca.pem";
 
@@ -53,7 +55,7 @@ impl std::fmt::Debug for InstallToken {
 }
 
 /// What the TOML file and the environment may contain under `[install]`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawInstall {
     registry: String,
@@ -64,10 +66,44 @@ pub struct RawInstall {
     proxy: String,
     no_proxy: String,
     apps_may_set_registry: bool,
+    /// `registries` (the default) or `network`.
+    egress: String,
+    /// Extra `host[:port]` an install may reach under `egress = "registries"`.
+    allow: Vec<String>,
     /// Filled from the environment / credentials by the config loader: (registry URL, token).
     #[serde(skip)]
     pub resolved_tokens: Vec<(String, InstallToken)>,
 }
+
+impl Default for RawInstall {
+    fn default() -> Self {
+        Self {
+            registry: String::new(),
+            scopes: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            ca_file: String::new(),
+            proxy: String::new(),
+            no_proxy: String::new(),
+            apps_may_set_registry: false,
+            egress: "registries".into(),
+            allow: Vec::new(),
+            resolved_tokens: Vec::new(),
+        }
+    }
+}
+
+/// How the install container reaches registries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Egress {
+    /// No network; only the configured registries, through the daemon's proxy ([`super::egress`]).
+    #[default]
+    Registries,
+    /// `sandbox.install_network` as it is (the operator's own firewall decides).
+    Network,
+}
+
+/// The registry npm and pnpm use when none is configured.
+const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";
 
 /// `[install]`, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +119,9 @@ pub struct InstallSettings {
     pub proxy: Option<String>,
     pub no_proxy: Option<String>,
     pub apps_may_set_registry: bool,
+    pub egress: Egress,
+    /// Reachable besides the registries (e.g. a registry's tarball CDN).
+    pub allow: Vec<Destination>,
 }
 
 /// A registry URL as npm wants it: http(s), ending in `/`.
@@ -189,6 +228,25 @@ impl InstallSettings {
             }
         };
         let no_proxy = Some(raw.no_proxy.trim().to_owned()).filter(|s| !s.is_empty());
+        let egress = match raw.egress.trim() {
+            "registries" => Egress::Registries,
+            "network" => Egress::Network,
+            other => {
+                violations.push(format!(
+                    "install.egress = {other:?}: use \"registries\" (installs reach only the configured registries) or \"network\" (sandbox.install_network, unrestricted)"
+                ));
+                Egress::Registries
+            }
+        };
+        let mut allow = Vec::new();
+        for entry in &raw.allow {
+            match Destination::parse(entry, 443) {
+                Some(destination) => allow.push(destination),
+                None => violations.push(format!(
+                    "install.allow: {entry:?} is not host[:port]; write e.g. \"npm-cdn.example.com:443\""
+                )),
+            }
+        }
         (violations.len() == before).then_some(Self {
             registry,
             scopes,
@@ -197,7 +255,57 @@ impl InstallSettings {
             proxy,
             no_proxy,
             apps_may_set_registry: raw.apps_may_set_registry,
+            egress,
+            allow,
         })
+    }
+
+    /// What the install proxy allows under `egress = "registries"` (`None` under `network`):
+    /// the registry (registry.npmjs.org when none is set), the scope registries and `allow`.
+    pub fn egress_policy(&self) -> Option<EgressPolicy> {
+        if self.egress == Egress::Network {
+            return None;
+        }
+        let mut allowed = Vec::new();
+        let registries = std::iter::once(self.registry.as_deref().unwrap_or(DEFAULT_REGISTRY))
+            .chain(self.scopes.iter().map(|(_, url)| url.as_str()));
+        for destination in registries
+            .filter_map(Destination::of_url)
+            .chain(self.allow.iter().cloned())
+        {
+            if !allowed.contains(&destination) {
+                allowed.push(destination);
+            }
+        }
+        Some(EgressPolicy {
+            allowed,
+            upstream: self.proxy.as_deref().and_then(|p| Destination::of_url(p)),
+            no_proxy: self
+                .no_proxy
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(|entry| entry.trim().to_owned())
+                .filter(|entry| !entry.is_empty())
+                .collect(),
+        })
+    }
+
+    /// The proxy pnpm and npm use inside the install container: the in-container forwarder
+    /// under `registries`, else the operator's `proxy`.
+    fn container_proxy(&self) -> Option<&str> {
+        match self.egress {
+            Egress::Registries => Some(super::egress::PROXY_IN_CONTAINER),
+            Egress::Network => self.proxy.as_deref(),
+        }
+    }
+
+    /// Hosts that bypass [`Self::container_proxy`]: none under `registries` (there is no
+    /// other way out), else the operator's `no_proxy`.
+    fn container_no_proxy(&self) -> Option<&str> {
+        match self.egress {
+            Egress::Registries => None,
+            Egress::Network => self.no_proxy.as_deref(),
+        }
     }
 
     /// The settings for `check` (tokens as their registry only).
@@ -210,6 +318,13 @@ impl InstallSettings {
             "proxy": self.proxy,
             "no_proxy": self.no_proxy,
             "apps_may_set_registry": self.apps_may_set_registry,
+            "egress": match self.egress {
+                Egress::Registries => "registries",
+                Egress::Network => "network",
+            },
+            "egress_allowed": self
+                .egress_policy()
+                .map(|policy| policy.allowed.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
         })
     }
 
@@ -229,12 +344,12 @@ impl InstallSettings {
         if self.ca_file.is_some() {
             env.push(format!("NODE_EXTRA_CA_CERTS={CA_PATH_IN_CONTAINER}"));
         }
-        if let Some(proxy) = &self.proxy {
+        if let Some(proxy) = self.container_proxy() {
             for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
                 env.push(format!("{name}={proxy}"));
             }
         }
-        if let Some(no_proxy) = &self.no_proxy {
+        if let Some(no_proxy) = self.container_no_proxy() {
             env.push(format!("NO_PROXY={no_proxy}"));
             env.push(format!("no_proxy={no_proxy}"));
         }
@@ -272,10 +387,10 @@ impl InstallSettings {
             let without_scheme = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
             text.push_str(&format!("//{without_scheme}:_authToken={}\n", token.0));
         }
-        if let Some(proxy) = &self.proxy {
+        if let Some(proxy) = self.container_proxy() {
             text.push_str(&format!("proxy={proxy}\nhttps-proxy={proxy}\n"));
         }
-        if let Some(no_proxy) = &self.no_proxy {
+        if let Some(no_proxy) = self.container_no_proxy() {
             text.push_str(&format!("noproxy={no_proxy}\n"));
         }
         (text, dropped)

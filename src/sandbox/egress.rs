@@ -1,0 +1,469 @@
+//! Registry-only egress for the install phase (`[install] egress = "registries"`, the default).
+//!
+//! The install container runs with **no network** (`--network none`: a loopback interface
+//! only). It reaches the outside through one door: a Unix socket the daemon listens on, in a
+//! directory mounted read-only into the container. A tiny forwarder inside the container
+//! ([`FORWARDER`], started before the package manager) listens on `127.0.0.1:3128` and pipes
+//! every connection to that socket; pnpm and npm are pointed at it as their HTTP(S) proxy.
+//! Behind the socket, this module is an HTTP proxy that allows only the configured registries:
+//!
+//! - `CONNECT host:port` (HTTPS) and absolute-form requests (`GET http://host:port/…`, plain HTTP
+//!   registries) are served when `host:port` is a registry of `[install]` (its `registry`, its
+//!   `scopes`, registry.npmjs.org when no registry is set) or listed in `[install] allow`;
+//!   anything else gets `403` and is recorded, so the install's error names what was refused.
+//! - The daemon connects on the container's behalf: directly, or through `[install] proxy`
+//!   (CONNECT to it) unless the host matches `[install] no_proxy`.
+//!
+//! Why a socket and not a Docker network: a container on any Docker network, internal ones
+//! included, can still open connections to every address of the host itself (the bridge
+//! gateways, the host's LAN address), where databases and admin ports listen. With no network
+//! at all there is nothing to reach but the socket, and nothing for the operator to firewall.
+//! TLS stays end to end (the tunnel is opaque), so the CA bundle and tokens work as before.
+//!
+//! One proxy per install: it is bound to the install's own staging directory and stops with it,
+//! and what it refused belongs to that install.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+/// Where the egress directory appears in the install container.
+pub const DIR_IN_CONTAINER: &str = "/run/app-executor-egress";
+/// The address the forwarder listens on inside the container (its own loopback).
+pub const PROXY_IN_CONTAINER: &str = "http://127.0.0.1:3128";
+const SOCKET: &str = "proxy.sock";
+const FORWARDER_FILE: &str = "forward.cjs";
+/// Written by the forwarder once it listens, so the package manager never races it.
+const READY_FILE: &str = "/tmp/.app-executor-egress-ready";
+
+/// The in-container forwarder: loopback TCP to the daemon's Unix socket, byte for byte.
+const FORWARDER: &str = r#"// app-executor: the install container's only way out. Every connection to 127.0.0.1:3128
+// is piped to the daemon's registry-only proxy on a Unix socket.
+'use strict';
+const net = require('net');
+const fs = require('fs');
+const socket = process.argv[2];
+net.createServer((client) => {
+  const upstream = net.connect(socket);
+  client.pipe(upstream);
+  upstream.pipe(client);
+  client.on('error', () => upstream.destroy());
+  upstream.on('error', () => client.destroy());
+}).listen(3128, '127.0.0.1', () => fs.writeFileSync(process.argv[3], ''));
+"#;
+
+/// How long the daemon waits for a registry (or the upstream proxy) to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `host:port` an install may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    /// `host[:port]`; `default_port` when none is given.
+    pub fn parse(text: &str, default_port: u16) -> Option<Self> {
+        let text = text.trim().trim_end_matches('/');
+        if text.is_empty() || text.contains(['/', '@', ' ']) {
+            return None;
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                (host, port.parse().ok()?)
+            }
+            _ => (text, default_port),
+        };
+        (!host.is_empty()).then(|| Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The host and port of a registry URL (`https://npm.acme.internal/` -> `npm.acme.internal:443`).
+    pub fn of_url(url: &str) -> Option<Self> {
+        let url = url::Url::parse(url).ok()?;
+        Some(Self {
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What the proxy allows and how it connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    pub allowed: Vec<Destination>,
+    /// `[install] proxy`: connect through it (CONNECT), except to `no_proxy` hosts.
+    pub upstream: Option<Destination>,
+    pub no_proxy: Vec<String>,
+}
+
+impl EgressPolicy {
+    fn allows(&self, destination: &Destination) -> bool {
+        self.allowed.contains(destination)
+    }
+
+    /// Whether `host` bypasses the upstream proxy (curl's rules: `*`, exact names, and
+    /// domain suffixes with or without a leading dot).
+    fn bypasses_upstream(&self, host: &str) -> bool {
+        self.no_proxy.iter().any(|entry| {
+            let entry = entry.trim().trim_start_matches('.').to_ascii_lowercase();
+            entry == "*"
+                || host == entry
+                || (host.ends_with(&entry) && host[..host.len() - entry.len()].ends_with('.'))
+        })
+    }
+
+    /// A TCP stream to `destination`: direct or tunnelled through the upstream proxy.
+    async fn connect(&self, destination: &Destination) -> Result<TcpStream, String> {
+        let via = match &self.upstream {
+            Some(proxy) if !self.bypasses_upstream(&destination.host) => Some(proxy),
+            _ => None,
+        };
+        let target = via.unwrap_or(destination);
+        let mut stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        .map_err(|_| format!("connecting to {target} timed out after {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("connecting to {target}: {e}"))?;
+        if let Some(proxy) = via {
+            tunnel(&mut stream, destination)
+                .await
+                .map_err(|e| format!("the upstream proxy {proxy} refused {destination}: {e}"))?;
+        }
+        Ok(stream)
+    }
+}
+
+/// Asks an HTTP proxy on `stream` for a tunnel to `destination`.
+async fn tunnel(stream: &mut TcpStream, destination: &Destination) -> Result<(), String> {
+    let request = format!("CONNECT {destination} HTTP/1.1\r\nHost: {destination}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Read the response head byte by byte: nothing past it may be consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 << 10 {
+            return Err("response head too long".into());
+        }
+        let byte = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_u8())
+            .await
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        head.push(byte);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    match status_line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        _ => Err(format!("it answered {status_line:?}")),
+    }
+}
+
+/// A running proxy for one install. Dropping it stops the proxy and every tunnel.
+pub struct EgressProxy {
+    dir: PathBuf,
+    refused: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+}
+
+impl EgressProxy {
+    /// Creates `dir` (socket and forwarder) and serves the socket until dropped.
+    pub fn start(dir: &Path, policy: EgressPolicy) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::write(dir.join(FORWARDER_FILE), FORWARDER)?;
+        std::fs::set_permissions(
+            dir.join(FORWARDER_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        let socket = dir.join(SOCKET);
+        let _ = std::fs::remove_file(&socket);
+        // A socket path must fit in 108 bytes and state directories can be deeper: bind through
+        // the directory's descriptor (`/proc/self/fd/N/…` is short whatever `dir` is).
+        let dir_handle = std::fs::File::open(dir)?;
+        let short = format!(
+            "/proc/self/fd/{}/{SOCKET}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir_handle)
+        );
+        let listener = UnixListener::bind(&short)?;
+        drop(dir_handle);
+        // The container's user connects; the directory is the install's own and goes with it.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777))?;
+        let proxy = Self {
+            dir: dir.to_path_buf(),
+            refused: Arc::default(),
+            stop: CancellationToken::new(),
+        };
+        let context = Arc::new(Context {
+            policy,
+            refused: proxy.refused.clone(),
+            stop: proxy.stop.clone(),
+        });
+        tokio::spawn(accept_loop(listener, context));
+        Ok(proxy)
+    }
+
+    /// The directory to mount read-only at [`DIR_IN_CONTAINER`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the install was refused, in order, without repeats (`host:port`).
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().expect("not poisoned").clone()
+    }
+
+    /// The shell lines that start the forwarder and wait until it listens (bounded: the
+    /// install fails with a message rather than hang if node cannot start it).
+    pub fn shell_prelude() -> String {
+        format!(
+            "node {DIR_IN_CONTAINER}/{FORWARDER_FILE} {DIR_IN_CONTAINER}/{SOCKET} {READY_FILE} & \
+             i=0; while [ ! -e {READY_FILE} ]; do i=$((i+1)); \
+             if [ $i -gt 500 ]; then echo 'app-executor: the registry proxy forwarder did not start' >&2; exit 1; fi; \
+             sleep 0.02; done; "
+        )
+    }
+}
+
+impl Drop for EgressProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Context {
+    policy: EgressPolicy,
+    refused: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+}
+
+async fn accept_loop(listener: UnixListener, context: Arc<Context>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "install egress proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = context.stop.cancelled() => return,
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let service = {
+                let context = context.clone();
+                hyper::service::service_fn(move |request| handle(request, context.clone()))
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::select! {
+                _ = connection => {}
+                _ = context.stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    context: Arc<Context>,
+) -> Result<Response<Body>, Infallible> {
+    let connect = request.method() == Method::CONNECT;
+    let destination = match request.uri().authority() {
+        Some(authority) if connect => Destination::parse(authority.as_str(), 443),
+        Some(authority) if request.uri().scheme_str() == Some("http") => {
+            Destination::parse(authority.as_str(), 80)
+        }
+        _ => None,
+    };
+    let Some(destination) = destination else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "app-executor install proxy: send CONNECT host:port or an http:// URL\n".into(),
+        ));
+    };
+    if !context.policy.allows(&destination) {
+        tracing::warn!(
+            destination = %destination,
+            "install egress refused: not a registry of [install] (registry, scopes, allow)"
+        );
+        let mut refused = context.refused.lock().expect("not poisoned");
+        if !refused.contains(&destination.to_string()) {
+            refused.push(destination.to_string());
+        }
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "app-executor: installs may reach only the registries of [install]; {destination} is not one (add it to [install] allow if it should be)\n"
+            ),
+        ));
+    }
+    let upstream = match context.policy.connect(&destination).await {
+        Ok(stream) => stream,
+        Err(message) => {
+            tracing::warn!(destination = %destination, error = %message, "install egress: cannot reach a registry");
+            return Ok(text(
+                StatusCode::BAD_GATEWAY,
+                format!("app-executor: {message}\n"),
+            ));
+        }
+    };
+    if connect {
+        let stop = context.stop.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(request).await else {
+                return;
+            };
+            let (mut client, mut upstream) = (TokioIo::new(upgraded), upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        return Ok(Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        ));
+    }
+    Ok(forward(request, upstream, &context, &destination)
+        .await
+        .unwrap_or_else(|message| {
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("app-executor: {destination}: {message}\n"),
+            )
+        }))
+}
+
+/// One plain-HTTP request, sent on `upstream` (origin-form to the registry itself, absolute-form
+/// to the upstream proxy).
+async fn forward(
+    mut request: Request<Incoming>,
+    upstream: TcpStream,
+    context: &Context,
+    destination: &Destination,
+) -> Result<Response<Body>, String> {
+    let via_proxy =
+        context.policy.upstream.is_some() && !context.policy.bypasses_upstream(&destination.host);
+    if !via_proxy {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = path.parse().map_err(|e| format!("{e}"))?;
+    }
+    for name in [
+        "proxy-connection",
+        "proxy-authorization",
+        "connection",
+        "keep-alive",
+    ] {
+        request.headers_mut().remove(name);
+    }
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stop = context.stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = connection => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.map(|body| body.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_with_default_ports_and_registry_urls_give_theirs() {
+        assert_eq!(
+            Destination::parse("Registry.NPMjs.org", 443),
+            Some(Destination {
+                host: "registry.npmjs.org".into(),
+                port: 443
+            })
+        );
+        assert_eq!(
+            Destination::parse("127.0.0.1:4873", 443)
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:4873"
+        );
+        assert_eq!(Destination::parse("a/b", 443), None);
+        assert_eq!(Destination::parse("host:notaport", 443), None);
+        assert_eq!(
+            Destination::of_url("http://npm.acme.internal/")
+                .unwrap()
+                .to_string(),
+            "npm.acme.internal:80"
+        );
+        assert_eq!(
+            Destination::of_url("https://npm.pkg.github.com/acme/")
+                .unwrap()
+                .to_string(),
+            "npm.pkg.github.com:443"
+        );
+    }
+
+    #[test]
+    fn no_proxy_matches_names_and_domain_suffixes_only() {
+        let policy = EgressPolicy {
+            no_proxy: vec![".internal".into(), "mirror.example.com".into()],
+            ..EgressPolicy::default()
+        };
+        assert!(policy.bypasses_upstream("npm.internal"));
+        assert!(policy.bypasses_upstream("mirror.example.com"));
+        assert!(policy.bypasses_upstream("a.mirror.example.com"));
+        assert!(!policy.bypasses_upstream("notinternal"));
+        assert!(!policy.bypasses_upstream("evilmirror.example.com"));
+        assert!(!policy.bypasses_upstream("registry.npmjs.org"));
+    }
+}
