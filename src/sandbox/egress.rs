@@ -453,6 +453,139 @@ mod tests {
         );
     }
 
+    /// An echo server; with `proxy`, it first answers one CONNECT (recording its line) the way
+    /// an upstream HTTP proxy does.
+    async fn echo_server(proxy: bool) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    if proxy {
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            head.push(stream.read_u8().await.unwrap());
+                        }
+                        let line = String::from_utf8_lossy(&head)
+                            .lines()
+                            .next()
+                            .unwrap()
+                            .to_owned();
+                        recorded.lock().unwrap().push(line);
+                        stream
+                            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                            .await
+                            .unwrap();
+                    }
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    /// `CONNECT target` through the proxy's socket: the status line, then (on 200) an echo check.
+    async fn connect_through(dir: &Path, target: &str) -> (String, Option<String>) {
+        let mut stream = tokio::net::UnixStream::connect(dir.join(SOCKET))
+            .await
+            .unwrap();
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let status = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
+        if !status.contains(" 200") {
+            return (status, None);
+        }
+        stream.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        stream.read_exact(&mut echo).await.unwrap();
+        (status, Some(String::from_utf8_lossy(&echo).into_owned()))
+    }
+
+    #[tokio::test]
+    async fn the_proxy_tunnels_to_allowed_hosts_only_directly_or_through_the_upstream_proxy() {
+        let (registry, _) = echo_server(false).await;
+        let (upstream, upstream_seen) = echo_server(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = |port| Destination {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let direct = EgressProxy::start(
+            &dir.path().join("direct"),
+            EgressPolicy {
+                allowed: vec![allowed(registry)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (status, echo) = connect_through(direct.dir(), &format!("127.0.0.1:{registry}")).await;
+        assert!(status.contains(" 200"), "{status}");
+        assert_eq!(echo.as_deref(), Some("ping"));
+        let (status, _) = connect_through(direct.dir(), "127.0.0.1:9").await;
+        assert!(status.contains(" 403"), "{status}");
+        let (status, _) = connect_through(direct.dir(), "127.0.0.1:9").await;
+        assert!(status.contains(" 403"), "{status}");
+        assert_eq!(direct.refused(), ["127.0.0.1:9"], "recorded once");
+
+        // With an upstream proxy, the tunnel is asked of it (and its answer relayed) unless the
+        // host is in no_proxy.
+        let via = EgressProxy::start(
+            &dir.path().join("via"),
+            EgressPolicy {
+                allowed: vec![allowed(registry)],
+                upstream: Some(allowed(upstream)),
+                no_proxy: Vec::new(),
+            },
+        )
+        .unwrap();
+        let (status, echo) = connect_through(via.dir(), &format!("127.0.0.1:{registry}")).await;
+        assert!(status.contains(" 200"), "{status}");
+        assert_eq!(echo.as_deref(), Some("ping"));
+        assert_eq!(
+            *upstream_seen.lock().unwrap(),
+            [format!("CONNECT 127.0.0.1:{registry} HTTP/1.1")]
+        );
+        let bypass = EgressProxy::start(
+            &dir.path().join("bypass"),
+            EgressPolicy {
+                allowed: vec![allowed(registry)],
+                upstream: Some(allowed(upstream)),
+                no_proxy: vec!["127.0.0.1".into()],
+            },
+        )
+        .unwrap();
+        connect_through(bypass.dir(), &format!("127.0.0.1:{registry}")).await;
+        assert_eq!(
+            upstream_seen.lock().unwrap().len(),
+            1,
+            "no_proxy goes direct"
+        );
+
+        // Dropping the proxy closes its socket.
+        drop(direct);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            tokio::net::UnixStream::connect(dir.path().join("direct").join(SOCKET))
+                .await
+                .is_err(),
+            "a dropped proxy accepts nothing"
+        );
+    }
+
     #[test]
     fn no_proxy_matches_names_and_domain_suffixes_only() {
         let policy = EgressPolicy {

@@ -293,3 +293,223 @@ async fn the_documents_express_example_installs_from_the_public_registry_with_th
     let stdout = run_stdout(&db, state.path(), run).await;
     assert!(stdout.contains("express app ready: function"), "{stdout}");
 }
+
+/// A TCP server on the Docker bridge's gateway that only counts connections: a host an install
+/// must not reach.
+async fn start_counter() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let gateway = crate::harness::docker::bridge_gateway();
+    let listener = tokio::net::TcpListener::bind((gateway.as_str(), 0))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (address, count)
+}
+
+/// Probes of the network from inside an install: a direct TCP connection (`direct`) and an HTTP
+/// request through the install's proxy (`via_proxy`), each settling to "connected", a status
+/// code or an error code.
+const PROBES_JS: &str = r#"
+const net = require('net');
+const http = require('http');
+function direct(address) {
+  const [host, port] = address.split(':');
+  return new Promise((done) => {
+    const socket = net.connect(Number(port), host);
+    socket.setTimeout(3000);
+    socket.on('connect', () => { socket.destroy(); done('connected'); });
+    socket.on('error', (e) => done(e.code));
+    socket.on('timeout', () => { socket.destroy(); done('timeout'); });
+  });
+}
+function via_proxy(url) {
+  const proxy = process.env.HTTP_PROXY;
+  if (!proxy) return Promise.resolve('no proxy');
+  const { hostname, port } = new URL(proxy);
+  return new Promise((done) => {
+    const request = http.request({ host: hostname, port, path: url, headers: { host: new URL(url).host } },
+      (response) => { response.resume(); done(response.statusCode); });
+    request.on('error', (e) => done(e.code));
+    request.end();
+  });
+}
+module.exports = { direct, via_proxy };
+"#;
+
+/// Registry-only egress (`[install] egress = "registries"`, the default): the install reaches
+/// the registry and nothing else. A dependency fetched from another host fails the install
+/// naming that host; code that runs during an install (a trusted app's `.pnpmfile.cjs` while
+/// fetching, its lifecycle scripts after) can open no connection of its own, gets 403 from
+/// the proxy for any other host, and the scripts see no network and no token at all. The other
+/// host never sees a connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn installs_reach_only_the_registries_and_lifecycle_scripts_run_offline() {
+    crate::harness::docker::ensure_engine();
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let registry = start_registry().await;
+    let registry_address = registry
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let (other, connections) = start_counter().await;
+    let config = config_with(
+        state.path(),
+        &format!(
+            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"acme-npm\" }}\n",
+            url = registry.url
+        ),
+    );
+
+    // An app whose dependency lives on another host.
+    let (company, leaky) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[
+            ("index.js", "require('leak');\n"),
+            (
+                "package.json",
+                &json!({"name": "leaky", "version": "1.0.0", "dependencies": {
+                    "@acme/greet": "1.0.0",
+                    "leak": format!("http://{other}/leak-1.0.0.tgz"),
+                }})
+                .to_string(),
+            ),
+        ],
+        json!({"timeout": "2m"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), leaky);
+    let leaky_run = enqueue(&client, leaky, company, json!({})).await;
+
+    // A trusted app (lifecycle scripts allowed) probing the network at both stages.
+    let (company, trusted) = insert_tenant(&client).await;
+    let targets = json!({"other": other, "registry": registry_address}).to_string();
+    let pnpmfile = format!(
+        r#"const fs = require('fs');
+const {{ direct, via_proxy }} = require('./probes.js');
+const targets = {targets};
+module.exports = {{ hooks: {{ async afterAllResolved(lockfile) {{
+  const probe = {{
+    direct_other: await direct(targets.other),
+    direct_registry: await direct(targets.registry),
+    proxy_other: await via_proxy('http://' + targets.other + '/x'),
+    proxy_registry: await via_proxy('http://' + targets.registry + '/@acme%2fgreet'),
+  }};
+  fs.writeFileSync('/app/fetch-probe.json', JSON.stringify(probe));
+  return lockfile;
+}} }} }};
+"#
+    );
+    let postinstall = format!(
+        r#"const fs = require('fs');
+const {{ direct }} = require('./probes.js');
+const targets = {targets};
+(async () => {{
+  const probe = {{
+    fetch: JSON.parse(fs.readFileSync('/app/fetch-probe.json', 'utf8')),
+    scripts: {{
+      direct_other: await direct(targets.other),
+      direct_registry: await direct(targets.registry),
+      forwarder: await direct('127.0.0.1:3128'),
+      proxy_env: process.env.HTTP_PROXY || process.env.HTTPS_PROXY || null,
+      npmrc_has_token: fs.readFileSync('/app/.npmrc', 'utf8').includes('t0ken'),
+    }},
+  }};
+  fs.mkdirSync('/app/node_modules/.probe', {{ recursive: true }});
+  fs.writeFileSync('/app/node_modules/.probe/result.json', JSON.stringify(probe));
+}})();
+"#
+    );
+    let dir = write_app(
+        &[
+            (
+                "index.js",
+                "console.log(require('@acme/greet')());\nconsole.log('PROBE ' + require('fs').readFileSync('/app/node_modules/.probe/result.json', 'utf8'));\n",
+            ),
+            ("probes.js", PROBES_JS),
+            (".pnpmfile.cjs", &pnpmfile),
+            ("postinstall.js", &postinstall),
+            (
+                "package.json",
+                r#"{"name": "trusted", "version": "1.0.0", "dependencies": {"@acme/greet": "1.0.0"}, "scripts": {"postinstall": "node postinstall.js"}}"#,
+            ),
+        ],
+        json!({"timeout": "2m"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), trusted);
+    let trusted_run = enqueue(&client, trusted, company, json!({})).await;
+
+    let mut options = DaemonOptions::production(state.path());
+    options.env.extend([
+        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
+        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
+        (
+            "APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS".into(),
+            format!("[\"{trusted}\"]"),
+        ),
+    ]);
+    let log = run_until_idle(&db, options).await;
+
+    let record = run_record(&client, leaky_run).await;
+    let message = record.error_message.clone().unwrap_or_default();
+    assert_eq!(
+        record.summary(),
+        "failed/install_failed",
+        "{record:?}\n{log}"
+    );
+    assert!(
+        message.contains(&format!("the install tried to reach {other}"))
+            && message.contains("[install] allow"),
+        "the error names the refused host and the setting: {message}"
+    );
+
+    let record = run_record(&client, trusted_run).await;
+    assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
+    let stdout = run_stdout(&db, state.path(), trusted_run).await;
+    assert!(
+        stdout.contains("hello from the private registry"),
+        "{stdout}"
+    );
+    let probe: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("PROBE "))
+            .unwrap_or_else(|| panic!("no probe in {stdout}")),
+    )
+    .unwrap();
+    for stage in ["fetch", "scripts"] {
+        for target in ["direct_other", "direct_registry"] {
+            let outcome = &probe[stage][target];
+            assert!(
+                outcome.is_string() && outcome != "connected",
+                "{stage}.{target} = {outcome}: {probe}"
+            );
+        }
+    }
+    assert_eq!(probe["fetch"]["proxy_other"], 403, "{probe}");
+    // The registry through the proxy answers (401: the probe sends no token).
+    assert_eq!(probe["fetch"]["proxy_registry"], 401, "{probe}");
+    assert_ne!(probe["scripts"]["forwarder"], "connected", "{probe}");
+    assert_eq!(
+        probe["scripts"]["proxy_env"],
+        serde_json::Value::Null,
+        "{probe}"
+    );
+    assert_eq!(probe["scripts"]["npmrc_has_token"], false, "{probe}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the other host saw a connection"
+    );
+    assert!(!log.contains(TOKEN), "the daemon's log has the token");
+}
