@@ -279,7 +279,7 @@ impl InstallSettings {
         }
         Some(EgressPolicy {
             allowed,
-            upstream: self.proxy.as_deref().and_then(|p| Destination::of_url(p)),
+            upstream: self.proxy.as_deref().and_then(Destination::of_url),
             no_proxy: self
                 .no_proxy
                 .iter()

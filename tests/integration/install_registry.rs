@@ -513,3 +513,178 @@ const targets = {targets};
     );
     assert!(!log.contains(TOKEN), "the daemon's log has the token");
 }
+
+/// Verdaccio from npm on loopback (`scripts/npm-mirror`), stopped when dropped. Loopback is
+/// reachable from an install only because the daemon's proxy connects on its behalf.
+struct Mirror {
+    dir: std::path::PathBuf,
+    url: String,
+    token: String,
+}
+
+impl Mirror {
+    fn start() -> Self {
+        // Verdaccio's own install is kept under target/ between test runs; its storage is not
+        // shared with the benchmark's.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm-mirror-test");
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/npm-mirror"))
+                .arg("start")
+                .arg(&dir)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/npm-mirror start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        Self {
+            url: read("url"),
+            token: read("token"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/npm-mirror"))
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+    }
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && std::fs::read(&path)
+                    .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A real private mirror: Verdaccio on loopback that wants a token for every package, as the
+/// install's registry. The seed's express example installs through it (Verdaccio fetching from
+/// the public registry behind it) with the token, and fails naming the mirror and the 401
+/// without it. The token is in no log, no stored object, no cache entry (the whole state
+/// directory is searched for it) and not in the run container's environment or files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verdaccio_mirror_on_loopback_with_a_token_serves_the_install() {
+    crate::harness::docker::ensure_engine();
+    let mirror = Mirror::start();
+    assert!(
+        mirror.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        mirror.url
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let dir = write_app(
+        &[(
+            "index.js",
+            r#"const express = require('express');
+console.log('express app ready:', typeof express());
+const fs = require('fs');
+console.log('ENV ' + JSON.stringify(process.env));
+console.log('NPMRC ' + (fs.existsSync('/app/.npmrc') ? fs.readFileSync('/app/.npmrc', 'utf8') : 'none'));"#,
+        )],
+        json!({"timeout": "5m", "memory_limit": "256MiB"}),
+        json!([]),
+    );
+    // The seed's manifest example: dependencies in the manifest, no package.json.
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["runtime"]["backend"]["dependencies"] = json!({"express": "^4.18.2"});
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, state.path(), dir.path(), app);
+    let config = config_with(
+        state.path(),
+        &format!(
+            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"mirror\" }}\n",
+            url = mirror.url
+        ),
+    );
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut options = DaemonOptions::production(state.path());
+    options.env.extend([
+        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
+        (
+            "APP_EXECUTOR_INSTALL_TOKEN_MIRROR".into(),
+            mirror.token.clone(),
+        ),
+    ]);
+    let log = run_until_idle(&db, options).await;
+    let record = run_record(&client, run).await;
+    assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
+    let stdout = run_stdout(&db, state.path(), run).await;
+    assert!(
+        stdout.contains("express app ready: function") && stdout.contains("ENV {"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&mirror.token),
+        "the run sees the token: {stdout}"
+    );
+    assert!(
+        !log.contains(&mirror.token),
+        "the daemon's log has the token"
+    );
+    let holding = files_containing(state.path(), &mirror.token);
+    assert!(holding.is_empty(), "the token is stored in {holding:?}");
+
+    // Without the token (a fresh host, so nothing is cached): install_failed naming the mirror
+    // and the 401.
+    let bare = tempfile::tempdir().unwrap();
+    let (company, app) = insert_tenant(&client).await;
+    publish_ok(&db, bare.path(), dir.path(), app);
+    let config = config_with(bare.path(), &format!("registry = \"{}\"\n", mirror.url));
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut options = DaemonOptions::production(bare.path());
+    options
+        .env
+        .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
+    let log = run_until_idle(&db, options).await;
+    let record = run_record(&client, run).await;
+    let message = record.error_message.clone().unwrap_or_default();
+    assert_eq!(
+        record.summary(),
+        "failed/install_failed",
+        "{record:?}\n{log}"
+    );
+    assert!(
+        message.contains("401") && message.contains(mirror.url.trim_end_matches('/')),
+        "{message}"
+    );
+}
