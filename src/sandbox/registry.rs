@@ -502,6 +502,69 @@ mod tests {
     }
 
     #[test]
+    fn egress_allows_the_registries_the_scopes_and_allow_and_the_container_proxy_is_the_forwarder()
+    {
+        let defaults = settings(RawInstall::default()).unwrap();
+        let allowed = |s: &InstallSettings| -> Vec<String> {
+            s.egress_policy()
+                .unwrap()
+                .allowed
+                .iter()
+                .map(|d| d.to_string())
+                .collect()
+        };
+        assert_eq!(allowed(&defaults), ["registry.npmjs.org:443"]);
+        let mut raw = RawInstall {
+            registry: "http://127.0.0.1:4873".into(),
+            proxy: "http://proxy.internal:3128".into(),
+            no_proxy: "127.0.0.1, .internal".into(),
+            allow: vec!["cdn.example.com".into(), "127.0.0.1:4873".into()],
+            ..Default::default()
+        };
+        raw.scopes
+            .insert("@acme".into(), "https://npm.acme.internal/".into());
+        let s = settings(raw).unwrap();
+        assert_eq!(
+            allowed(&s),
+            [
+                "127.0.0.1:4873",
+                "npm.acme.internal:443",
+                "cdn.example.com:443"
+            ]
+        );
+        let policy = s.egress_policy().unwrap();
+        assert_eq!(policy.upstream.unwrap().to_string(), "proxy.internal:3128");
+        assert_eq!(policy.no_proxy, ["127.0.0.1", ".internal"]);
+        // The container's proxy is the forwarder, and nothing bypasses it.
+        let (npmrc, _) = s.npmrc("");
+        assert!(
+            npmrc.contains("https-proxy=http://127.0.0.1:3128\n"),
+            "{npmrc}"
+        );
+        assert!(
+            !npmrc.contains("noproxy") && !npmrc.contains("proxy.internal"),
+            "{npmrc}"
+        );
+        assert!(s
+            .env()
+            .contains(&"HTTPS_PROXY=http://127.0.0.1:3128".to_owned()));
+        assert!(!s.env().iter().any(|e| e.starts_with("NO_PROXY")));
+
+        // `network`: no proxy of the daemon's; the operator's proxy goes to the container.
+        let network = InstallSettings {
+            egress: Egress::Network,
+            ..s
+        };
+        assert_eq!(network.egress_policy(), None);
+        let (npmrc, _) = network.npmrc("");
+        assert!(
+            npmrc.contains("https-proxy=http://proxy.internal:3128\n"),
+            "{npmrc}"
+        );
+        assert!(npmrc.contains("noproxy=127.0.0.1, .internal\n"), "{npmrc}");
+    }
+
+    #[test]
     fn bad_settings_name_the_key_and_the_fix() {
         let mut raw = RawInstall {
             registry: "mirror.internal".into(),
@@ -511,6 +574,8 @@ mod tests {
         };
         raw.scopes.insert("acme".into(), "https://x/".into());
         raw.tokens.insert("https://x/".into(), "npm-x".into());
+        raw.egress = "open".into();
+        raw.allow = vec!["cdn.example.com/path".into()];
         let errors = settings(raw).unwrap_err().join("\n");
         for needle in [
             "install.registry = \"mirror.internal\": not a registry URL",
@@ -518,6 +583,8 @@ mod tests {
             "APP_EXECUTOR_INSTALL_TOKEN_NPM_X or the systemd credential npm-x",
             "install.ca_file = \"/nonexistent/ca.pem\": cannot be read",
             "install.proxy",
+            "install.egress = \"open\": use \"registries\"",
+            "install.allow: \"cdn.example.com/path\" is not host[:port]",
         ] {
             assert!(errors.contains(needle), "{needle:?} not in:\n{errors}");
         }
