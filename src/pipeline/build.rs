@@ -491,6 +491,7 @@ impl RunPipeline {
             cpu: app.manifest.limits.cpu,
             tmp_size_bytes: self.settings.install_tmp_size_bytes,
             network: "none".into(),
+            sysctls: Default::default(),
             labels: crate::sandbox::run::labels(
                 &self.executor_id,
                 build.id,

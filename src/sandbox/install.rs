@@ -204,12 +204,19 @@ impl Installer {
                 });
             }
             let mut script = install_script(request, !scripts_apart);
+            let mut sysctls = HashMap::new();
             if let Some(proxy) = &egress {
                 mounts.push(Mount {
                     host: proxy.dir().to_path_buf(),
                     container: super::egress::DIR_IN_CONTAINER,
                     read_only: true,
                 });
+                mounts.push(Mount {
+                    host: proxy.hosts_file(),
+                    container: "/etc/hosts",
+                    read_only: true,
+                });
+                sysctls = proxy.sysctls();
                 script = format!("{}{script}", EgressProxy::shell_prelude());
             }
             let network = match egress {
@@ -228,6 +235,7 @@ impl Installer {
                 cpu: request.cpu,
                 tmp_size_bytes: self.settings.install_tmp_size_bytes,
                 network,
+                sysctls,
                 labels: request.labels.clone(),
             };
             let log_path = staging.join("install.log");
@@ -253,6 +261,7 @@ impl Installer {
                         read_only: false,
                     }],
                     network: "none".into(),
+                    sysctls: HashMap::new(),
                     ..spec
                 };
                 let exit = self.run_phase(&spec, &mut log, deadline, stop).await?;

@@ -44,6 +44,9 @@ pub struct ContainerSpec {
     pub tmp_size_bytes: u64,
     /// Docker network mode: `none` unless the phase or the app's permission needs one.
     pub network: String,
+    /// Namespaced kernel settings (the install's forwarder binds registry ports below 1024 on
+    /// the container's own loopback).
+    pub sysctls: HashMap<String, String>,
     pub labels: HashMap<String, String>,
 }
 
@@ -112,6 +115,7 @@ pub fn container_config(spec: &ContainerSpec, settings: &SandboxSettings) -> Con
                 maximum_retry_count: None,
             }),
             network_mode: Some(spec.network.clone()),
+            sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone()),
             ipc_mode: Some("private".into()),
             // The daemon reads output through the attach stream and spools it itself; the
             // engine keeps no second copy on disk.
@@ -147,6 +151,7 @@ mod tests {
             cpu: 0.5,
             tmp_size_bytes: 64 << 20,
             network: "none".into(),
+            sysctls: HashMap::new(),
             labels: HashMap::from([(LABEL_RUN.to_owned(), "r".to_owned())]),
         }
     }

@@ -299,12 +299,13 @@ impl InstallSettings {
         }
     }
 
-    /// Hosts that bypass [`Self::container_proxy`]: none under `registries` (there is no
-    /// other way out), else the operator's `no_proxy`.
-    fn container_no_proxy(&self) -> Option<&str> {
-        match self.egress {
-            Egress::Registries => None,
-            Egress::Network => self.no_proxy.as_deref(),
+    /// Hosts that bypass [`Self::container_proxy`]: under `registries` the registries with a
+    /// direct route of the forwarder ([`EgressPolicy::direct_hosts`]), else the operator's
+    /// `no_proxy`.
+    fn container_no_proxy(&self) -> Option<String> {
+        match self.egress_policy() {
+            Some(policy) => Some(policy.direct_hosts().join(",")).filter(|s| !s.is_empty()),
+            None => self.no_proxy.clone(),
         }
     }
 
@@ -535,20 +536,21 @@ mod tests {
         let policy = s.egress_policy().unwrap();
         assert_eq!(policy.upstream.unwrap().to_string(), "proxy.internal:3128");
         assert_eq!(policy.no_proxy, ["127.0.0.1", ".internal"]);
-        // The container's proxy is the forwarder, and nothing bypasses it.
+        // The container's proxy is the forwarder's listener; the registries with a direct
+        // route bypass it; the operator's proxy is the daemon's business only.
         let (npmrc, _) = s.npmrc("");
         assert!(
-            npmrc.contains("https-proxy=http://127.0.0.1:3128\n"),
+            npmrc.contains("https-proxy=http://127.77.0.1:3128\n"),
             "{npmrc}"
         );
         assert!(
-            !npmrc.contains("noproxy") && !npmrc.contains("proxy.internal"),
+            npmrc.contains("noproxy=127.0.0.1,npm.acme.internal,cdn.example.com\n"),
             "{npmrc}"
         );
+        assert!(!npmrc.contains("proxy.internal"), "{npmrc}");
         assert!(s
             .env()
-            .contains(&"HTTPS_PROXY=http://127.0.0.1:3128".to_owned()));
-        assert!(!s.env().iter().any(|e| e.starts_with("NO_PROXY")));
+            .contains(&"HTTPS_PROXY=http://127.77.0.1:3128".to_owned()));
 
         // `network`: no proxy of the daemon's; the operator's proxy goes to the container.
         let network = InstallSettings {

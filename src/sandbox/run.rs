@@ -107,6 +107,7 @@ pub async fn prepare(
         } else {
             "none".into()
         },
+        sysctls: HashMap::new(),
         labels: labels(executor_id, run.id, run.attempt, "run"),
     })
 }
