@@ -116,8 +116,19 @@ function listen(host, port, onConnection) {
     })
     .listen(port, host, () => { if (--waiting === 0) fs.writeFileSync(readyFile, ''); });
 }
-listen(proxy.host, proxy.port, (client) => join(client, net.connect(socket)));
-for (const route of routes) listen(route.host, route.port, (client) => tunnel(client, route.connect));
+// The socket must be reachable before anything listens: gVisor refuses host sockets unless runsc
+// runs with --host-uds=open, and the install should fail saying so, not with pnpm's ECONNRESET.
+const probe = net.connect(socket);
+probe.on('error', (e) => {
+  console.error(`app-executor: the install cannot reach the daemon's registry proxy (${e.code} on ${socket}); ` +
+    "under gVisor add --host-uds=open to runsc's runtimeArgs (scripts/ensure-gvisor does), or set [install] egress = \"network\"");
+  process.exit(1);
+});
+probe.on('connect', () => {
+  probe.destroy();
+  listen(proxy.host, proxy.port, (client) => join(client, net.connect(socket)));
+  for (const route of routes) listen(route.host, route.port, (client) => tunnel(client, route.connect));
+});
 "#;
 
 /// How long the daemon waits for a registry (or the upstream proxy) to accept a connection.

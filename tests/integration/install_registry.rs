@@ -688,3 +688,59 @@ console.log('NPMRC ' + (fs.existsSync('/app/.npmrc') ? fs.readFileSync('/app/.np
         "{message}"
     );
 }
+
+/// Under gVisor (`sandbox.runtime = "runsc"`, registered with gVisor's network stack off), the
+/// install still reaches the registry: its one way out is the daemon's socket, which runsc
+/// opens with `--host-uds=open` (scripts/ensure-gvisor).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_install_works_under_gvisor_without_a_network() {
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ensure-gvisor"
+    ))
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "gVisor unavailable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    let registry = start_registry().await;
+    let (company, app) = insert_tenant(&client).await;
+    let dir = write_app(
+        &[
+            ("index.js", "console.log(require('@acme/greet')());\n"),
+            (
+                "package.json",
+                r#"{"name": "under-gvisor", "version": "1.0.0", "dependencies": {"@acme/greet": "1.0.0"}}"#,
+            ),
+        ],
+        json!({"timeout": "3m", "memory_limit": "256MiB"}),
+        json!([]),
+    );
+    publish_ok(&db, state.path(), dir.path(), app);
+    let config = config_with(
+        state.path(),
+        &format!(
+            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"acme-npm\" }}\n",
+            url = registry.url
+        ),
+    );
+    let run = enqueue(&client, app, company, json!({})).await;
+    let mut options = DaemonOptions::production(state.path()).sandbox("runtime", "runsc");
+    options.env.extend([
+        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
+        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
+    ]);
+    let log = run_until_idle(&db, options).await;
+    let record = run_record(&client, run).await;
+    assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
+    let stdout = run_stdout(&db, state.path(), run).await;
+    assert!(
+        stdout.contains("hello from the private registry"),
+        "{stdout}"
+    );
+}
