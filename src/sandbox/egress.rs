@@ -313,6 +313,8 @@ pub struct EgressProxy {
     /// A direct route listens below port 1024 (443): the container must allow it.
     low_ports: bool,
     refused: Arc<Mutex<Vec<String>>>,
+    /// Allowed destinations the daemon could not reach, with the reason (one per destination).
+    unreachable: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
 }
 
@@ -357,11 +359,13 @@ impl EgressProxy {
             dir: dir.to_path_buf(),
             low_ports,
             refused: Arc::default(),
+            unreachable: Arc::default(),
             stop: CancellationToken::new(),
         };
         let context = Arc::new(Context {
             policy,
             refused: proxy.refused.clone(),
+            unreachable: proxy.unreachable.clone(),
             stop: proxy.stop.clone(),
         });
         tokio::spawn(accept_loop(listener, context));
@@ -394,6 +398,32 @@ impl EgressProxy {
         self.refused.lock().expect("not poisoned").clone()
     }
 
+    /// Why registries could not be reached (`host:port: reason`), one per destination.
+    pub fn unreachable(&self) -> Vec<String> {
+        self.unreachable.lock().expect("not poisoned").clone()
+    }
+
+    /// Lines for a failed install's error: what was refused and how to allow it, and which
+    /// registries the daemon could not reach and why (pnpm sees only a closed connection or
+    /// a 502 there, so the cause would otherwise be lost).
+    pub fn explanation(&self) -> String {
+        let mut text = String::new();
+        let refused = self.refused();
+        if !refused.is_empty() {
+            text.push_str(&format!(
+                "\napp-executor: the install tried to reach {}, which {} not a registry of [install] (registry, scopes); add it to [install] allow if it should be reachable",
+                refused.join(", "),
+                if refused.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        for reason in self.unreachable() {
+            text.push_str(&format!(
+                "\napp-executor: a registry could not be reached: {reason}"
+            ));
+        }
+        text
+    }
+
     /// The shell lines that start the forwarder and wait until it listens (bounded: the
     /// install fails with a message rather than hang if node cannot start it).
     pub fn shell_prelude() -> String {
@@ -415,6 +445,7 @@ impl Drop for EgressProxy {
 struct Context {
     policy: EgressPolicy,
     refused: Arc<Mutex<Vec<String>>>,
+    unreachable: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
 }
 
@@ -498,6 +529,12 @@ async fn handle(
         Ok(stream) => stream,
         Err(message) => {
             tracing::warn!(destination = %destination, error = %message, "install egress: cannot reach a registry");
+            let mut unreachable = context.unreachable.lock().expect("not poisoned");
+            let prefix = format!("{destination}:");
+            if !unreachable.iter().any(|reason| reason.starts_with(&prefix)) {
+                unreachable.push(format!("{destination}: {message}"));
+            }
+            drop(unreachable);
             return Ok(text(
                 StatusCode::BAD_GATEWAY,
                 format!("app-executor: {message}\n"),
@@ -697,6 +734,33 @@ mod tests {
         let (status, _) = connect_through(direct.dir(), "127.0.0.1:9").await;
         assert!(status.contains(" 403"), "{status}");
         assert_eq!(direct.refused(), ["127.0.0.1:9"], "recorded once");
+        assert!(direct
+            .explanation()
+            .contains("tried to reach 127.0.0.1:9, which is not a registry"));
+
+        // An allowed registry that does not answer: 502, and the reason is kept for the error.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let unreachable = EgressProxy::start(
+            &dir.path().join("unreachable"),
+            EgressPolicy {
+                allowed: vec![allowed(closed_port)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (status, _) =
+            connect_through(unreachable.dir(), &format!("127.0.0.1:{closed_port}")).await;
+        assert!(status.contains(" 502"), "{status}");
+        let reasons = unreachable.unreachable();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with(&format!(
+                "127.0.0.1:{closed_port}: connecting to 127.0.0.1:{closed_port}:"
+            )) && reasons[0].to_lowercase().contains("refused"),
+            "{reasons:?}"
+        );
 
         // With an upstream proxy, the tunnel is asked of it (and its answer relayed) unless the
         // host is in no_proxy.

@@ -241,12 +241,12 @@ impl Installer {
             let log_path = staging.join("install.log");
             let mut log = TailSink::create(&log_path, 16 << 20).map_err(io(&log_path))?;
             let exit = self.run_phase(&spec, &mut log, deadline, stop).await?;
-            let refused = egress
+            let explanation = egress
                 .as_ref()
-                .map(EgressProxy::refused)
+                .map(EgressProxy::explanation)
                 .unwrap_or_default();
             drop(egress);
-            self.check_exit(&exit, &log, &refused)?;
+            self.check_exit(&exit, &log, &explanation)?;
             if scripts_apart {
                 // The token is not needed offline, and a script must not copy it into
                 // node_modules, which runs see.
@@ -265,7 +265,7 @@ impl Installer {
                     ..spec
                 };
                 let exit = self.run_phase(&spec, &mut log, deadline, stop).await?;
-                self.check_exit(&exit, &log, &[])?;
+                self.check_exit(&exit, &log, "")?;
             }
             tokio::fs::rename(work.join("node_modules"), staging.join("node_modules"))
                 .await
@@ -308,22 +308,16 @@ impl Installer {
             .await?)
     }
 
-    /// Success, or the error with the install log's redacted tail and, when the egress proxy
-    /// refused something, what it was and how to allow it.
+    /// Success, or the error with the install log's redacted tail and what the egress proxy
+    /// has to say about the install ([`EgressProxy::explanation`]).
     fn check_exit(
         &self,
         exit: &ContainerExit,
         log: &TailSink,
-        refused: &[String],
+        explanation: &str,
     ) -> Result<(), InstallError> {
         let mut log_tail = self.registry.redact(&log.tail_text());
-        if !refused.is_empty() {
-            log_tail.push_str(&format!(
-                "\napp-executor: the install tried to reach {}, which {} not a registry of [install] (registry, scopes); add it to [install] allow if it should be reachable",
-                refused.join(", "),
-                if refused.len() == 1 { "is" } else { "are" }
-            ));
-        }
+        log_tail.push_str(explanation);
         judge_exit(exit, &self.settings, log_tail)
     }
 
