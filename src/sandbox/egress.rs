@@ -257,12 +257,16 @@ impl EgressPolicy {
         })
     }
 
+    /// The upstream proxy `destination` is reached through, if any.
+    fn upstream_for(&self, destination: &Destination) -> Option<&Destination> {
+        self.upstream
+            .as_ref()
+            .filter(|_| !self.bypasses_upstream(&destination.host))
+    }
+
     /// A TCP stream to `destination`: direct or tunnelled through the upstream proxy.
     async fn connect(&self, destination: &Destination) -> Result<TcpStream, String> {
-        let via = match &self.upstream {
-            Some(proxy) if !self.bypasses_upstream(&destination.host) => Some(proxy),
-            _ => None,
-        };
+        let via = self.upstream_for(destination);
         let target = via.unwrap_or(destination);
         let mut stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -577,9 +581,7 @@ async fn forward(
     context: &Context,
     destination: &Destination,
 ) -> Result<Response<Body>, String> {
-    let via_proxy =
-        context.policy.upstream.is_some() && !context.policy.bypasses_upstream(&destination.host);
-    if !via_proxy {
+    if context.policy.upstream_for(destination).is_none() {
         let path = request
             .uri()
             .path_and_query()
@@ -647,6 +649,19 @@ mod tests {
         );
     }
 
+    /// The first line of an HTTP head read byte by byte from `stream` (nothing past it).
+    async fn status_line(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     /// An echo server; with `proxy`, it first answers one CONNECT (recording its line) the way
     /// an upstream HTTP proxy does.
     async fn echo_server(proxy: bool) -> (u16, Arc<Mutex<Vec<String>>>) {
@@ -659,15 +674,7 @@ mod tests {
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
                     if proxy {
-                        let mut head = Vec::new();
-                        while !head.ends_with(b"\r\n\r\n") {
-                            head.push(stream.read_u8().await.unwrap());
-                        }
-                        let line = String::from_utf8_lossy(&head)
-                            .lines()
-                            .next()
-                            .unwrap()
-                            .to_owned();
+                        let line = status_line(&mut stream).await;
                         recorded.lock().unwrap().push(line);
                         stream
                             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -691,15 +698,7 @@ mod tests {
             .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stream.read_u8().await.unwrap());
-        }
-        let status = String::from_utf8_lossy(&head)
-            .lines()
-            .next()
-            .unwrap()
-            .to_owned();
+        let status = status_line(&mut stream).await;
         if !status.contains(" 200") {
             return (status, None);
         }

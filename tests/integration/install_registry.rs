@@ -136,6 +136,51 @@ fn config_with(dir: &Path, install: &str) -> std::path::PathBuf {
     path
 }
 
+/// A production daemon on `state` whose `[install]` installs from `registry`, with the token of
+/// `credential = (name, token)` for it when given (through the environment, as an operator
+/// sets it).
+fn registry_daemon(
+    state: &Path,
+    registry: &str,
+    credential: Option<(&str, &str)>,
+) -> DaemonOptions {
+    let mut install = format!("registry = \"{registry}\"\n");
+    if let Some((name, _)) = credential {
+        install.push_str(&format!("tokens = {{ \"{registry}\" = \"{name}\" }}\n"));
+    }
+    let config = config_with(state, &install);
+    let mut options = DaemonOptions::production(state);
+    options
+        .env
+        .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
+    if let Some((name, token)) = credential {
+        options.env.push((
+            app_executor::sandbox::registry::token_env(name),
+            token.to_owned(),
+        ));
+    }
+    options
+}
+
+/// The error message of a run that must have failed its install.
+fn install_failure(record: &crate::harness::apps::RunRecord, log: &str) -> String {
+    assert_eq!(
+        record.summary(),
+        "failed/install_failed",
+        "{record:?}\n{log}"
+    );
+    record.error_message.clone().unwrap_or_default()
+}
+
+/// The run failed its install naming `registry` and the 401 it answered.
+fn assert_refused_with_401(record: &crate::harness::apps::RunRecord, log: &str, registry: &str) {
+    let message = install_failure(record, log);
+    assert!(
+        message.contains("401") && message.contains(registry.trim_end_matches('/')),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_private_registry_with_a_token_installs_and_the_token_stays_out_of_logs_and_runs() {
     crate::harness::docker::ensure_engine();
@@ -171,11 +216,7 @@ console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#
             url = registry.url
         ),
     );
-    let mut with_token = DaemonOptions::production(state.path());
-    with_token.env.extend([
-        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
-        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
-    ]);
+    let with_token = registry_daemon(state.path(), &registry.url, Some(("acme-npm", TOKEN)));
 
     // Without the token the daemon does not start: the setting names the variable to set.
     let out = crate::harness::cli(&db, &["check"])
@@ -223,24 +264,9 @@ console.log(seen.includes("t0ken") ? "TOKEN VISIBLE" : "no token in the run");"#
     );
     let (company, app) = insert_tenant(&client).await;
     publish_ok(&db, state.path(), refused.path(), app);
-    let config = config_with(state.path(), &format!("registry = \"{}\"\n", registry.url));
     let run = enqueue(&client, app, company, json!({})).await;
-    let mut options = DaemonOptions::production(state.path());
-    options
-        .env
-        .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
-    let log = run_until_idle(&db, options).await;
-    let record = run_record(&client, run).await;
-    let message = record.error_message.clone().unwrap_or_default();
-    assert_eq!(
-        record.summary(),
-        "failed/install_failed",
-        "{record:?}\n{log}"
-    );
-    assert!(
-        message.contains("401") && message.contains(registry.url.trim_end_matches('/')),
-        "{message}"
-    );
+    let log = run_until_idle(&db, registry_daemon(state.path(), &registry.url, None)).await;
+    assert_refused_with_401(&run_record(&client, run).await, &log, &registry.url);
 }
 
 /// The document's manifest example, as it is written (express in
@@ -362,13 +388,6 @@ async fn installs_reach_only_the_registries_and_lifecycle_scripts_run_offline() 
         .trim_end_matches('/')
         .to_owned();
     let (other, connections) = start_counter().await;
-    let config = config_with(
-        state.path(),
-        &format!(
-            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"acme-npm\" }}\n",
-            url = registry.url
-        ),
-    );
 
     // An app whose dependency lives on another host.
     let (company, leaky) = insert_tenant(&client).await;
@@ -449,24 +468,14 @@ const targets = {targets};
     publish_ok(&db, state.path(), dir.path(), trusted);
     let trusted_run = enqueue(&client, trusted, company, json!({})).await;
 
-    let mut options = DaemonOptions::production(state.path());
-    options.env.extend([
-        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
-        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
-        (
-            "APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS".into(),
-            format!("[\"{trusted}\"]"),
-        ),
-    ]);
+    let mut options = registry_daemon(state.path(), &registry.url, Some(("acme-npm", TOKEN)));
+    options.env.push((
+        "APP_EXECUTOR_SANDBOX__INSTALL_SCRIPTS_APPS".into(),
+        format!("[\"{trusted}\"]"),
+    ));
     let log = run_until_idle(&db, options).await;
 
-    let record = run_record(&client, leaky_run).await;
-    let message = record.error_message.clone().unwrap_or_default();
-    assert_eq!(
-        record.summary(),
-        "failed/install_failed",
-        "{record:?}\n{log}"
-    );
+    let message = install_failure(&run_record(&client, leaky_run).await, &log);
     assert!(
         message.contains(&format!("the install tried to reach {other}"))
             && message.contains("[install] allow"),
@@ -629,22 +638,8 @@ console.log('NPMRC ' + (fs.existsSync('/app/.npmrc') ? fs.readFileSync('/app/.np
     .unwrap();
     let (company, app) = insert_tenant(&client).await;
     publish_ok(&db, state.path(), dir.path(), app);
-    let config = config_with(
-        state.path(),
-        &format!(
-            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"mirror\" }}\n",
-            url = mirror.url
-        ),
-    );
     let run = enqueue(&client, app, company, json!({})).await;
-    let mut options = DaemonOptions::production(state.path());
-    options.env.extend([
-        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
-        (
-            "APP_EXECUTOR_INSTALL_TOKEN_MIRROR".into(),
-            mirror.token.clone(),
-        ),
-    ]);
+    let options = registry_daemon(state.path(), &mirror.url, Some(("mirror", &mirror.token)));
     let log = run_until_idle(&db, options).await;
     let record = run_record(&client, run).await;
     assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");
@@ -669,24 +664,9 @@ console.log('NPMRC ' + (fs.existsSync('/app/.npmrc') ? fs.readFileSync('/app/.np
     let bare = tempfile::tempdir().unwrap();
     let (company, app) = insert_tenant(&client).await;
     publish_ok(&db, bare.path(), dir.path(), app);
-    let config = config_with(bare.path(), &format!("registry = \"{}\"\n", mirror.url));
     let run = enqueue(&client, app, company, json!({})).await;
-    let mut options = DaemonOptions::production(bare.path());
-    options
-        .env
-        .push(("APP_EXECUTOR_CONFIG".into(), config.display().to_string()));
-    let log = run_until_idle(&db, options).await;
-    let record = run_record(&client, run).await;
-    let message = record.error_message.clone().unwrap_or_default();
-    assert_eq!(
-        record.summary(),
-        "failed/install_failed",
-        "{record:?}\n{log}"
-    );
-    assert!(
-        message.contains("401") && message.contains(mirror.url.trim_end_matches('/')),
-        "{message}"
-    );
+    let log = run_until_idle(&db, registry_daemon(bare.path(), &mirror.url, None)).await;
+    assert_refused_with_401(&run_record(&client, run).await, &log, &mirror.url);
 }
 
 /// Under gVisor (`sandbox.runtime = "runsc"`, registered with gVisor's network stack off), the
@@ -694,17 +674,7 @@ console.log('NPMRC ' + (fs.existsSync('/app/.npmrc') ? fs.readFileSync('/app/.np
 /// opens with `--host-uds=open` (scripts/ensure-gvisor).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_install_works_under_gvisor_without_a_network() {
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/ensure-gvisor"
-    ))
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "gVisor unavailable: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::docker::ensure_gvisor();
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let state = tempfile::tempdir().unwrap();
@@ -722,19 +692,9 @@ async fn a_registry_install_works_under_gvisor_without_a_network() {
         json!([]),
     );
     publish_ok(&db, state.path(), dir.path(), app);
-    let config = config_with(
-        state.path(),
-        &format!(
-            "registry = \"{url}\"\ntokens = {{ \"{url}\" = \"acme-npm\" }}\n",
-            url = registry.url
-        ),
-    );
     let run = enqueue(&client, app, company, json!({})).await;
-    let mut options = DaemonOptions::production(state.path()).sandbox("runtime", "runsc");
-    options.env.extend([
-        ("APP_EXECUTOR_CONFIG".into(), config.display().to_string()),
-        ("APP_EXECUTOR_INSTALL_TOKEN_ACME_NPM".into(), TOKEN.into()),
-    ]);
+    let options = registry_daemon(state.path(), &registry.url, Some(("acme-npm", TOKEN)))
+        .sandbox("runtime", "runsc");
     let log = run_until_idle(&db, options).await;
     let record = run_record(&client, run).await;
     assert_eq!(record.summary(), "success/-", "{record:?}\n{log}");

@@ -717,17 +717,7 @@ async fn cancelling_or_losing_the_lease_kills_the_container_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gvisor_runtime_runs_the_sample_app_when_configured() {
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/ensure-gvisor"
-    ))
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "gVisor unavailable: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::docker::ensure_gvisor();
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let state = tempfile::tempdir().unwrap();

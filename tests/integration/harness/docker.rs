@@ -27,6 +27,17 @@ pub fn ensure_engine() {
     });
 }
 
+/// Ensures dockerd has the gVisor runtime `runsc` registered as `scripts/ensure-gvisor` does it;
+/// panics with the script's output otherwise.
+pub fn ensure_gvisor() {
+    let out = Command::new(script("ensure-gvisor")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "gVisor unavailable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The host's address on Docker's default bridge network (reachable from containers there).
 ///
 /// A freshly installed engine reports only the `Subnet` in the bridge's IPAM config, no
