@@ -171,7 +171,7 @@ impl Installer {
                 .await
                 .expect("the copy task does not panic")
                 .map_err(io(&work))?;
-            let app_npmrc = self.write_npmrc(&work, request, true).await?;
+            let app_npmrc = self.write_npmrc(&work, request).await?;
             // Under `egress = "registries"` the container has no network; its one way out is
             // this proxy, which allows only the registries (and stops when it is dropped).
             let egress = match self.registry.egress_policy() {
@@ -328,7 +328,6 @@ impl Installer {
         &self,
         work: &Path,
         request: &InstallRequest<'_>,
-        tokens: bool,
     ) -> Result<String, InstallError> {
         let path = work.join(".npmrc");
         let app = match tokio::fs::read(&path).await {
@@ -336,7 +335,7 @@ impl Installer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(&path)(e)),
         };
-        let dropped = self.write_npmrc_text(work, &app, tokens).await?;
+        let dropped = self.write_npmrc_text(work, &app, true).await?;
         if !dropped.is_empty() {
             tracing::warn!(
                 app_dir = %request.app_dir.display(),
