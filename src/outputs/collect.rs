@@ -21,8 +21,9 @@ use super::{
 /// Entries examined at most, whatever the caps: bounds the time and memory of a walk over a
 /// directory the app filled with millions of names.
 const SCAN_LIMIT: usize = 100_000;
-/// Deepest directory nesting followed.
-const MAX_DEPTH: usize = 32;
+/// Deepest directory nesting followed (a copy of the output made for [`collect`] need not go
+/// deeper: the walk reports the directory at this depth as `too_deep`).
+pub const MAX_DEPTH: usize = 32;
 /// Problems listed one by one; the rest are only counted.
 const MAX_PROBLEMS: usize = 50;
 /// `metrics.json` entries recorded at most, and the longest metric name.
@@ -168,24 +169,36 @@ fn walk(root: &Path, collected: &mut Collected) -> Result<Vec<Candidate>, Output
                     ino: meta.ino(),
                 });
             } else {
-                let (reason, what) = if kind.is_symlink() {
-                    ("symlink", "a symbolic link; links are never followed")
+                let kind = if kind.is_symlink() {
+                    "symlink"
                 } else if kind.is_fifo() {
-                    ("fifo", "a named pipe (FIFO); it was not opened")
+                    "fifo"
                 } else if kind.is_socket() {
-                    ("socket", "a socket")
+                    "socket"
                 } else {
-                    ("device", "a device node")
+                    "device"
                 };
-                collected.add_problem(OutputProblem {
-                    message: format!("{relative} is {what}; only regular files are collected"),
-                    path: relative,
-                    reason,
-                });
+                collected.add_problem(not_regular(relative, kind));
             }
         }
     }
     Ok(candidates)
+}
+
+/// The problem recorded for an entry that is not a regular file; `kind` is `symlink`, `fifo`,
+/// `socket` or `device`.
+pub fn not_regular(relative: String, kind: &'static str) -> OutputProblem {
+    let what = match kind {
+        "symlink" => "a symbolic link; links are never followed",
+        "fifo" => "a named pipe (FIFO); it was not opened",
+        "socket" => "a socket",
+        _ => "a device node",
+    };
+    OutputProblem {
+        message: format!("{relative} is {what}; only regular files are collected"),
+        path: relative,
+        reason: kind,
+    }
 }
 
 /// Applies the per-file, count and total caps, in name order.
@@ -417,7 +430,8 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 impl Collected {
-    fn add_problem(&mut self, problem: OutputProblem) {
+    /// Records a problem; past the first [`MAX_PROBLEMS`] only counts it.
+    pub fn add_problem(&mut self, problem: OutputProblem) {
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(problem);
         } else {

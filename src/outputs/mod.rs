@@ -17,7 +17,7 @@ pub mod settings;
 
 use std::path::PathBuf;
 
-pub use collect::{collect, collect_blocking};
+pub use collect::{collect, collect_blocking, not_regular, MAX_DEPTH};
 pub use record::{record, record_retrying, DaemonMetrics, Recorded, RunFailure, RunRecord};
 pub use settings::OutputLimits;
 

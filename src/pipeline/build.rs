@@ -484,6 +484,7 @@ impl RunPipeline {
             working_dir: "/app",
             env,
             mounts,
+            volumes: Vec::new(),
             memory_bytes: self
                 .settings
                 .install_memory_bytes
@@ -508,7 +509,6 @@ impl RunPipeline {
                 sink,
                 &Timing::kill_at_once(timeout),
                 stop.token(),
-                None,
             )
             .await
             .map_err(|e| infra(e.error_kind(), e.to_string()))?;

@@ -27,6 +27,7 @@ mod thresholds;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 
 use crate::artifact::manifest::BackendRuntime;
 use crate::artifact::resolve::{PreparedApp, Resolver};
@@ -37,8 +38,9 @@ use crate::outputs::{self, DaemonMetrics, OutputLimits, RunRecord};
 use crate::runner::{JobExecutor, Stop};
 use crate::sandbox::install::{Dependencies, InstallError, InstallRequest, Installer};
 use crate::sandbox::output::Tail;
+use crate::sandbox::output_copy::{Copied, SkippedKind};
 use crate::sandbox::run::RunRequest;
-use crate::sandbox::{self, Engine, EngineError, OutputWatch, SandboxSettings, Timing};
+use crate::sandbox::{self, Ended, Engine, EngineError, OutputVolume, SandboxSettings, Timing};
 use outcome::{failure_of, infra, peak_memory, run_outcome};
 use phases::Phases;
 use sink::RunSink;
@@ -97,7 +99,6 @@ impl JobExecutor for RunPipeline {
 impl RunPipeline {
     /// The phases of one attempt, in order.
     async fn attempt(&self, run: &ClaimedRun, stop_signal: &Stop) -> Attempt {
-        let stop = stop_signal.token();
         let mut phases = Phases::start(run.id);
 
         let app = self.prepare(run, stop_signal).await?;
@@ -115,27 +116,70 @@ impl RunPipeline {
         let (image, image_id) = self.image(&backend.node_version, stop_signal).await?;
         phases.done("image");
 
-        // A build's archive brought node_modules along: nothing to install.
-        let dependencies = match app.build {
-            Some(build) => {
-                tracing::info!(run_id = %run.id, %build, "dependencies from the build's archive; no install");
-                None
+        // The /output volume's keeper starts while the dependencies install.
+        let install = async {
+            match app.build {
+                // A build's archive brought node_modules along: nothing to install.
+                Some(build) => {
+                    tracing::info!(run_id = %run.id, %build, "dependencies from the build's archive; no install");
+                    Ok(None)
+                }
+                None => {
+                    self.install(run, &app, &backend, &image, &image_id, stop_signal)
+                        .await
+                }
             }
-            None => {
-                self.install(run, &app, &backend, &image, &image_id, stop_signal)
-                    .await?
+        };
+        let (dependencies, output) = tokio::join!(install, self.output_volume(run, &image));
+        let output = output?;
+        let dependencies = match dependencies {
+            Ok(dependencies) => dependencies,
+            Err(outcome) => {
+                output.remove().await;
+                return Err(outcome);
             }
         };
         phases.done("install");
 
+        let ran = self
+            .run_app(
+                run,
+                &app,
+                &backend,
+                &image,
+                dependencies.as_ref(),
+                &output,
+                stop_signal,
+                &mut phases,
+            )
+            .await;
+        output.remove().await;
+        ran
+    }
+
+    /// Phases 4 to 6: the app's container, its outputs read back and recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_app(
+        &self,
+        run: &ClaimedRun,
+        app: &PreparedApp,
+        backend: &BackendRuntime,
+        image: &str,
+        dependencies: Option<&Dependencies>,
+        output: &OutputVolume,
+        stop_signal: &Stop,
+        phases: &mut Phases,
+    ) -> Attempt {
+        let stop = stop_signal.token();
         let run_dir = self.resolver.run_dir(run);
         let request = RunRequest {
             run,
-            app: &app,
-            image: &image,
+            app,
+            image,
             entrypoint: &backend.entrypoint,
             run_dir: &run_dir,
-            dependencies: dependencies.as_ref(),
+            output: output.mount(),
+            dependencies,
         };
         let spec = sandbox::run::prepare(&self.settings, &self.executor_id, &request)
             .await
@@ -154,11 +198,6 @@ impl RunPipeline {
         .map_err(|e| infra("log_spool", e.to_string()))?;
         phases.done("setup");
 
-        let watch = OutputWatch {
-            dir: run_dir.join("output"),
-            max_bytes: self.settings.output_max_bytes,
-            max_files: self.settings.output_max_files,
-        };
         let mut sink = RunSink {
             log,
             stderr_tail: Tail::default(),
@@ -180,12 +219,11 @@ impl RunPipeline {
                     },
                 },
                 stop,
-                Some(&watch),
             )
             .await;
         phases.done("container");
         let RunSink { log, stderr_tail } = sink;
-        let exit = match exit {
+        let mut exit = match exit {
             Ok(exit) => exit,
             Err(e) => {
                 // Docker failed under the run: it goes back to the queue; keep the chunks.
@@ -193,6 +231,18 @@ impl RunPipeline {
                 return Err(infra(e.error_kind(), e.to_string()));
             }
         };
+        // Nothing writes /output any more: its usage now is final. An app that went over a
+        // cap got ENOSPC there and ended by itself since.
+        let output_usage = match output.usage_now().await {
+            Ok(usage) => Some(usage),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not read the /output usage");
+                None
+            }
+        };
+        if exit.ended == Ended::Exited && output_usage.is_some_and(|u| output.over_cap(u)) {
+            exit.ended = Ended::OutputTooLarge;
+        }
         metrics::phase_finished(metrics::Phase::Run, exit.duration);
         if exit.oom_killed {
             metrics::oom_killed();
@@ -206,10 +256,12 @@ impl RunPipeline {
             cpu_ms = ?exit.cpu.usage_ns.map(|ns| ns / 1_000_000),
             cpu_throttled_periods = exit.cpu.throttled_periods,
             cpu_periods = exit.cpu.periods,
+            output_bytes = output_usage.map(|u| u.bytes),
+            output_entries = output_usage.map(|u| u.entries),
             took = ?exit.duration,
             "container finished"
         );
-        let outcome = run_outcome(&exit, &app, &self.settings, &stderr_tail.text());
+        let outcome = run_outcome(&exit, app, &self.settings, &stderr_tail.text());
         match (&outcome, stop_signal.reason()) {
             // Someone else holds the run now: write nothing, not even logs.
             (Outcome::Stopped, Some(StopReason::LeaseLost)) => {
@@ -231,13 +283,7 @@ impl RunPipeline {
         // A client's cancel (the only stop left here) keeps what the app saved in its grace.
         let collected = match &outcome {
             Outcome::Finished { .. } | Outcome::Stopped => {
-                match outputs::collect(&run_dir.join("output"), &self.outputs).await {
-                    Ok(collected) => Some(collected),
-                    Err(e) => {
-                        tracing::warn!(run_id = %run.id, error = %e, "could not read the run's /output");
-                        None
-                    }
-                }
+                self.collect(run, output, output_usage, &run_dir).await
             }
             _ => None,
         };
@@ -260,11 +306,69 @@ impl RunPipeline {
             },
         )
         .await;
-        self.check_thresholds(run, &app, &exit, &run_dir, &summary)
+        self.check_thresholds(run, app, &exit, output_usage, &summary)
             .await;
         phases.done("record");
         phases.report();
         Ok(outcome)
+    }
+
+    /// The attempt's `/output` volume, its keeper started (see `sandbox::engine::output_volume`).
+    async fn output_volume(&self, run: &ClaimedRun, image: &str) -> Result<OutputVolume, Outcome> {
+        let name = sandbox::run::container_name(run.id, run.attempt, "output");
+        let labels = sandbox::run::labels(&self.executor_id, run.id, run.attempt, "output");
+        self.engine
+            .create_output_volume(&self.settings, &name, image, &labels)
+            .await
+            .map_err(|e| infra(e.error_kind(), e.to_string()))
+    }
+
+    /// Phase 5: what the app left in `/output`, copied out of its volume into the run
+    /// directory and read there; `None` (with a warning) when it cannot be read.
+    async fn collect(
+        &self,
+        run: &ClaimedRun,
+        output: &OutputVolume,
+        usage: Option<sandbox::OutputUsage>,
+        run_dir: &std::path::Path,
+    ) -> Option<outputs::Collected> {
+        let copy = run_dir.join("output");
+        // An empty /output needs no archive: the copy's absence reads as no outputs.
+        let copied = if usage.is_some_and(|u| u.entries == 0) {
+            None
+        } else {
+            let archive = tokio_util::io::StreamReader::new(
+                output
+                    .archive()
+                    .map(|chunk| chunk.map_err(std::io::Error::other)),
+            );
+            let archive = tokio_util::io::SyncIoBridge::new(archive);
+            let (dest, budget) = (copy.clone(), output.capacity());
+            let copied = tokio::task::spawn_blocking(move || {
+                sandbox::output_copy::copy_out(archive, &dest, budget, outputs::MAX_DEPTH)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|copied| copied);
+            match copied {
+                Ok(copied) => Some(copied),
+                Err(e) => {
+                    tracing::warn!(run_id = %run.id, error = %e, "could not copy the run's /output out of its volume");
+                    return None;
+                }
+            }
+        };
+        let mut collected = match outputs::collect(&copy, &self.outputs).await {
+            Ok(collected) => collected,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not read the run's /output");
+                return None;
+            }
+        };
+        for problem in copied.map(copy_problems).unwrap_or_default() {
+            collected.add_problem(problem);
+        }
+        Some(collected)
     }
 
     /// Phase 1: the version's files downloaded, verified and extracted; their digest noted on
@@ -362,21 +466,16 @@ impl RunPipeline {
         run: &ClaimedRun,
         app: &PreparedApp,
         exit: &crate::sandbox::ContainerExit,
-        run_dir: &std::path::Path,
+        output: Option<sandbox::OutputUsage>,
         logs: &crate::logs::LogSummary,
     ) {
-        let output = run_dir.join("output");
-        let limit = self.settings.output_max_files + 1;
-        let (output_bytes, output_files) =
-            tokio::task::spawn_blocking(move || crate::sandbox::engine::usage(&output, limit))
-                .await
-                .unwrap_or_default();
+        let output = output.unwrap_or_default();
         let usage = thresholds::Usage {
             peak_memory: peak_memory(exit, app.manifest.limits.memory_bytes),
             memory_limit: app.manifest.limits.memory_bytes,
-            output_bytes,
+            output_bytes: output.bytes,
             output_max_bytes: self.settings.output_max_bytes,
-            output_files: output_files as u64,
+            output_files: output.entries,
             output_max_files: self.settings.output_max_files as u64,
             log_bytes: vec![
                 ("stdout", logs.stdout.received_bytes),
@@ -424,4 +523,35 @@ impl RunPipeline {
         )
         .await;
     }
+}
+
+/// What the copy out of the volume left out, as the collector's problems.
+fn copy_problems(copied: Copied) -> Vec<outputs::OutputProblem> {
+    let mut problems: Vec<_> = copied
+        .skipped
+        .into_iter()
+        .map(|skipped| match skipped.kind {
+            SkippedKind::Symlink => outputs::not_regular(skipped.path, "symlink"),
+            SkippedKind::Fifo => outputs::not_regular(skipped.path, "fifo"),
+            SkippedKind::Device => outputs::not_regular(skipped.path, "device"),
+            SkippedKind::Unwritable | SkippedKind::Other => outputs::OutputProblem {
+                message: format!(
+                    "{} could not be copied out of /output; not collected",
+                    skipped.path
+                ),
+                path: skipped.path,
+                reason: "unreadable",
+            },
+        })
+        .collect();
+    if let Some(path) = copied.stopped_at {
+        problems.push(outputs::OutputProblem {
+            message: format!(
+                "{path} and the entries after it were not collected: the files of /output declare more bytes than its filesystem holds (sparse files)"
+            ),
+            path,
+            reason: "over_total",
+        });
+    }
+    problems
 }

@@ -44,7 +44,7 @@ pub(super) fn run_outcome(
             FinalStatus::Failed,
             "output_too_large",
             format!(
-                "the app wrote more than {} or {} files to /output and was killed",
+                "the app wrote more than {} or {} files to /output (writes past the cap fail with \"no space left on device\")",
                 bytesize::ByteSize::b(settings.output_max_bytes),
                 settings.output_max_files
             ),

@@ -19,6 +19,7 @@ pub mod egress;
 pub mod engine;
 pub mod install;
 pub mod output;
+pub mod output_copy;
 pub mod profile;
 pub mod reaper;
 pub mod registry;
@@ -28,7 +29,7 @@ pub mod sweep;
 
 pub use engine::{
     ContainerExit, Ended, Engine, EngineError, ManagedContainer, OutputSink, OutputStream,
-    OutputWatch, Timing,
+    OutputUsage, OutputVolume, Timing,
 };
 pub use settings::{PullPolicy, RawSandbox, RegistryAuth, RegistryPassword, SandboxSettings};
 pub use sweep::Sweeper;

@@ -28,6 +28,15 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// A named engine volume mounted read-write: the run's `/output` filesystem (see
+/// `engine::output_volume`). `nocopy`: the engine must not copy the image's directory (and its
+/// owner and mode) into the fresh volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub container: &'static str,
+}
+
 /// One container to create: the phase-specific parts; everything else comes from the profile.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -39,6 +48,7 @@ pub struct ContainerSpec {
     /// `NAME=value`, already allow-listed by the caller.
     pub env: Vec<String>,
     pub mounts: Vec<Mount>,
+    pub volumes: Vec<VolumeMount>,
     pub memory_bytes: u64,
     pub cpu: f64,
     pub tmp_size_bytes: u64,
@@ -64,6 +74,11 @@ pub fn container_config(spec: &ContainerSpec, settings: &SandboxSettings) -> Con
                 if m.read_only { "ro" } else { "rw" }
             )
         })
+        .chain(
+            spec.volumes
+                .iter()
+                .map(|v| format!("{}:{}:rw,nocopy", v.volume, v.container)),
+        )
         .collect();
     let tmpfs = HashMap::from([(
         "/tmp".to_owned(),
@@ -147,6 +162,10 @@ mod tests {
                 container: "/app",
                 read_only: true,
             }],
+            volumes: vec![VolumeMount {
+                volume: "app-executor-r-1-output".into(),
+                container: "/output",
+            }],
             memory_bytes: 256 << 20,
             cpu: 0.5,
             tmp_size_bytes: 64 << 20,
@@ -176,7 +195,10 @@ mod tests {
         assert_eq!(config.network_disabled, Some(true));
         assert_eq!(
             host.binds.unwrap(),
-            vec!["/var/lib/app-executor/runs/r-1/app:/app:ro".to_owned()]
+            vec![
+                "/var/lib/app-executor/runs/r-1/app:/app:ro".to_owned(),
+                "app-executor-r-1-output:/output:rw,nocopy".to_owned()
+            ]
         );
         assert!(host.tmpfs.unwrap()["/tmp"].contains("size=67108864"));
         assert_eq!(config.labels.unwrap()[LABEL_MANAGED], "true");

@@ -138,6 +138,8 @@ pub async fn reap_when_orphaned(
         super::sweep::remove_container_run_dir(runs_dir, container, "its daemon died").await;
         tracing::warn!(container = %container.id, run_id = %container.run, attempt = %container.attempt, "removed a container of a daemon that is gone");
     }
+    // The /output volumes, now that no container uses them.
+    engine.remove_volumes_of(executor_id).await;
     if clean {
         return Ok(());
     }

@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::install::{self, Dependencies};
-use super::profile::{ContainerSpec, Mount, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_PHASE, LABEL_RUN};
+use super::engine::output_volume::OUTPUT_DIR;
+use super::install::Dependencies;
+use super::profile::{
+    ContainerSpec, Mount, VolumeMount, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_PHASE, LABEL_RUN,
+};
 use super::SandboxSettings;
 use crate::artifact::manifest::PermissionType;
 use crate::artifact::resolve::PreparedApp;
@@ -14,7 +17,6 @@ use crate::model::ClaimedRun;
 
 /// Where the app's files, dependencies and outputs appear inside a container.
 const APP_DIR: &str = "/app";
-const OUTPUT_DIR: &str = "/output";
 const INPUT_DIR: &str = "/input";
 
 /// What the run container is made of.
@@ -23,14 +25,15 @@ pub struct RunRequest<'a> {
     pub app: &'a PreparedApp,
     pub image: &'a str,
     pub entrypoint: &'a str,
-    /// The attempt's directory: `output/` and `input/` are created in it.
+    /// The attempt's directory: `input/` is created in it.
     pub run_dir: &'a Path,
+    /// The attempt's `/output` volume.
+    pub output: VolumeMount,
     /// The installed `node_modules`, mounted read-only at `/app/node_modules`.
     pub dependencies: Option<&'a Dependencies>,
 }
 
-/// Prepares the attempt's `input/` and `output/` directories and returns the run container's
-/// spec.
+/// Prepares the attempt's `input/` directory and returns the run container's spec.
 pub async fn prepare(
     settings: &SandboxSettings,
     executor_id: &str,
@@ -43,35 +46,24 @@ pub async fn prepare(
         entrypoint,
         run_dir,
         dependencies,
+        ref output,
     } = *request;
-    let output = run_dir.join("output");
     let input = run_dir.join("input");
-    tokio::fs::create_dir_all(&output).await?;
     tokio::fs::create_dir_all(&input).await?;
-    // Only the daemon's user may enter the run directory on the host: what the app writes
-    // to /output (a setuid copy of a shell, say) is reachable by no other host user, while
-    // the container sees its mounts whatever their host parents allow.
+    // Only the daemon's user may enter the run directory on the host (the app's files, its
+    // input, the copy of its outputs); the container sees its mounts whatever their host
+    // parents allow.
     {
         use std::os::unix::fs::PermissionsExt;
         tokio::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).await?;
     }
     let input_json = serde_json::to_vec(&run.input_data).expect("JSON values serialise");
     tokio::fs::write(input.join("input.json"), &input_json).await?;
-    let user = settings.user.clone();
-    let output_owned = output.clone();
-    tokio::task::spawn_blocking(move || install::hand_over(&output_owned, &user))
-        .await
-        .expect("chown does not panic")?;
     let mut mounts = vec![
         Mount {
             host: app.dir.clone(),
             container: APP_DIR,
             read_only: true,
-        },
-        Mount {
-            host: output,
-            container: OUTPUT_DIR,
-            read_only: false,
         },
         Mount {
             host: input,
@@ -99,6 +91,7 @@ pub async fn prepare(
         working_dir: APP_DIR,
         env: app_environment(run, &app.version, &input_json),
         mounts,
+        volumes: vec![output.clone()],
         memory_bytes: app.manifest.limits.memory_bytes,
         cpu: app.manifest.limits.cpu,
         tmp_size_bytes: settings.tmp_size_bytes,

@@ -149,6 +149,12 @@ pub struct SandboxSettings {
     pub registry: Option<RegistryAuth>,
 }
 
+/// `"uid:gid"` as numbers.
+fn parse_user(user: &str) -> Option<(u32, u32)> {
+    let (u, g) = user.split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
 fn human<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -157,6 +163,11 @@ impl SandboxSettings {
     /// The image for a Node.js version from the manifest.
     pub fn image_for(&self, node_version: &str) -> String {
         self.image.replace("{version}", node_version)
+    }
+
+    /// `user` as numbers (validated at load: numeric and not root).
+    pub fn user_ids(&self) -> (u32, u32) {
+        parse_user(&self.user).unwrap_or((65534, 65534))
     }
 
     pub(crate) fn from_raw(raw: &RawSandbox, violations: &mut Vec<String>) -> Option<Self> {
@@ -183,11 +194,7 @@ impl SandboxSettings {
                 "sandbox.image = \"\": name an image, e.g. \"node:{version}-bookworm-slim\"".into(),
             );
         }
-        let valid_user = raw
-            .user
-            .split_once(':')
-            .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
-        match valid_user {
+        match parse_user(&raw.user) {
             Some((0, _)) | Some((_, 0)) => violations.push(format!(
                 "sandbox.user = {:?}: apps never run as root; use an unprivileged uid:gid such as \"1000:1000\"",
                 raw.user

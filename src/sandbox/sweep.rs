@@ -48,22 +48,29 @@ impl Sweeper {
         self.remove_abandoned_run_dirs(stale_after).await;
     }
 
-    /// Removes the containers of daemons that are gone, with their run directories, and hands
-    /// those daemons' runs back to the queue.
+    /// Removes the containers of daemons that are gone, with their run directories and
+    /// `/output` volumes, and hands those daemons' runs back to the queue.
     async fn remove_orphaned_containers(&self, stale_after: Duration) {
         let pool = &self.pool;
-        let containers = match self.engine.managed_containers().await {
-            Ok(c) => c,
+        let listed = tokio::try_join!(
+            self.engine.managed_containers(),
+            self.engine.managed_volume_owners()
+        );
+        let (containers, volume_owners) = match listed {
+            Ok(listed) => listed,
             Err(e) => {
-                tracing::warn!(error = %e, "could not list containers for the orphan sweep");
+                tracing::warn!(error = %e, "could not list containers and volumes for the orphan sweep");
                 return;
             }
         };
-        let owners: Vec<String> = containers
+        let mut owners: Vec<String> = containers
             .iter()
             .map(|c| c.executor.clone())
+            .chain(volume_owners)
             .filter(|e| *e != self.executor_id)
             .collect();
+        owners.sort();
+        owners.dedup();
         if owners.is_empty() {
             return;
         }
@@ -85,9 +92,12 @@ impl Sweeper {
                     "a dead daemon left it with its container",
                 )
                 .await;
-                if let Err(e) = executors::retire_executor(pool, executor).await {
-                    tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
-                }
+            }
+        }
+        for executor in owners.iter().filter(|e| dead.contains(*e)) {
+            self.engine.remove_volumes_of(executor).await;
+            if let Err(e) = executors::retire_executor(pool, executor).await {
+                tracing::warn!(%executor, error = %e, "could not hand back the runs of a dead executor");
             }
         }
     }

@@ -18,6 +18,7 @@ mod logs;
 mod migrate;
 mod monitoring;
 mod ops;
+mod output_fs;
 mod outputs;
 mod publish;
 mod queue;

@@ -1,12 +1,11 @@
 //! One container's life: create, attach before start (so no output is missed and the engine
-//! keeps no log copy), start, wait under the wall-clock limit, the `/output` cap and stops
+//! keeps no log copy), start, wait under the wall-clock limit and stops
 //! (SIGTERM, the grace, SIGKILL), with memory sampled for the peak; removed on every path.
 
 use super::{
     docker, next_if_some, ContainerExit, Ended, Engine, EngineError, OutputSink, OutputStream,
-    OutputWatch, Timing,
+    Timing,
 };
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,6 @@ impl Engine {
         sink: &mut dyn OutputSink,
         timing: &Timing<'_>,
         stop: &CancellationToken,
-        watch: Option<&OutputWatch>,
     ) -> Result<ContainerExit, EngineError> {
         let config = container_config(spec, settings);
         let created = self
@@ -47,7 +45,7 @@ impl Engine {
             .await
             .map_err(docker("create a container"))?;
         let id = created.id;
-        let result = self.drive(&id, sink, timing, stop, watch).await;
+        let result = self.drive(&id, sink, timing, stop).await;
         self.remove(&id).await;
         result
     }
@@ -58,7 +56,6 @@ impl Engine {
         sink: &mut dyn OutputSink,
         timing: &Timing<'_>,
         stop: &CancellationToken,
-        watch: Option<&OutputWatch>,
     ) -> Result<ContainerExit, EngineError> {
         let attached = self
             .long
@@ -100,7 +97,6 @@ impl Engine {
         let kill_at = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(kill_at);
         let mut terminating = false;
-        let mut watch_tick = tokio::time::interval(Duration::from_millis(500));
         let mut ended = Ended::Exited;
         // Two phases in one loop, so the limits are enforced in one place: first the attach
         // stream is read until it closes; then, since that is not proof of exit (an app can
@@ -153,13 +149,6 @@ impl Engine {
                 _ = stop.cancelled(), if terminating && (timing.grace_on_stop)().is_zero() => {
                     terminating = false;
                     self.kill(id).await;
-                }
-                _ = watch_tick.tick(), if ended == Ended::Exited && output.is_some() && watch.is_some() => {
-                    let watch = watch.expect("guarded");
-                    if output_exceeds(watch).await {
-                        ended = Ended::OutputTooLarge;
-                        self.kill(id).await;
-                    }
                 }
             }
         }
@@ -310,42 +299,4 @@ async fn sample_memory(docker: Docker, id: String, peak: Arc<AtomicU64>) {
             peak.fetch_max(used, Ordering::Relaxed);
         }
     }
-}
-
-/// Whether the files under `watch.dir` exceed the caps (counted without following links).
-async fn output_exceeds(watch: &OutputWatch) -> bool {
-    let watch = watch.clone();
-    tokio::task::spawn_blocking(move || {
-        let (bytes, files) = usage(&watch.dir, watch.max_files + 1);
-        bytes > watch.max_bytes || files > watch.max_files
-    })
-    .await
-    .unwrap_or(false)
-}
-
-/// Bytes and entries under `dir`, counting at most `entry_limit` entries.
-pub fn usage(dir: &Path, entry_limit: usize) -> (u64, usize) {
-    let mut bytes = 0;
-    let mut entries = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(read) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in read.flatten() {
-            entries += 1;
-            if entries > entry_limit {
-                return (bytes, entries);
-            }
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                bytes += meta.len();
-            }
-        }
-    }
-    (bytes, entries)
 }

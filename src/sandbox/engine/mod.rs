@@ -8,11 +8,11 @@
 
 mod container;
 mod image;
+pub mod output_volume;
 
-pub use container::usage;
+pub use output_volume::{OutputUsage, OutputVolume};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -85,7 +85,8 @@ pub enum Ended {
     TimedOut,
     /// Killed because the caller's stop token fired.
     Stopped,
-    /// Killed because the app wrote more to `/output` than allowed.
+    /// Exited, but `/output` was over a cap at the end (the app's writes past it failed with
+    /// ENOSPC; see [`output_volume`]). Set by the run pipeline, which reads the usage.
     OutputTooLarge,
 }
 
@@ -137,14 +138,6 @@ impl Timing<'_> {
             grace_on_stop: &|| Duration::ZERO,
         }
     }
-}
-
-/// `/output` limits watched while a container runs.
-#[derive(Debug, Clone)]
-pub struct OutputWatch {
-    pub dir: PathBuf,
-    pub max_bytes: u64,
-    pub max_files: usize,
 }
 
 #[derive(Clone)]

@@ -144,3 +144,13 @@ pub async fn run_record(client: &Client, run: Uuid) -> RunRecord {
         completed: row.get(4),
     }
 }
+
+/// The run's stdout as `app-executor logs` prints it from the state directory's storage.
+pub async fn run_stdout(db: &TestDb, state: &Path, run: Uuid) -> String {
+    let logs = super::cli(db, &["logs", &run.to_string()])
+        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&logs.stdout).into_owned()
+}

@@ -12,6 +12,9 @@ pub struct DaemonOptions {
     pub execution: Option<String>,
     pub env: Vec<(String, String)>,
     pub until_idle: bool,
+    /// Runs the daemon as this uid with the `docker` group (README "Running under systemd":
+    /// a non-root user in the docker group) instead of as the test's user.
+    pub run_as: Option<u32>,
 }
 
 impl DaemonOptions {
@@ -20,6 +23,7 @@ impl DaemonOptions {
             execution: Some(execution.to_owned()),
             env: Vec::new(),
             until_idle: false,
+            run_as: None,
         }
     }
 
@@ -35,6 +39,7 @@ impl DaemonOptions {
                 state_dir.display().to_string(),
             )],
             until_idle: false,
+            run_as: None,
         }
         .sandbox("image", image)
         .sandbox("pull", "never")
@@ -75,6 +80,18 @@ impl DaemonOptions {
         self.until_idle = true;
         self
     }
+
+    /// As `uid` in the docker group; `state_dir` (and all in it) is given to that user.
+    pub fn run_as_user(mut self, uid: u32, state_dir: &std::path::Path) -> Self {
+        let chowned = Command::new("chown")
+            .args(["-R", &uid.to_string()])
+            .arg(state_dir)
+            .status()
+            .unwrap();
+        assert!(chowned.success());
+        self.run_as = Some(uid);
+        self
+    }
 }
 
 pub struct Daemon {
@@ -85,7 +102,20 @@ pub struct Daemon {
 impl Daemon {
     pub fn spawn(db: &TestDb, options: DaemonOptions) -> Self {
         let log = std::env::temp_dir().join(format!("daemon-{}.log", uuid::Uuid::new_v4()));
-        let mut command = Command::new(super::binary());
+        let mut command = match options.run_as {
+            Some(uid) => {
+                let docker = super::docker::docker_group_id();
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={docker}"))
+                    .arg(format!("--groups={docker}"))
+                    .arg("--")
+                    .arg(super::binary());
+                command
+            }
+            None => Command::new(super::binary()),
+        };
         command
             .arg("run")
             .env("DATABASE_URL", db.url.expose())

@@ -164,7 +164,38 @@ pub fn containers_labelled(test_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The gid of the `docker` group, whose members may use the engine's socket.
+pub fn docker_group_id() -> u32 {
+    let out = Command::new("getent")
+        .args(["group", "docker"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.split(':')
+        .nth(2)
+        .and_then(|gid| gid.parse().ok())
+        .unwrap_or_else(|| panic!("no docker group on this host: {line:?}"))
+}
+
+/// The `/output` volumes a test's daemons made (their names).
+pub fn volumes_labelled(test_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter"])
+        .arg(format!("label={TEST_LABEL}={test_id}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Neither containers nor `/output` volumes of the test are left.
 pub fn assert_no_containers(test_id: &str) {
     let left = containers_labelled(test_id);
     assert!(left.is_empty(), "containers left behind: {left:?}");
+    let left = volumes_labelled(test_id);
+    assert!(left.is_empty(), "volumes left behind: {left:?}");
 }
