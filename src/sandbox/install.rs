@@ -231,6 +231,7 @@ impl Installer {
                 working_dir: "/app",
                 env,
                 mounts,
+                volumes: Vec::new(),
                 memory_bytes: self.settings.install_memory_bytes,
                 cpu: request.cpu,
                 tmp_size_bytes: self.settings.install_tmp_size_bytes,
@@ -303,7 +304,6 @@ impl Installer {
                 log as &mut dyn OutputSink,
                 &Timing::kill_at_once(left),
                 stop,
-                None,
             )
             .await?)
     }
@@ -493,24 +493,30 @@ fn install_script(request: &InstallRequest<'_>, run_scripts: bool) -> String {
         "pnpm install {frozen}{prod} --reporter=append-only --store-dir /app/.pnpm-store{scripts}{pnpmfile}"
     );
     match request.package_manager {
-        PackageManager::Npm => format!("exec {npm}"),
+        PackageManager::Npm => format!("{npm} && {STRIP_PRIVILEGE_BITS}"),
         PackageManager::Pnpm => format!(
-            "if command -v pnpm >/dev/null 2>&1; then exec {pnpm}; else echo 'app-executor: this image has no pnpm; installing with npm instead' >&2; exec {npm}; fi"
+            "if command -v pnpm >/dev/null 2>&1; then {pnpm}; else echo 'app-executor: this image has no pnpm; installing with npm instead' >&2; {npm}; fi && {STRIP_PRIVILEGE_BITS}"
         ),
     }
 }
+
+/// The last step of every install container: no setuid, setgid or sticky bit is left in the
+/// tree (a package or a script may set them), so the installed tree carries no privilege to
+/// the host, where it is cached and mounted into runs. Run in the container, as the files'
+/// owner, so a daemon that is not root needs no rights over them. Links are not followed.
+const STRIP_PRIVILEGE_BITS: &str = "node -e 'const fs = require(\"fs\"), path = require(\"path\"); const walk = (dir) => { for (const e of fs.readdirSync(dir, { withFileTypes: true })) { const f = path.join(dir, e.name); if (e.isSymbolicLink()) continue; const mode = fs.lstatSync(f).mode; if (mode & 0o7000) fs.chmodSync(f, mode & 0o777); if (e.isDirectory()) walk(f); } }; walk(\"/app\");'";
 
 /// The lifecycle scripts of the installed tree (the dependencies' and the app's own
 /// `preinstall`/`install`/`postinstall`/`prepare`), run after a fetch with `--ignore-scripts`,
 /// by the same package manager the fetch used.
 fn lifecycle_script(request: &InstallRequest<'_>) -> String {
-    let npm = "npm rebuild --foreground-scripts && exec npm run --if-present prepare";
-    let pnpm = "exec pnpm rebuild --reporter=append-only --store-dir /app/.pnpm-store";
+    let npm = "npm rebuild --foreground-scripts && npm run --if-present prepare";
+    let pnpm = "pnpm rebuild --reporter=append-only --store-dir /app/.pnpm-store";
     match request.package_manager {
-        PackageManager::Npm => npm.to_owned(),
-        PackageManager::Pnpm => {
-            format!("if command -v pnpm >/dev/null 2>&1; then {pnpm}; else {npm}; fi")
-        }
+        PackageManager::Npm => format!("{npm} && {STRIP_PRIVILEGE_BITS}"),
+        PackageManager::Pnpm => format!(
+            "if command -v pnpm >/dev/null 2>&1; then {pnpm}; else {npm}; fi && {STRIP_PRIVILEGE_BITS}"
+        ),
     }
 }
 
@@ -564,7 +570,7 @@ fn hand_over_tree(dir: &Path, user: &str) -> std::io::Result<()> {
 
 /// Makes `dir` writable for the sandbox user: chown when we may (root), else mode 0777 on the
 /// directory itself (the install only creates entries in it).
-pub(super) fn hand_over(dir: &Path, user: &str) -> std::io::Result<()> {
+fn hand_over(dir: &Path, user: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let ids = user
         .split_once(':')

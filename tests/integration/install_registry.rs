@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::json;
 use sha2::Digest;
 
-use crate::harness::apps::{enqueue, publish_ok, run_record, write_app};
+use crate::harness::apps::{enqueue, publish_ok, run_record, run_stdout, write_app};
 use crate::harness::daemon::{run_until_idle, DaemonOptions};
 use crate::harness::{insert_tenant, TestDb};
 
@@ -107,16 +107,6 @@ async fn start_registry() -> Arc<Registry> {
         .with_state(registry.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
     registry
-}
-
-/// The run's stdout as `app-executor logs` prints it from the state directory's storage.
-async fn run_stdout(db: &TestDb, state: &Path, run: uuid::Uuid) -> String {
-    let logs = crate::harness::cli(db, &["logs", &run.to_string()])
-        .env("APP_EXECUTOR_EXECUTOR__STATE_DIR", state)
-        .output()
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&logs.stdout).into_owned()
 }
 
 /// executor.toml with its `[install]` section (its last) replaced by `install`.
@@ -445,6 +435,10 @@ const targets = {targets};
   }};
   fs.mkdirSync('/app/node_modules/.probe', {{ recursive: true }});
   fs.writeFileSync('/app/node_modules/.probe/result.json', JSON.stringify(probe));
+  // Privilege bits a script sets do not survive into the installed tree.
+  fs.writeFileSync('/app/node_modules/.probe/planted', '#!/bin/sh\n');
+  fs.chmodSync('/app/node_modules/.probe/planted', 0o6755);
+  fs.chmodSync('/app/node_modules/.probe', 0o2755);
 }})();
 "#
     );
@@ -452,7 +446,7 @@ const targets = {targets};
         &[
             (
                 "index.js",
-                "console.log(require('@acme/greet')());\nconsole.log('PROBE ' + require('fs').readFileSync('/app/node_modules/.probe/result.json', 'utf8'));\n",
+                "const fs = require('fs');\nconsole.log(require('@acme/greet')());\nconsole.log('PROBE ' + fs.readFileSync('/app/node_modules/.probe/result.json', 'utf8'));\nconsole.log('MODES ' + ['/app/node_modules/.probe/planted', '/app/node_modules/.probe'].map((p) => (fs.statSync(p).mode & 0o7777).toString(8)).join(' '));\n",
             ),
             ("probes.js", PROBES_JS),
             (".pnpmfile.cjs", &pnpmfile),
@@ -488,6 +482,10 @@ const targets = {targets};
     assert!(
         stdout.contains("hello from the private registry"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("MODES 755 755"),
+        "setuid/setgid kept: {stdout}"
     );
     let probe: serde_json::Value = serde_json::from_str(
         stdout
