@@ -333,6 +333,11 @@ async fn select_execution(
                     registry: config.install.clone(),
                     cache_dir: state.join("cache").join("deps"),
                 },
+                output_pool: crate::sandbox::output_pool::OutputPool::new(
+                    engine.clone(),
+                    config.sandbox.clone(),
+                    executor_id,
+                ),
                 engine,
                 settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),

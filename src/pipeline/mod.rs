@@ -39,6 +39,7 @@ use crate::runner::{JobExecutor, Stop};
 use crate::sandbox::install::{Dependencies, InstallError, InstallRequest, Installer};
 use crate::sandbox::output::Tail;
 use crate::sandbox::output_copy::{Copied, SkippedKind};
+use crate::sandbox::output_pool::OutputPool;
 use crate::sandbox::run::RunRequest;
 use crate::sandbox::{self, Ended, Engine, EngineError, OutputVolume, SandboxSettings, Timing};
 use outcome::{failure_of, infra, peak_memory, run_outcome};
@@ -53,6 +54,8 @@ pub struct RunPipeline {
     /// `[outputs]`: caps on what is read back from `/output`.
     pub outputs: OutputLimits,
     pub engine: Engine,
+    /// Spare `/output` volumes, so a run does not wait for its keeper to start.
+    pub output_pool: std::sync::Arc<OutputPool>,
     pub installer: Installer,
     pub settings: SandboxSettings,
     pub executor_id: String,
@@ -317,8 +320,8 @@ impl RunPipeline {
     async fn output_volume(&self, run: &ClaimedRun, image: &str) -> Result<OutputVolume, Outcome> {
         let name = sandbox::run::container_name(run.id, run.attempt, "output");
         let labels = sandbox::run::labels(&self.executor_id, run.id, run.attempt, "output");
-        self.engine
-            .create_output_volume(&self.settings, &name, image, &labels)
+        self.output_pool
+            .take(image, &name, &labels)
             .await
             .map_err(|e| infra(e.error_kind(), e.to_string()))
     }

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod install;
 pub mod output;
 pub mod output_copy;
+pub mod output_pool;
 pub mod profile;
 pub mod reaper;
 pub mod registry;

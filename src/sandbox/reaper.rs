@@ -125,18 +125,23 @@ pub async fn reap_when_orphaned(
         .into_iter()
         .filter(|c| c.executor == executor_id)
         .collect();
-    if !ours.is_empty() {
+    // After a drain only spare /output keepers are left (`output_pool`): expected, so not a
+    // warning.
+    if !ours.is_empty() && !clean {
         tracing::warn!(
             executor = executor_id,
             containers = ours.len(),
-            clean,
             "removing the containers the daemon left"
         );
     }
     for container in &ours {
         engine.remove(&container.id).await;
         super::sweep::remove_container_run_dir(runs_dir, container, "its daemon died").await;
-        tracing::warn!(container = %container.id, run_id = %container.run, attempt = %container.attempt, "removed a container of a daemon that is gone");
+        if clean {
+            tracing::info!(container = %container.id, "removed a spare container of a drained daemon");
+        } else {
+            tracing::warn!(container = %container.id, run_id = %container.run, attempt = %container.attempt, "removed a container of a daemon that is gone");
+        }
     }
     // The /output volumes, now that no container uses them.
     engine.remove_volumes_of(executor_id).await;

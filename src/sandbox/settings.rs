@@ -21,6 +21,7 @@ pub struct RawSandbox {
     tmp_size: String,
     output_max: String,
     output_max_files: usize,
+    output_spares: usize,
     pids_limit: i64,
     nofile: i64,
     app_network: String,
@@ -90,6 +91,7 @@ impl Default for RawSandbox {
             tmp_size: "64MiB".into(),
             output_max: "100MB".into(),
             output_max_files: 1000,
+            output_spares: 2,
             pids_limit: 256,
             nofile: 1024,
             app_network: "bridge".into(),
@@ -131,6 +133,9 @@ pub struct SandboxSettings {
     pub tmp_size_bytes: u64,
     pub output_max_bytes: u64,
     pub output_max_files: usize,
+    /// Spare `/output` volumes kept ready per runtime image (`output_pool`); 0: each run
+    /// starts its own keeper.
+    pub output_spares: usize,
     pub pids_limit: i64,
     pub nofile: i64,
     /// Docker network of apps granted the `network` permission (all others get `none`).
@@ -270,6 +275,7 @@ impl SandboxSettings {
             tmp_size_bytes,
             output_max_bytes,
             output_max_files: raw.output_max_files,
+            output_spares: raw.output_spares,
             pids_limit: raw.pids_limit,
             nofile: raw.nofile,
             app_network: raw.app_network.clone(),

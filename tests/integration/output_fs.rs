@@ -50,22 +50,32 @@ async fn outputs(
         .collect()
 }
 
-/// The host directory of the run's `/output` volume while it exists (root can enter it).
+/// The host directory of the `/output` volume of the run's container, while it runs (root can
+/// enter it). The volume may be a spare, which names no run: it is found through the container.
 fn volume_mountpoint(run: Uuid) -> Option<String> {
-    let out = Command::new("docker")
-        .args(["volume", "ls", "-q", "--filter"])
-        .arg(format!("label=app-executor.run={run}"))
-        .output()
-        .unwrap();
-    let name = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    if name.is_empty() {
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let container = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=app-executor.run={run}"),
+        "--filter",
+        "label=app-executor.phase=run",
+    ]);
+    if container.is_empty() {
         return None;
     }
-    let out = Command::new("docker")
-        .args(["volume", "inspect", "-f", "{{.Mountpoint}}", &name])
-        .output()
-        .unwrap();
-    Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    let binds = docker(&["inspect", "-f", "{{json .HostConfig.Binds}}", &container]);
+    let binds: Vec<String> = serde_json::from_str(&binds).ok()?;
+    let volume = binds
+        .iter()
+        .find_map(|b| b.strip_suffix(":/output:rw,nocopy"))?
+        .to_owned();
+    let mountpoint = docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume]);
+    (!mountpoint.is_empty()).then_some(mountpoint)
 }
 
 /// Nothing of the state directory's run directories is left.
@@ -170,7 +180,7 @@ async fn nothing_planted_in_output_or_tmp_is_setuid_or_executable_on_the_host() 
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while volume_mountpoint(run).is_some()
+    while Path::new(&mountpoint).exists()
         || state.path().join("runs").join(format!("{run}-1")).exists()
     {
         assert!(
@@ -346,4 +356,46 @@ async fn mode_000_outputs_are_read_and_removed_by_a_root_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mode_000_outputs_are_read_and_removed_by_a_non_root_daemon() {
     locked_outputs(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spare_output_volumes_serve_one_run_each_and_start_empty() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let state = tempfile::tempdir().unwrap();
+    // Each run must find /output empty and leave a mark a later run would see.
+    let script = "const fs = require('fs');\n\
+        const found = fs.readdirSync('/output');\n\
+        if (found.length) { console.error(`/output holds ${found}`); process.exit(1); }\n\
+        fs.writeFileSync('/output/mark', process.env.RUN_ID);\n\
+        fs.writeFileSync('/output/result.json', JSON.stringify({ run: process.env.RUN_ID }));\n";
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (company, app) = insert_tenant(&client).await;
+        let dir = write_app(&[("index.js", script)], limits(), json!([]));
+        publish_ok(&db, state.path(), dir.path(), app);
+        for _ in 0..3 {
+            runs.push(enqueue(&client, app, company, json!({})).await);
+        }
+    }
+    let options = DaemonOptions::production(state.path()).sandbox("output_spares", "2");
+    let log = run_until_idle(&db, options).await;
+    for run in &runs {
+        assert_eq!(
+            run_record(&client, *run).await.summary(),
+            "success/-",
+            "{log}"
+        );
+        let recorded = outputs(&client, *run).await;
+        let result = recorded
+            .iter()
+            .find(|(kind, _, _)| kind == "result")
+            .unwrap();
+        assert_eq!(result.2, json!({"run": run.to_string()}));
+    }
+    assert!(
+        log.contains("a spare /output volume for the attempt"),
+        "no spare was used:\n{log}"
+    );
+    assert_no_containers(&DaemonOptions::test_label(state.path()));
 }

