@@ -55,7 +55,7 @@ pub(super) fn run_outcome(
             FinalStatus::Failed,
             "oom_killed",
             format!(
-                "the app exceeded its memory limit of {} and was killed; last lines of stderr:\n{stderr_tail}",
+                "the app exceeded its memory limit of {} (what it keeps in /output and /tmp counts too) and was killed; last lines of stderr:\n{stderr_tail}",
                 bytesize::ByteSize::b(limits.memory_bytes)
             ),
         ),
