@@ -291,6 +291,30 @@ fn docker_check(docker: Option<&Sweeper>) -> DockerCheck {
     }))
 }
 
+/// The spare `/output` volumes; warmed at once when every run uses the same image (no
+/// `{version}` in `sandbox.image`) and it is on the host.
+fn output_pool(
+    engine: &Engine,
+    settings: &crate::sandbox::SandboxSettings,
+    executor_id: &str,
+) -> Arc<crate::sandbox::output_pool::OutputPool> {
+    let pool =
+        crate::sandbox::output_pool::OutputPool::new(engine.clone(), settings.clone(), executor_id);
+    if !settings.image.contains("{version}") {
+        let (pool, engine, image) = (pool.clone(), engine.clone(), settings.image.clone());
+        tokio::spawn(async move {
+            let present = engine
+                .ensure_image(&image, crate::sandbox::PullPolicy::Never, None)
+                .await
+                .is_ok();
+            if present {
+                pool.warm(&image);
+            }
+        });
+    }
+    pool
+}
+
 /// The execution this daemon uses: the run pipeline in Docker containers, or (debug and
 /// benchmark builds only) the trivial [`TestExecution`]. With the pipeline comes the orphan
 /// sweep over the same engine.
@@ -333,11 +357,7 @@ async fn select_execution(
                     registry: config.install.clone(),
                     cache_dir: state.join("cache").join("deps"),
                 },
-                output_pool: crate::sandbox::output_pool::OutputPool::new(
-                    engine.clone(),
-                    config.sandbox.clone(),
-                    executor_id,
-                ),
+                output_pool: output_pool(&engine, &config.sandbox, executor_id),
                 engine,
                 settings: config.sandbox.clone(),
                 executor_id: executor_id.to_owned(),

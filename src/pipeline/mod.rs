@@ -138,7 +138,7 @@ impl RunPipeline {
         let dependencies = match dependencies {
             Ok(dependencies) => dependencies,
             Err(outcome) => {
-                output.remove().await;
+                output.remove_later();
                 return Err(outcome);
             }
         };
@@ -156,7 +156,8 @@ impl RunPipeline {
                 &mut phases,
             )
             .await;
-        output.remove().await;
+        // Its outputs are read: the volume goes while the runner records the outcome.
+        output.remove_later();
         ran
     }
 

@@ -71,6 +71,11 @@ impl OutputPool {
         }
     }
 
+    /// Starts spares for `image` before any run asks (at start, for an image every run uses).
+    pub fn warm(self: &Arc<Self>, image: &str) {
+        self.refill(image);
+    }
+
     /// Starts as many spares for `image` as `sandbox.output_spares` asks beyond those ready
     /// or starting.
     fn refill(self: &Arc<Self>, image: &str) {

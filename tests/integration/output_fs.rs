@@ -234,7 +234,9 @@ const FILLER: &str = "const fs = require('fs');\n\
 const CAP_BYTES: u64 = 4 << 20;
 const CAP_FILES: u64 = 20;
 
-async fn writes_past_the_caps(root: bool) {
+/// Every way of filling `/output` stops at the caps, under the daemon as root or not and under
+/// the given OCI runtime (the engine's default when `None`).
+async fn writes_past_the_caps(root: bool, runtime: Option<&str>) {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let state = tempfile::tempdir().unwrap();
@@ -252,9 +254,13 @@ async fn writes_past_the_caps(root: bool) {
     for mode in modes {
         runs.push(enqueue(&client, app, company, json!({"mode": mode})).await);
     }
-    let options = daemon_options(state.path(), root)
+    let mut options = daemon_options(state.path(), root)
         .sandbox("output_max", "4MiB")
         .sandbox("output_max_files", &CAP_FILES.to_string());
+    if let Some(runtime) = runtime {
+        crate::harness::docker::ensure_gvisor();
+        options = options.sandbox("runtime", runtime);
+    }
     let log = run_until_idle(&db, options).await;
     for (mode, run) in modes.iter().zip(&runs) {
         let record = run_record(&client, *run).await;
@@ -288,12 +294,17 @@ async fn writes_past_the_caps(root: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_past_the_output_caps_fail_with_enospc_and_the_run_is_output_too_large() {
-    writes_past_the_caps(true).await;
+    writes_past_the_caps(true, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_output_caps_hold_under_gvisor() {
+    writes_past_the_caps(true, Some("runsc")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_non_root_daemon_holds_the_output_caps_and_leaves_nothing_behind() {
-    writes_past_the_caps(false).await;
+    writes_past_the_caps(false, None).await;
 }
 
 async fn locked_outputs(root: bool) {

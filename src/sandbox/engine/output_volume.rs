@@ -159,6 +159,12 @@ impl OutputVolume {
         )
     }
 
+    /// [`OutputVolume::remove`] in the background: the caller need not wait for it (if the
+    /// daemon exits first, its reaper removes both).
+    pub fn remove_later(self) {
+        tokio::spawn(self.remove());
+    }
+
     /// Removes the keeper, then the volume (and with it everything the app wrote). Failures
     /// are logged; the sweep retries.
     pub async fn remove(self) {
