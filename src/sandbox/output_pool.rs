@@ -27,6 +27,8 @@ pub struct OutputPool {
 struct Spares {
     ready: Vec<OutputVolume>,
     starting: usize,
+    /// Woken whenever a start ends (with a spare or not).
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl OutputPool {
@@ -51,12 +53,26 @@ impl OutputPool {
         name: &str,
         labels: &HashMap<String, String>,
     ) -> Result<OutputVolume, EngineError> {
-        let spare = self
-            .images
-            .lock()
-            .expect("the pool's lock is never poisoned")
-            .get_mut(image)
-            .and_then(|spares| spares.ready.pop());
+        let spare = loop {
+            // A spare that is starting comes no later than one started now would, and costs
+            // the host no third container start: wait for it.
+            let ended = {
+                let mut images = self
+                    .images
+                    .lock()
+                    .expect("the pool's lock is never poisoned");
+                let spares = images.entry(image.to_owned()).or_default();
+                if let Some(spare) = spares.ready.pop() {
+                    break Some(spare);
+                }
+                if spares.starting == 0 {
+                    break None;
+                }
+                spares.ended.clone().notified_owned()
+            };
+            tracing::debug!(%image, "waiting for a spare /output volume being started");
+            ended.await;
+        };
         self.refill(image);
         match spare {
             Some(volume) => {
@@ -115,6 +131,8 @@ impl OutputPool {
                         tracing::warn!(error = %e, "could not start a spare /output volume; the next run starts its own")
                     }
                 }
+                // Under the lock, so a take that saw this start pending cannot miss its end.
+                spares.ended.notify_waiters();
             });
         }
     }
