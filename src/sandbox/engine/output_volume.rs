@@ -17,11 +17,12 @@
 //!   stops, so the app's container alone would take its outputs with it. A small keeper (the
 //!   same image, the hardened profile, 64 MiB) mounts the volume from before the app starts
 //!   until its outputs are read back. It also reports the filesystem's usage (`statfs`, which
-//!   needs no permission on what the app made) when asked through its stdin. When the daemon's end of the attach stream closes (the daemon
-//!   died) it exits, and the reaper or the sweep removes it and its volume.
+//!   needs no permission on what the app made) when asked through its stdin. When the
+//!   daemon's end of the attach stream closes (the daemon died) it exits, and the reaper or the
+//!   sweep removes it and its volume.
 //! - **Read back through the engine.** The outputs come out as the engine's archive of the
 //!   keeper's `/output` (read as root by dockerd: a mode-000 directory hides nothing) and are
-//!   copied into a host directory with modes the daemon chooses (`super::super::output_copy`).
+//!   copied into a host directory with modes the daemon chooses (`sandbox::output_copy`).
 //!   So a daemon that is not root reads everything the app made, and removing the volume
 //!   removes all of it, whatever the app did to modes or ownership.
 
