@@ -736,18 +736,14 @@ async fn storage_that_stops_answering_flags_the_run_logs_incomplete_within_the_r
 // ---- daemon crash ---------------------------------------------------------------------------
 
 fn containers_of(run: Uuid, attempt: i32) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=app-executor.run={run}"))
-        .args(["--filter", &format!("label=app-executor.attempt={attempt}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    crate::harness::docker::docker_list(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=app-executor.run={run}"),
+        "--filter",
+        &format!("label=app-executor.attempt={attempt}"),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread")]

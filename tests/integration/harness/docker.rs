@@ -149,19 +149,25 @@ pub fn unix_now() -> String {
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
-/// Ids of containers (running or not) labelled with `test_id`.
-pub fn containers_labelled(test_id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label={TEST_LABEL}={test_id}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+/// What a `docker` listing command prints, one word per id or name.
+pub fn docker_list(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?} failed");
     String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// Ids of containers (running or not) labelled with `test_id`.
+pub fn containers_labelled(test_id: &str) -> Vec<String> {
+    docker_list(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label={TEST_LABEL}={test_id}"),
+    ])
 }
 
 /// The gid of the `docker` group, whose members may use the engine's socket.
@@ -179,17 +185,13 @@ pub fn docker_group_id() -> u32 {
 
 /// The `/output` volumes a test's daemons made (their names).
 pub fn volumes_labelled(test_id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["volume", "ls", "-q", "--filter"])
-        .arg(format!("label={TEST_LABEL}={test_id}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    docker_list(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label={TEST_LABEL}={test_id}"),
+    ])
 }
 
 /// Neither containers nor `/output` volumes of the test are left, once its daemons are gone:
