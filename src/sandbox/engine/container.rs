@@ -23,6 +23,25 @@ use crate::sandbox::profile::{container_config, ContainerSpec};
 use crate::sandbox::settings::SandboxSettings;
 
 impl Engine {
+    /// Creates a container named `name`; returns its id.
+    pub(super) async fn create_named(
+        &self,
+        name: &str,
+        config: bollard::models::ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                config,
+            )
+            .await?;
+        Ok(created.id)
+    }
+
     /// Creates, attaches, starts and waits for one container; then removes it, always.
     pub async fn run_container(
         &self,
@@ -33,18 +52,10 @@ impl Engine {
         stop: &CancellationToken,
     ) -> Result<ContainerExit, EngineError> {
         let config = container_config(spec, settings);
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(spec.name.clone()),
-                    ..Default::default()
-                }),
-                config,
-            )
+        let id = self
+            .create_named(&spec.name, config)
             .await
             .map_err(docker("create a container"))?;
-        let id = created.id;
         let result = self.drive(&id, sink, timing, stop).await;
         self.remove(&id).await;
         result

@@ -31,8 +31,7 @@ use std::time::Duration;
 
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    ListVolumesOptions, RemoveVolumeOptions,
+    AttachContainerOptions, DownloadFromContainerOptions, ListVolumesOptions, RemoveVolumeOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -88,12 +87,18 @@ struct Reported {
 pub struct OutputVolume {
     engine: Engine,
     pub volume: String,
-    keeper: String,
+    keeper: Keeper,
+    pub max_bytes: u64,
+    pub max_files: usize,
+}
+
+/// The running keeper: its container, its reports, its stdin (where questions go) and the
+/// task reading its reports.
+struct Keeper {
+    id: String,
     reported: watch::Receiver<Reported>,
     ask: tokio::sync::Mutex<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     reader: tokio::task::JoinHandle<()>,
-    pub max_bytes: u64,
-    pub max_files: usize,
 }
 
 impl OutputVolume {
@@ -114,12 +119,12 @@ impl OutputVolume {
     /// The usage now, asked of the keeper (after the app's container stopped, so nothing
     /// writes any more). An error when the keeper does not answer within 5 s.
     pub async fn usage_now(&self) -> Result<OutputUsage, String> {
-        let mut reported = self.reported.clone();
+        let mut reported = self.keeper.reported.clone();
         let before = reported.borrow().answers;
         {
-            let mut ask = self.ask.lock().await;
+            let mut ask = self.keeper.ask.lock().await;
             if let Err(e) = ask.write_all(b"?\n").await {
-                return Err(format!("asking the /output keeper {}: {e}", self.keeper));
+                return Err(format!("asking the /output keeper {}: {e}", self.keeper.id));
             }
             let _ = ask.flush().await;
         }
@@ -132,11 +137,11 @@ impl OutputVolume {
             Ok(Ok(r)) => Ok(r.usage),
             Ok(Err(_)) => Err(format!(
                 "the /output keeper {} stopped; the app's outputs are lost",
-                self.keeper
+                self.keeper.id
             )),
             Err(_) => Err(format!(
                 "the /output keeper {} did not answer within 5 s",
-                self.keeper
+                self.keeper.id
             )),
         }
     }
@@ -153,7 +158,7 @@ impl OutputVolume {
     {
         let docker = self.engine.docker.clone();
         docker.download_from_container(
-            &self.keeper,
+            &self.keeper.id,
             Some(DownloadFromContainerOptions {
                 path: format!("{OUTPUT_DIR}/."),
             }),
@@ -169,8 +174,8 @@ impl OutputVolume {
     /// Removes the keeper, then the volume (and with it everything the app wrote). Failures
     /// are logged; the sweep retries.
     pub async fn remove(self) {
-        self.reader.abort();
-        self.engine.remove(&self.keeper).await;
+        self.keeper.reader.abort();
+        self.engine.remove(&self.keeper.id).await;
         self.engine.remove_volume(&self.volume).await;
     }
 }
@@ -201,13 +206,10 @@ impl Engine {
             .await
             .map_err(docker("create the /output volume"))?;
         match self.start_keeper(settings, name, image, labels).await {
-            Ok((keeper, reported, ask, reader)) => Ok(OutputVolume {
+            Ok(keeper) => Ok(OutputVolume {
                 engine: self.clone(),
                 volume: name.to_owned(),
                 keeper,
-                reported,
-                ask: tokio::sync::Mutex::new(ask),
-                reader,
                 max_bytes: settings.output_max_bytes,
                 max_files: settings.output_max_files,
             }),
@@ -221,22 +223,14 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Starts the keeper of `volume`; on failure, the id of a keeper to remove, if created.
     async fn start_keeper(
         &self,
         settings: &SandboxSettings,
         volume: &str,
         image: &str,
         labels: &HashMap<String, String>,
-    ) -> Result<
-        (
-            String,
-            watch::Receiver<Reported>,
-            std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-            tokio::task::JoinHandle<()>,
-        ),
-        (Option<String>, EngineError),
-    > {
+    ) -> Result<Keeper, (Option<String>, EngineError)> {
         let spec = ContainerSpec {
             name: format!("{volume}-keeper"),
             image: image.to_owned(),
@@ -260,18 +254,10 @@ impl Engine {
         config.open_stdin = Some(true);
         config.attach_stdin = Some(true);
         config.stdin_once = Some(false);
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(spec.name.clone()),
-                    ..Default::default()
-                }),
-                config,
-            )
+        let id = self
+            .create_named(&spec.name, config)
             .await
             .map_err(|e| (None, docker("create the /output keeper")(e)))?;
-        let id = created.id;
         let failed = |action| {
             let id = id.clone();
             move |e| (Some(id), docker(action)(e))
@@ -328,7 +314,12 @@ impl Engine {
                 },
             ));
         }
-        Ok((id, rx, attached.input, reader))
+        Ok(Keeper {
+            id,
+            reported: rx,
+            ask: tokio::sync::Mutex::new(attached.input),
+            reader,
+        })
     }
 
     /// Removes a volume; gone already is fine, anything else is logged (the sweep retries).
