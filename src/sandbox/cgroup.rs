@@ -126,8 +126,18 @@ impl CpuCgroup {
     }
 }
 
+/// The kernel's count of OOM kills on the whole host (`oom_kill` in `/proc/vmstat`, Linux
+/// 4.13+). Unlike a container's own counter it outlives the container's cgroup, which the
+/// runtime removes right after the exit, often before a 50 ms sample could see the kill and
+/// sometimes before the runtime itself reported it (containerd drops the OOM event of a
+/// cgroup already deleted). `None` where it cannot be read.
+pub fn host_oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    keyed_value(&text, "oom_kill")
+}
+
 /// The number after `key ` on its own line of a flat-keyed file (`memory.events`,
-/// `memory.oom_control`).
+/// `memory.oom_control`, `/proc/vmstat`).
 pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;

@@ -81,6 +81,7 @@ impl Engine {
             )
             .await
             .map_err(docker("attach to a container"))?;
+        let host_oom_kills_before = crate::sandbox::cgroup::host_oom_kills();
         self.docker
             .start_container(id, None)
             .await
@@ -173,12 +174,27 @@ impl Engine {
             .map_err(docker("inspect a container"))?;
         let state = inspected.state.unwrap_or_default();
         let peak = peak.load(Ordering::Relaxed);
-        let oom_killed = state.oom_killed.unwrap_or(false);
+        let seen = OomEvidence {
+            engine_flag: state.oom_killed.unwrap_or(false),
+            cgroup_kills: oom_kills.load(Ordering::Relaxed),
+            killed_by_us: ended != Ended::Exited,
+            exit_code: state.exit_code,
+            host_kills_during: host_oom_kills_before
+                .zip(crate::sandbox::cgroup::host_oom_kills())
+                .map(|(before, after)| after.saturating_sub(before)),
+        };
+        let oom_killed = seen.oom_killed();
+        if oom_killed && !seen.engine_flag && seen.cgroup_kills == 0 {
+            tracing::debug!(
+                container = id,
+                "SIGKILLed while the host counted an OOM kill, which the engine did not report: taking it as OOM-killed"
+            );
+        }
         Ok(ContainerExit {
             ended,
             exit_code: state.exit_code,
             oom_killed,
-            oom_kills: oom_kills.load(Ordering::Relaxed).max(u64::from(oom_killed)),
+            oom_kills: seen.cgroup_kills.max(u64::from(oom_killed)),
             peak_memory_bytes: (peak > 0).then_some(peak),
             cpu: cpu.usage(),
             duration,
@@ -213,6 +229,36 @@ impl Engine {
         }
         kill_at.reset(tokio::time::Instant::now() + grace);
         true
+    }
+}
+
+/// What tells whether the kernel OOM-killed a process of a container. Each source alone can
+/// miss it under load: Docker's `OOMKilled` comes from an event that may arrive after the exit
+/// (or never, when the cgroup was deleted first); the cgroup's counter is sampled every 50 ms
+/// and the cgroup is gone right after the exit.
+#[derive(Debug, Clone, Copy)]
+struct OomEvidence {
+    engine_flag: bool,
+    /// The highest OOM-kill count a sample of the container's cgroup saw.
+    cgroup_kills: u64,
+    /// The daemon sent the signal that ended it (timeout, stop).
+    killed_by_us: bool,
+    exit_code: Option<i64>,
+    /// OOM kills the whole host counted while the container ran.
+    host_kills_during: Option<u64>,
+}
+
+impl OomEvidence {
+    /// Either direct source says so; or, where both missed it, the main process died of a
+    /// SIGKILL nobody here sent (docker-init exits 128 + 9 for it, and a process inside cannot
+    /// signal PID 1) while the host counted an OOM kill. The one misreading left is an app that
+    /// SIGKILLs its own main process in the same moment as another container's OOM kill.
+    fn oom_killed(&self) -> bool {
+        self.engine_flag
+            || self.cgroup_kills > 0
+            || (!self.killed_by_us
+                && self.exit_code == Some(137)
+                && self.host_kills_during.is_some_and(|n| n > 0))
     }
 }
 
@@ -309,5 +355,73 @@ async fn sample_memory(docker: Docker, id: String, peak: Arc<AtomicU64>) {
             let used = memory.max_usage.or(memory.usage).unwrap_or(0);
             peak.fetch_max(used, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OomEvidence;
+
+    fn evidence() -> OomEvidence {
+        OomEvidence {
+            engine_flag: false,
+            cgroup_kills: 0,
+            killed_by_us: false,
+            exit_code: Some(137),
+            host_kills_during: Some(0),
+        }
+    }
+
+    #[test]
+    fn either_direct_source_is_enough() {
+        let flagged = OomEvidence {
+            engine_flag: true,
+            exit_code: Some(0),
+            ..evidence()
+        };
+        assert!(flagged.oom_killed());
+        let counted = OomEvidence {
+            cgroup_kills: 2,
+            exit_code: Some(1),
+            ..evidence()
+        };
+        assert!(counted.oom_killed());
+    }
+
+    #[test]
+    fn an_unexplained_sigkill_during_a_host_oom_kill_is_an_oom_kill() {
+        let missed = OomEvidence {
+            host_kills_during: Some(1),
+            ..evidence()
+        };
+        assert!(missed.oom_killed());
+    }
+
+    #[test]
+    fn a_sigkill_without_a_host_oom_kill_or_sent_by_the_daemon_is_not() {
+        assert!(!evidence().oom_killed(), "no OOM kill on the host");
+        let unreadable = OomEvidence {
+            host_kills_during: None,
+            ..evidence()
+        };
+        assert!(!unreadable.oom_killed(), "no /proc/vmstat");
+        let ours = OomEvidence {
+            killed_by_us: true,
+            host_kills_during: Some(3),
+            ..evidence()
+        };
+        assert!(
+            !ours.oom_killed(),
+            "the daemon's own SIGKILL at a timeout or stop"
+        );
+        let other_exit = OomEvidence {
+            exit_code: Some(1),
+            host_kills_during: Some(3),
+            ..evidence()
+        };
+        assert!(
+            !other_exit.oom_killed(),
+            "the main process exited by itself"
+        );
     }
 }
