@@ -70,6 +70,7 @@ pub const MIGRATIONS: &[MigrationFile] = &[
     migration!("20250801000016_executor_realtime.sql"),
     migration!("20250801000017_executor_builds.sql"),
     migration!("20250801000018_executor_usage.sql"),
+    migration!("20250801000019_executor_claim_batch.sql"),
 ];
 
 /// Applied only to databases without a `storage` schema; see the file's header.

@@ -107,33 +107,67 @@ fn claimed_run(row: &Row) -> ClaimedRun {
     }
 }
 
-/// Claims the next eligible run for `executor_id` (fairness and caps: see the migration
-/// `executor_claim`), or `None` when nothing is eligible now.
-pub async fn claim_next_run(
+/// What one claim statement took.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub runs: Vec<ClaimedRun>,
+    /// Nothing was claimed, but only because a company or an app was passed over while
+    /// another claim held its lock: runs are pending, so it is worth trying again shortly.
+    pub contended: bool,
+}
+
+/// Claims up to `max_runs` eligible runs for `executor_id` in one statement (fairness and caps:
+/// see the migration `executor_claim_batch`). Never waits for another claim's lock.
+pub async fn claim_runs(
     pool: &Pool,
     executor_id: &str,
     limits: &ClaimLimits,
-) -> Result<Option<ClaimedRun>> {
-    let _timed = super::timed("claim_next_run");
-    let client = client(pool, "claiming a run").await?;
+    max_runs: usize,
+) -> Result<ClaimBatch> {
+    let _timed = super::timed("claim_runs");
+    let client = client(pool, "claiming runs").await?;
     let statement = client
-        .prepare_cached("select * from app_exec.claim_next_run($1, $2::text::interval, $3, $4, $5)")
+        .prepare_cached("select * from app_exec.claim_runs($1, $2::text::interval, $3, $4, $5, $6)")
         .await
         .map_err(query("prepare a queue statement"))?;
-    let row = client
-        .query_opt(
+    let rows = client
+        .query(
             &statement,
             &[
                 &executor_id,
                 &interval(limits.lease),
+                &i32::try_from(max_runs).unwrap_or(i32::MAX),
                 &limits.company_cap,
                 &limits.app_cap,
                 &limits.company_caps,
             ],
         )
         .await
-        .map_err(query("claim the next run"))?;
-    Ok(row.as_ref().map(claimed_run))
+        .map_err(query("claim runs"))?;
+    let mut batch = ClaimBatch::default();
+    for row in &rows {
+        // The function's marker for "passed over a busy lock": a row of nulls.
+        if row.get::<_, Option<Uuid>>("id").is_none() {
+            batch.contended = true;
+        } else {
+            batch.runs.push(claimed_run(row));
+        }
+    }
+    Ok(batch)
+}
+
+/// Claims the next eligible run for `executor_id`, or `None` when nothing is eligible now (or
+/// what is eligible is being claimed by another session right now).
+pub async fn claim_next_run(
+    pool: &Pool,
+    executor_id: &str,
+    limits: &ClaimLimits,
+) -> Result<Option<ClaimedRun>> {
+    Ok(claim_runs(pool, executor_id, limits, 1)
+        .await?
+        .runs
+        .into_iter()
+        .next())
 }
 
 fn claimed_build(row: &Row) -> ClaimedBuild {

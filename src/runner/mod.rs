@@ -6,18 +6,21 @@
 //! lease, fencing, cancel, drain, retries, rescue — is the same code for both. Each queue has
 //! its own slots: a build never waits for a run's slot, nor takes one.
 //!
-//! One loop claims while slots are free, then waits for a NOTIFY wake-up, a freed slot, the
-//! `run_after` of a job not claimable yet (a cron tick fired ahead, a retry's backoff) or the
-//! poll interval. Each claimed job gets a task that renews its lease (fenced on executor and
-//! attempt), executes it through the [`JobExecutor`] seam, and writes the outcome — retrying
-//! database errors until the write lands or the job is provably no longer ours. Background
-//! loops renew this daemon's `app_executors` row, rescue expired leases of any daemon, and
-//! forward client cancellations to the job they concern.
+//! One loop claims while slots are free (runs for all free slots in one statement, through
+//! the [`claimer`], which also serves a finishing task's claim of its next run), then waits for
+//! a NOTIFY wake-up, a freed slot, the `run_after` of a job not claimable yet (a cron tick
+//! fired ahead, a retry's backoff), a few milliseconds after a claim another daemon's claim
+//! crowded out, or the poll interval. Each claimed job gets a task that renews its lease
+//! (fenced on executor and attempt), executes it through the [`JobExecutor`] seam, and writes
+//! the outcome — retrying database errors until the write lands or the job is provably no
+//! longer ours. Background loops renew this daemon's `app_executors` row, rescue expired
+//! leases of any daemon, and forward client cancellations to the job they concern.
 //!
 //! Shutdown (the token passed to [`Runner::run`]) drains: no new claims, running jobs get
 //! `drain_grace` to finish, then they are stopped and put back in the queue without charging
 //! an attempt.
 
+mod claimer;
 pub mod execution;
 mod lease;
 pub mod settings;
@@ -39,10 +42,15 @@ use crate::model::{Job, StopReason};
 use crate::ops::metrics;
 use crate::ops::DaemonStatus;
 use crate::runner::settings::QueueSettings;
+use claimer::RunClaimer;
 pub use execution::{JobExecutor, Stop};
 
 /// Added to the wait for a run's `run_after`, so the claim's `now()` is past it.
 const DUE_MARGIN: Duration = Duration::from_millis(1);
+
+/// How soon to claim again after a claim that got nothing only because another daemon was
+/// claiming the same companies at that moment (their runs are still pending).
+const CONTENDED_RETRY: Duration = Duration::from_millis(5);
 
 /// Jobs registered in this process, by id (run and build ids are UUIDs and never collide).
 type Registry = Arc<Mutex<HashMap<Uuid, Stop>>>;
@@ -104,6 +112,8 @@ impl Runner {
             .expect("a map of strings to integers serialises"),
         };
 
+        let claimer = RunClaimer::start(pool.clone(), executor_id.clone(), limits.clone());
+
         let background_tasks = TaskTracker::new();
         background_tasks.spawn(registry_heartbeat(
             pool.clone(),
@@ -139,42 +149,71 @@ impl Runner {
             // Whether a queue's last claim found nothing: only then is it worth asking if we
             // are idle, or when the next waiting job is due.
             let mut found_nothing = false;
-            for queue in [Queue::Runs, Queue::Builds] {
-                let slots = slots.of(queue);
-                while let Ok(permit) = slots.clone().try_acquire_owned() {
-                    if shutdown.is_cancelled() {
+            // Whether it found nothing only because another daemon held the locks.
+            let mut contended = false;
+            let task = RunTask {
+                pool: pool.clone(),
+                executor_id: executor_id.clone(),
+                settings: settings.clone(),
+                execution: execution.clone(),
+                registry: registry.clone(),
+                status: status.clone(),
+                alerts: alerts.clone(),
+                claimer: claimer.clone(),
+            };
+            let start = |job: Job, permit: tokio::sync::OwnedSemaphorePermit| {
+                note_claimed(&job);
+                let task = task.clone();
+                let limits = limits.clone();
+                let shutdown = shutdown.clone();
+                let freed_signal = slot_freed.clone();
+                tracker.spawn(async move {
+                    task.execute_while_claimable(job, &limits, &shutdown).await;
+                    drop(permit);
+                    freed_signal.notify_one();
+                });
+            };
+
+            // Runs: every free slot in one claim.
+            let mut permits = Vec::new();
+            while permits.len() < claimer::MAX_BATCH && !shutdown.is_cancelled() {
+                match slots.runs.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            if !permits.is_empty() {
+                status.loop_ticked();
+                match claimer.claim(permits.len()).await {
+                    Ok(batch) => {
+                        found_nothing = batch.runs.len() < permits.len();
+                        contended = batch.contended;
+                        for run in batch.runs {
+                            start(Job::Run(run), permits.pop().expect("one permit per run"));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
+                    }
+                }
+                drop(permits);
+            }
+
+            // Builds: one at a time.
+            while let Ok(permit) = slots.builds.clone().try_acquire_owned() {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                status.loop_ticked();
+                match queue::claim_next_build(&pool, &executor_id, limits.lease).await {
+                    Ok(Some(build)) => start(Job::Build(build), permit),
+                    Ok(None) => {
+                        found_nothing = true;
                         break;
                     }
-                    status.loop_ticked();
-                    match claim_next(&pool, queue, &executor_id, &limits).await {
-                        Ok(Some(job)) => {
-                            note_claimed(&job);
-                            let task = RunTask {
-                                pool: pool.clone(),
-                                executor_id: executor_id.clone(),
-                                settings: settings.clone(),
-                                execution: execution.clone(),
-                                registry: registry.clone(),
-                                status: status.clone(),
-                                alerts: alerts.clone(),
-                            };
-                            let limits = limits.clone();
-                            let shutdown = shutdown.clone();
-                            let freed_signal = slot_freed.clone();
-                            tracker.spawn(async move {
-                                task.execute_while_claimable(job, &limits, &shutdown).await;
-                                drop(permit);
-                                freed_signal.notify_one();
-                            });
-                        }
-                        Ok(None) => {
-                            found_nothing = true;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "claiming failed; retrying after the poll interval");
-                            break;
-                        }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming a build failed; retrying after the poll interval");
+                        break;
                     }
                 }
             }
@@ -190,6 +229,9 @@ impl Runner {
             }
 
             let mut wait = status.idle_wait(settings.poll_interval);
+            if contended {
+                wait = wait.min(CONTENDED_RETRY);
+            }
             if found_nothing {
                 // A run inserted ahead of its time sent its NOTIFY already; wake when it is due.
                 match queue::time_until_next_waiting_run(&pool).await {
@@ -336,32 +378,6 @@ struct Slots {
     builds: Arc<Semaphore>,
 }
 
-impl Slots {
-    fn of(&self, queue: Queue) -> &Arc<Semaphore> {
-        match queue {
-            Queue::Runs => &self.runs,
-            Queue::Builds => &self.builds,
-        }
-    }
-}
-
-/// Claims the next job of `queue`: a run (fair per company, under the caps) or a build.
-async fn claim_next(
-    pool: &Pool,
-    queue: Queue,
-    executor_id: &str,
-    limits: &ClaimLimits,
-) -> Result<Option<Job>, queue::QueueError> {
-    Ok(match queue {
-        Queue::Runs => queue::claim_next_run(pool, executor_id, limits)
-            .await?
-            .map(Job::Run),
-        Queue::Builds => queue::claim_next_build(pool, executor_id, limits.lease)
-            .await?
-            .map(Job::Build),
-    })
-}
-
 /// Stops runs and builds of ours that a client cancelled.
 async fn forward_cancellations(
     mut cancelled: mpsc::UnboundedReceiver<Uuid>,
@@ -386,6 +402,7 @@ async fn forward_cancellations(
 }
 
 /// Everything one run's task needs.
+#[derive(Clone)]
 struct RunTask {
     pool: Pool,
     executor_id: String,
@@ -394,6 +411,7 @@ struct RunTask {
     registry: Registry,
     status: Arc<DaemonStatus>,
     alerts: Alerts,
+    claimer: RunClaimer,
 }
 
 /// Logs and counts a claimed job.
@@ -430,15 +448,29 @@ impl RunTask {
             if shutdown.is_cancelled() {
                 return;
             }
-            match claim_next(&self.pool, queue, &self.executor_id, limits).await {
+            let next = match queue {
+                Queue::Runs => self
+                    .claimer
+                    .claim(1)
+                    .await
+                    .map(|batch| batch.runs.into_iter().next().map(Job::Run)),
+                Queue::Builds => {
+                    queue::claim_next_build(&self.pool, &self.executor_id, limits.lease)
+                        .await
+                        .map(|build| build.map(Job::Build))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match next {
                 Ok(Some(next)) => {
                     note_claimed(&next);
                     job = next;
                 }
+                // Nothing now, or contended: the claim loop owns trying again.
                 Ok(None) => return,
                 Err(e) => {
                     // The claim loop owns retrying after the poll interval.
-                    tracing::warn!(error = %e, "claiming the next run failed; handing the slot back");
+                    tracing::warn!(error = %e, "claiming the next job failed; handing the slot back");
                     return;
                 }
             }

@@ -217,7 +217,7 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported_after_real_w
         r#"app_executor_storage_request_duration_seconds_count{op="download",bucket="app-storage",outcome="ok"}"#,
         r#"app_executor_storage_request_duration_seconds_count{op="upload",bucket="app-logs",outcome="ok"}"#,
         r#"app_executor_storage_bytes_total{op="download",bucket="app-storage"}"#,
-        r#"app_executor_db_statement_duration_seconds_count{statement="claim_next_run"}"#,
+        r#"app_executor_db_statement_duration_seconds_count{statement="claim_runs"}"#,
         r#"app_executor_db_statement_duration_seconds_count{statement="finish_run"}"#,
     ] {
         assert!(

@@ -855,3 +855,116 @@ async fn an_expired_lease_is_not_renewed() {
         app_executor::db::queue::LeaseState::Lost
     );
 }
+
+/// One statement claims for several free slots: a round per company in fairness order (fewest
+/// running, then oldest eligible run), each company and app cap holding within the batch.
+#[tokio::test]
+async fn a_batch_claim_serves_companies_in_rounds_under_their_caps() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let mut companies = Vec::new();
+    for _ in 0..3 {
+        let (company, app) = tenant(&client).await;
+        enqueue(&client, company, app, 5).await;
+        companies.push(company);
+    }
+    let claim = |max_runs: i32, company_cap: i32| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "select company_id from app_exec.claim_runs('batcher', '30 seconds', $1, $2, 100)",
+                    &[&max_runs, &company_cap],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<_, Uuid>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let per_company = |claimed: &[Uuid]| {
+        companies
+            .iter()
+            .map(|c| claimed.iter().filter(|x| *x == c).count())
+            .collect::<Vec<_>>()
+    };
+
+    // Eight slots over three companies with nothing running: 3, 3 and 2, oldest company first,
+    // and the order of the batch is the rounds' order.
+    let first = claim(8, 100).await;
+    assert_eq!(per_company(&first), vec![3, 3, 2], "{first:?}");
+    assert_eq!(
+        &first[..3],
+        &companies[..],
+        "round one: one run each, oldest first"
+    );
+    // A company cap of 4: the first two companies have 3 running (one more each), the third
+    // has 2 (two more); asking for 8 gets those 4 and no more.
+    let second = claim(8, 4).await;
+    assert_eq!(per_company(&second), vec![1, 1, 2], "{second:?}");
+    // Every company at its cap: nothing, and no contention reported.
+    assert!(claim(8, 4).await.is_empty());
+}
+
+/// A claim never waits for another session's claim lock: with the only company that has runs
+/// locked elsewhere it returns at once (a statement timeout far below the function's own
+/// `lock_timeout` would cancel a wait), with the marker row that says runs are pending but
+/// were passed over.
+#[tokio::test]
+async fn a_claim_passes_over_a_locked_company_without_waiting_and_says_so() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (company, app) = tenant(&client).await;
+    let run = enqueue(&client, company, app, 1).await[0];
+    let holder = db.client().await;
+    holder
+        .execute(
+            "select pg_advisory_lock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&company],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("set statement_timeout = '200ms'")
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "select id from app_exec.claim_runs('passer', '30 seconds', 4, 100, 100)",
+            &[],
+        )
+        .await
+        .expect("the claim returned without waiting for the lock");
+    let ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![None], "one marker row, no run");
+
+    // Through the daemon's own call: nothing claimed, contended.
+    let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 1).unwrap();
+    let limits = app_executor::db::queue::ClaimLimits {
+        lease: Duration::from_secs(30),
+        company_cap: 100,
+        app_cap: 100,
+        company_caps: serde_json::json!({}),
+    };
+    let batch = app_executor::db::queue::claim_runs(&pool, "passer", &limits, 4)
+        .await
+        .unwrap();
+    assert!(batch.runs.is_empty() && batch.contended, "{batch:?}");
+
+    holder
+        .execute(
+            "select pg_advisory_unlock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&company],
+        )
+        .await
+        .unwrap();
+    let batch = app_executor::db::queue::claim_runs(&pool, "passer", &limits, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![run]
+    );
+    assert!(!batch.contended);
+}
