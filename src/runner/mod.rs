@@ -136,6 +136,18 @@ impl Runner {
             background.clone(),
         ));
 
+        // What every job's task gets; cloned per job.
+        let task = RunTask {
+            pool: pool.clone(),
+            executor_id: executor_id.clone(),
+            settings: settings.clone(),
+            execution: execution.clone(),
+            registry: registry.clone(),
+            status: status.clone(),
+            alerts: alerts.clone(),
+            claimer: claimer.clone(),
+        };
+
         loop {
             status.loop_ticked();
             // Register interest before looking, so a NOTIFY between the claim and the wait is
@@ -151,16 +163,6 @@ impl Runner {
             let mut found_nothing = false;
             // Whether it found nothing only because another daemon held the locks.
             let mut contended = false;
-            let task = RunTask {
-                pool: pool.clone(),
-                executor_id: executor_id.clone(),
-                settings: settings.clone(),
-                execution: execution.clone(),
-                registry: registry.clone(),
-                status: status.clone(),
-                alerts: alerts.clone(),
-                claimer: claimer.clone(),
-            };
             let start = |job: Job, permit: tokio::sync::OwnedSemaphorePermit| {
                 note_claimed(&job);
                 let task = task.clone();

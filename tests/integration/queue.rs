@@ -25,6 +25,28 @@ async fn enqueue(client: &Client, company: Uuid, app: Uuid, n: i32) -> Vec<Uuid>
         .collect()
 }
 
+/// Takes (in `holder`'s session) the advisory lock a claim takes for `company`, as a stuck
+/// session or another daemon's claim in flight would hold it.
+async fn hold_company_claim(holder: &Client, company: Uuid) {
+    holder
+        .execute(
+            "select pg_advisory_lock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&company],
+        )
+        .await
+        .unwrap();
+}
+
+async fn release_company_claim(holder: &Client, company: Uuid) {
+    holder
+        .execute(
+            "select pg_advisory_unlock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
+            &[&company],
+        )
+        .await
+        .unwrap();
+}
+
 async fn status_counts(client: &Client) -> HashMap<String, i64> {
     client
         .query(
@@ -796,13 +818,7 @@ async fn a_session_holding_a_companys_claim_lock_delays_no_other_company() {
     let stuck_run = enqueue(&client, stuck_company, stuck_app, 1).await[0];
     let other_run = enqueue(&client, other_company, other_app, 1).await[0];
     let holder = db.client().await;
-    holder
-        .execute(
-            "select pg_advisory_lock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
-            &[&stuck_company],
-        )
-        .await
-        .unwrap();
+    hold_company_claim(&holder, stuck_company).await;
     let pool = app_executor::db::pool(&db.url, Duration::from_secs(10), 2).unwrap();
     let first = crate::harness::run::claim(&pool).await;
     assert_eq!(
@@ -812,13 +828,7 @@ async fn a_session_holding_a_companys_claim_lock_delays_no_other_company() {
     );
     // Only the stuck company is left: nothing to claim now, and no error.
     assert!(crate::harness::run::claim(&pool).await.is_none());
-    holder
-        .execute(
-            "select pg_advisory_unlock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
-            &[&stuck_company],
-        )
-        .await
-        .unwrap();
+    release_company_claim(&holder, stuck_company).await;
     let last = crate::harness::run::claim(&pool).await;
     assert_eq!(last.map(|r| r.id), Some(stuck_run));
 }
@@ -918,13 +928,7 @@ async fn a_claim_passes_over_a_locked_company_without_waiting_and_says_so() {
     let (company, app) = tenant(&client).await;
     let run = enqueue(&client, company, app, 1).await[0];
     let holder = db.client().await;
-    holder
-        .execute(
-            "select pg_advisory_lock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
-            &[&company],
-        )
-        .await
-        .unwrap();
+    hold_company_claim(&holder, company).await;
     client
         .batch_execute("set statement_timeout = '200ms'")
         .await
@@ -952,13 +956,7 @@ async fn a_claim_passes_over_a_locked_company_without_waiting_and_says_so() {
         .unwrap();
     assert!(batch.runs.is_empty() && batch.contended, "{batch:?}");
 
-    holder
-        .execute(
-            "select pg_advisory_unlock(hashtextextended('app_exec.claim.company:' || $1::uuid::text, 0))",
-            &[&company],
-        )
-        .await
-        .unwrap();
+    release_company_claim(&holder, company).await;
     let batch = app_executor::db::queue::claim_runs(&pool, "passer", &limits, 4)
         .await
         .unwrap();
